@@ -1,0 +1,178 @@
+"""Train the bundled default model from scratch: a 2-layer GPT-2-architecture model on Tiny Shakespeare.
+
+    python experiments/train_tiny.py                       # the shipped model (~1 hour on a 2-core CPU)
+    python experiments/train_tiny.py --steps 5 --out /tmp/m  # a smoke run
+
+Writes `model.safetensors` (fp16), `config.json` and `model_card.json` to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from workbench.models import GPT, GPTConfig, gpt2_tokenizer  # noqa: E402
+from workbench.models.bundled import BUNDLED_DIR, save_bundled  # noqa: E402
+from workbench.training import baselines, evaluate_quality  # noqa: E402
+
+
+@dataclass
+class TrainConfig:
+    data: str = "data/tinyshakespeare/input.txt"
+    val_fraction: float = 0.1  # the last 10% of the tokens
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 256
+    batch_size: int = 16
+    steps: int = 700
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    # Rows of the form [a passage, the same passage] teach copying (induction) early.
+    repeat_fraction: float = 0.25
+    eval_batches: int = 8
+    seed: int = 0
+    threads: int = 0  # 0 = torch's default
+    out: str = str(BUNDLED_DIR / "shakespeare-2l")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to min_lr."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def get_batch(data: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
+    """[batch_size, block_size + 1] windows of the corpus; a fraction repeat their first half."""
+    starts = torch.randint(0, len(data) - cfg.block_size - 1, (cfg.batch_size,), generator=g)
+    rows = torch.stack([data[s : s + cfg.block_size + 1] for s in starts.tolist()])
+    n_rep = int(round(cfg.repeat_fraction * cfg.batch_size))
+    half = (cfg.block_size + 1) // 2
+    for i in range(n_rep):
+        rows[i, half : 2 * half] = rows[i, :half]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(TrainConfig):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    args = parser.parse_args(argv)
+    cfg = TrainConfig(**vars(args))
+    command = "python experiments/train_tiny.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+
+    data_path = (REPO / cfg.data) if not Path(cfg.data).is_absolute() else Path(cfg.data)
+    raw = data_path.read_bytes()
+    ids = torch.tensor(gpt2_tokenizer().encode_ordinary(raw.decode("utf-8")), dtype=torch.long)
+    n_val = int(len(ids) * cfg.val_fraction)
+    train, val = ids[:-n_val], ids[-n_val:]
+
+    model_cfg = GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size)
+    model = GPT(model_cfg)
+    model.reinit_residual_projections()
+    # Weight decay on matrices only; embeddings stay undecayed so that tokens the corpus never
+    # shows keep distinct random embeddings (induction on random tokens needs to tell them apart).
+    decay = [p for n, p in model.named_parameters() if p.ndim == 2 and not n.startswith(("wte", "wpe"))]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim == 2 and not n.startswith(("wte", "wpe")))]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95),
+    )
+
+    t0 = time.time()
+    losses: list[float] = []
+    bar = tqdm(range(cfg.steps), desc="train", dynamic_ncols=True)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        batch = get_batch(train, cfg, g)
+        logits = model.unembed(model.run_blocks(model.embed(batch[:, :-1])))
+        loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr_at(step, cfg):.1e}")
+    wall = time.time() - t0
+
+    model.eval()
+    val_loss = evaluate_loss(model, val, cfg)
+    train_loss = evaluate_loss(model, train[: len(val)], cfg)
+    quality = evaluate_quality(model, val_tokens=val, seed=cfg.seed)
+    base = baselines(train, val, vocab_size=model_cfg.vocab_size)
+    card = {
+        "name": Path(cfg.out).name,
+        "what": f"{cfg.n_layer}-layer GPT-2-architecture model (d_model {cfg.n_embd}, {cfg.n_head} heads, "
+        f"context {cfg.block_size}, GPT-2 vocabulary) trained from scratch on Tiny Shakespeare",
+        "command": command,
+        "train_config": dataclasses.asdict(cfg),
+        "model_config": model_cfg.to_dict(),
+        "data": {
+            "path": cfg.data,
+            "sha256": hashlib.sha256(raw).hexdigest(),
+            "tokens": len(ids),
+            "train_tokens": len(train),
+            "val_tokens": len(val),
+            "split": f"first {1 - cfg.val_fraction:.0%} of the tokens train, last {cfg.val_fraction:.0%} validation",
+            "source": "karpathy/char-rnn data/tinyshakespeare/input.txt (public domain text)",
+        },
+        "steps": cfg.steps,
+        "tokens_seen": cfg.steps * cfg.batch_size * cfg.block_size,
+        "final_train_loss_ema": sum(losses[-20:]) / len(losses[-20:]),
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "baselines": base,
+        **quality,
+        "wall_time_s": round(wall, 1),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "dtype_stored": "float16 (loaded as float32)",
+    }
+    save_bundled(model, Path(cfg.out), card)
+    print(json.dumps({k: card[k] for k in ("val_loss", "baselines", "induction_score", "wall_time_s")}, indent=1))
+    print(f"saved to {cfg.out}")
+    return card
+
+
+@torch.no_grad()
+def evaluate_loss(model: GPT, data: torch.Tensor, cfg: TrainConfig) -> float:
+    """Mean next-token loss over consecutive windows of `data` (at most eval_batches batches)."""
+    n = cfg.block_size
+    windows = [data[i : i + n + 1] for i in range(0, len(data) - n - 1, n)]
+    windows = windows[: cfg.eval_batches * cfg.batch_size] or [data]
+    total, count = 0.0, 0
+    for i in range(0, len(windows), cfg.batch_size):
+        batch = torch.stack(windows[i : i + cfg.batch_size])
+        logits = model(batch[:, :-1])
+        total += F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").item()
+        count += batch[:, 1:].numel()
+    return total / count
+
+
+if __name__ == "__main__":
+    main()

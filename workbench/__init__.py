@@ -1,0 +1,12 @@
+"""workbench: an interpretability research workbench for GPT-2-style transformers."""
+
+__version__ = "0.1.0"
+
+from workbench.errors import CheckpointError, ContextLengthError, InputError, ModelNotFoundError
+from workbench.hooks import ActivationCache, HookPoint, act_name
+from workbench.models import GPT, GPTConfig, gpt2_tokenizer, load_model
+
+__all__ = [
+    "GPT", "GPTConfig", "load_model", "ActivationCache", "HookPoint", "act_name", "gpt2_tokenizer",
+    "CheckpointError", "ContextLengthError", "InputError", "ModelNotFoundError",
+]

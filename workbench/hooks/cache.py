@@ -1,0 +1,212 @@
+"""`ActivationCache`: activations by hook name, with TransformerLens's shorthand and helpers."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
+import einops
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from workbench.models.gpt import GPT
+
+_ATTN = {"q", "k", "v", "z", "result", "attn_scores", "pattern"}
+_MLP = {"pre", "post"}
+_ALIASES = {
+    "attn": "pattern",
+    "attn_logits": "attn_scores",
+    "query": "q",
+    "key": "k",
+    "value": "v",
+    "mlp_pre": "pre",
+    "mlp_post": "post",
+}
+
+
+def act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
+    """Full hook name from TransformerLens shorthand: ("pattern", 3) -> "blocks.3.attn.hook_pattern".
+
+    ("resid_pre", 0) -> "blocks.0.hook_resid_pre"; ("scale", 2, "ln1") -> "blocks.2.ln1.hook_scale";
+    ("scale",) -> "ln_final.hook_scale"; ("embed",) -> "hook_embed". A full name passes through.
+    """
+    if "." in name or name.startswith("hook_"):
+        return name
+    name = _ALIASES.get(name, name)
+    if layer is None:
+        if name in ("scale", "normalized"):
+            return f"ln_final.hook_{name}"
+        return f"hook_{name}"
+    if name in _ATTN:
+        return f"blocks.{layer}.attn.hook_{name}"
+    if name in _MLP:
+        return f"blocks.{layer}.mlp.hook_{name}"
+    if name in ("scale", "normalized"):
+        ln = {None: "ln1", "a": "ln1", "attn": "ln1", "m": "ln2", "mlp": "ln2"}.get(layer_type, layer_type)
+        return f"blocks.{layer}.{ln}.hook_{name}"
+    return f"blocks.{layer}.hook_{name}"
+
+
+class ActivationCache(Mapping[str, Tensor]):
+    """Activations of one forward pass, keyed by hook name (gradients as "<name>_grad").
+
+    `cache["pattern", 3]` is shorthand for `cache["blocks.3.attn.hook_pattern"]`.
+    """
+
+    def __init__(self, cache_dict: dict[str, Tensor], model: GPT) -> None:
+        self.cache_dict = cache_dict
+        self.model = model
+
+    # --------------------------------------------------------------- mapping protocol
+    def __getitem__(self, key: str | tuple) -> Tensor:
+        name = act_name(*key) if isinstance(key, tuple) else act_name(key)
+        if name not in self.cache_dict:
+            close = difflib.get_close_matches(name, self.cache_dict, n=5, cutoff=0.6)
+            hint = f"; close matches: {close}" if close else ""
+            raise KeyError(f"{name!r} is not in this cache ({len(self.cache_dict)} entries){hint}")
+        return self.cache_dict[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.cache_dict)
+
+    def __len__(self) -> int:
+        return len(self.cache_dict)
+
+    def __repr__(self) -> str:
+        return f"ActivationCache({len(self)} activations, {self.nbytes() / 2**20:.1f} MiB)"
+
+    def nbytes(self) -> int:
+        """Bytes of distinct tensor storage held by the cache."""
+        seen: dict[int, int] = {}
+        for t in self.cache_dict.values():
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        return sum(seen.values())
+
+    def to(self, device: torch.device | str) -> ActivationCache:
+        return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.model)
+
+    def remove_batch_dim(self) -> ActivationCache:
+        """Drop a batch axis of size 1 from every activation."""
+        for name, t in self.cache_dict.items():
+            if t.shape[0] != 1:
+                raise ValueError(f"remove_batch_dim needs batch size 1, but {name} has shape {tuple(t.shape)}")
+        return ActivationCache({k: v[0] for k, v in self.cache_dict.items()}, self.model)
+
+    # --------------------------------------------------------------- residual stream views
+    @property
+    def n_layer(self) -> int:
+        return self.model.cfg.n_layer
+
+    def _layers(self, layer: int | None) -> int:
+        if layer is None or layer == -1:
+            return self.n_layer + 1
+        if not 0 <= layer <= self.n_layer:
+            raise ValueError(f"layer must be in [0, {self.n_layer}] or -1, got {layer}")
+        return layer
+
+    def accumulated_resid(
+        self,
+        layer: int | None = None,
+        *,
+        incl_mid: bool = False,
+        apply_ln: bool = False,
+        return_labels: bool = False,
+    ) -> Float[Tensor, "component batch pos d_model"] | tuple[Tensor, list[str]]:
+        """The residual stream before each of the first `layer` blocks (None = all, plus the final
+        resid_post), stacked on a leading axis; with `incl_mid` also each block's resid_mid."""
+        stop = self._layers(layer)
+        parts, labels = [], []
+        for l in range(min(stop, self.n_layer)):
+            parts.append(self["resid_pre", l])
+            labels.append(f"{l}_pre")
+            if incl_mid:
+                parts.append(self["resid_mid", l])
+                labels.append(f"{l}_mid")
+        if stop == self.n_layer + 1:
+            parts.append(self["resid_post", self.n_layer - 1])
+            labels.append("final_post")
+        stack = torch.stack(parts)
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer)
+        return (stack, labels) if return_labels else stack
+
+    def decompose_resid(
+        self,
+        layer: int | None = None,
+        *,
+        mode: str = "all",
+        apply_ln: bool = False,
+        incl_embeds: bool = True,
+        return_labels: bool = False,
+    ) -> Float[Tensor, "component batch pos d_model"] | tuple[Tensor, list[str]]:
+        """The residual stream before block `layer` (None = the final one) split into the outputs
+        that sum to it: embed, pos_embed, then each block's attn_out and mlp_out.
+        `mode` is "all", "attn" or "mlp"."""
+        if mode not in ("all", "attn", "mlp"):
+            raise ValueError(f"mode must be 'all', 'attn' or 'mlp', got {mode!r}")
+        stop = min(self._layers(layer), self.n_layer)
+        parts, labels = [], []
+        if incl_embeds:
+            parts += [self["embed"], self["pos_embed"]]
+            labels += ["embed", "pos_embed"]
+        for l in range(stop):
+            if mode in ("all", "attn"):
+                parts.append(self["attn_out", l])
+                labels.append(f"{l}_attn_out")
+            if mode in ("all", "mlp"):
+                parts.append(self["mlp_out", l])
+                labels.append(f"{l}_mlp_out")
+        stack = torch.stack(parts)
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer)
+        return (stack, labels) if return_labels else stack
+
+    def stack_head_results(
+        self,
+        layer: int | None = None,
+        *,
+        apply_ln: bool = False,
+        return_labels: bool = False,
+    ) -> Float[Tensor, "component batch pos d_model"] | tuple[Tensor, list[str]]:
+        """Every head's output `hook_result` for blocks before `layer` (None = all), stacked as
+        components labelled "L{layer}H{head}". Computed from `hook_z` when results were not cached;
+        the bias b_O is not part of any head."""
+        stop = min(self._layers(layer), self.n_layer)
+        parts = []
+        for l in range(stop):
+            name = act_name("result", l)
+            if name in self.cache_dict:
+                result = self.cache_dict[name]
+            else:
+                result = einops.einsum(
+                    self["z", l], self.model.blocks[l].attn.W_O.to(self["z", l].device),
+                    "batch pos head d_head, head d_head d_model -> batch pos head d_model",
+                )
+            parts.append(einops.rearrange(result, "batch pos head d_model -> head batch pos d_model"))
+        stack = torch.cat(parts)
+        labels = [f"L{l}H{h}" for l in range(stop) for h in range(self.model.cfg.n_head)]
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer)
+        return (stack, labels) if return_labels else stack
+
+    def apply_ln_to_stack(
+        self,
+        residual_stack: Float[Tensor, "*component batch pos d_model"],
+        layer: int | None = None,
+        *,
+        mlp_input: bool = False,
+    ) -> Float[Tensor, "*component batch pos d_model"]:
+        """Centre each component and divide by the cached LayerNorm scale of the full residual
+        stream that feeds `ln_final` (layer None or n_layer) or block `layer`'s ln1 (ln2 with
+        `mlp_input`). As in TransformerLens the LayerNorm weight and bias are not applied, so the
+        components sum to the normalised stream only up to that affine map."""
+        if layer is None or layer == -1 or layer == self.n_layer:
+            scale = self["ln_final.hook_scale"]
+        else:
+            scale = self["scale", layer, "ln2" if mlp_input else "ln1"]
+        centred = residual_stack - residual_stack.mean(-1, keepdim=True)
+        return centred / scale

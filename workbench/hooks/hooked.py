@@ -1,0 +1,205 @@
+"""`HookedRootModule`: the mixin that gives a model named hook points, hooks and caching."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Union
+
+import torch
+from torch import Tensor, nn
+
+from workbench.hooks.cache import ActivationCache
+from workbench.hooks.hook_point import Direction, HookFn, HookPoint
+
+NameOrPredicate = Union[str, Callable[[str], bool]]
+HookSpec = Sequence[tuple[NameOrPredicate, HookFn]]
+NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
+
+
+class UnknownHookError(KeyError):
+    """A hook name that the model does not have."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+def _next_token_loss(logits: Tensor, tokens: Tensor) -> Tensor:
+    logprobs = logits[:, :-1].log_softmax(-1)
+    return -logprobs.gather(-1, tokens[:, 1:, None]).mean()
+
+
+class HookedRootModule(nn.Module):
+    """Give every `HookPoint` submodule its dotted name and add hook and cache methods.
+
+    Subclasses call `self.setup_hooks()` at the end of `__init__`.
+    """
+
+    _hook_dict: dict[str, HookPoint]
+
+    def setup_hooks(self) -> None:
+        self._hook_dict = {}
+        for name, module in self.named_modules():
+            if isinstance(module, HookPoint):
+                module.name = name
+                self._hook_dict[name] = module
+
+    @property
+    def hook_dict(self) -> dict[str, HookPoint]:
+        """Every hook point by its TransformerLens name, in forward order."""
+        return self._hook_dict
+
+    def hook_names(self) -> list[str]:
+        return list(self._hook_dict)
+
+    def prepare_tokens(self, tokens) -> Tensor:
+        """Check (and, for text, tokenize) a model input; subclasses override."""
+        return tokens
+
+    # ----------------------------------------------------------------- resolving names
+    def unknown_hook_error(self, name: str) -> UnknownHookError:
+        close = difflib.get_close_matches(name, self._hook_dict, n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        return UnknownHookError(
+            f"unknown hook name {name!r}{hint} (model.hook_names() lists all {len(self._hook_dict)})"
+        )
+
+    def resolve_hooks(self, name_or_predicate: NameOrPredicate) -> list[HookPoint]:
+        """The hook points named by an exact name or selected by a predicate on names."""
+        if isinstance(name_or_predicate, str):
+            if name_or_predicate not in self._hook_dict:
+                raise self.unknown_hook_error(name_or_predicate)
+            return [self._hook_dict[name_or_predicate]]
+        if callable(name_or_predicate):
+            return [hp for name, hp in self._hook_dict.items() if name_or_predicate(name)]
+        raise TypeError(
+            f"a hook target must be a hook name or a predicate on names, got {type(name_or_predicate).__name__}"
+        )
+
+    def names_matching(self, names_filter: NamesFilter) -> list[str]:
+        """Resolve a `names_filter` (None = all, a name, a list of names, or a predicate)."""
+        if names_filter is None:
+            return list(self._hook_dict)
+        if isinstance(names_filter, str):
+            names_filter = [names_filter]
+        if callable(names_filter):
+            return [n for n in self._hook_dict if names_filter(n)]
+        for n in names_filter:
+            if n not in self._hook_dict:
+                raise self.unknown_hook_error(n)
+        wanted = set(names_filter)
+        return [n for n in self._hook_dict if n in wanted]
+
+    # ----------------------------------------------------------------- attaching hooks
+    def add_hook(self, name: NameOrPredicate, fn: HookFn, dir: Direction = "fwd") -> None:
+        """Attach a hook that stays until `reset_hooks()`."""
+        for hp in self.resolve_hooks(name):
+            hp.add_hook(fn, dir)
+
+    def reset_hooks(self) -> None:
+        """Detach every hook from every hook point."""
+        for hp in self._hook_dict.values():
+            hp.remove_hooks("both")
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: HookSpec = (), bwd_hooks: HookSpec = ()) -> Iterator[HookedRootModule]:
+        """Attach hooks for the duration of the block; they are detached however it exits.
+
+        Backward hooks are attached to the activations of forwards run inside the block, so a
+        `.backward()` called after the block still runs them.
+        """
+        removers: list[Callable[[], None]] = []
+        try:
+            for spec, dir in ((fwd_hooks, "fwd"), (bwd_hooks, "bwd")):
+                for target, fn in spec:
+                    for hp in self.resolve_hooks(target):
+                        removers.append(hp.add_hook(fn, dir))
+            yield self
+        finally:
+            for remove in reversed(removers):
+                remove()
+
+    def run_with_hooks(
+        self, tokens, *, fwd_hooks: HookSpec = (), bwd_hooks: HookSpec = (), **forward_kwargs
+    ) -> Tensor:
+        """Run the forward pass with hooks attached; returns what `forward` returns."""
+        with self.hooks(fwd_hooks=fwd_hooks, bwd_hooks=bwd_hooks):
+            return self(tokens, **forward_kwargs)
+
+    # ----------------------------------------------------------------- caching
+    def run_with_cache(
+        self,
+        tokens,
+        *,
+        names_filter: NamesFilter = None,
+        device: torch.device | str | None = None,
+        incl_bwd: bool = False,
+        loss_fn: Callable[[Tensor], Tensor] | None = None,
+        pos_slice: slice | int | Sequence[int] | None = None,
+        fwd_hooks: HookSpec = (),
+        **forward_kwargs,
+    ) -> tuple[Tensor, ActivationCache]:
+        """Run the model and keep the activations named by `names_filter`.
+
+        Returns (logits, cache). `device` moves cached tensors (e.g. "cpu" to keep GPU memory
+        free); `pos_slice` keeps only those positions (query positions for attention patterns).
+        With `incl_bwd`, backpropagates `loss_fn(logits)` (default: mean next-token loss) and
+        also stores each gradient under `"<name>_grad"`; parameter `.grad`s are not touched.
+        `fwd_hooks` run before the cache reads, so the cache shows edited activations.
+        """
+        names = self.names_matching(names_filter)
+        tokens = self.prepare_tokens(tokens)
+        store: dict[str, Tensor] = {}
+        grad_store: dict[str, Tensor] = {}
+        grad_roots: list[Tensor] = []
+        keep = _position_selector(pos_slice)
+
+        def save_fwd(x: Tensor, hook: HookPoint) -> None:
+            if incl_bwd and x.requires_grad:
+                grad_roots.append(x)
+            store[hook.name] = keep(hook.name, x.detach()).to(device) if device else keep(hook.name, x.detach())
+
+        def save_bwd(g: Tensor, hook: HookPoint) -> None:
+            g = keep(hook.name, g.detach())
+            grad_store[hook.name + "_grad"] = g.to(device) if device else g
+
+        cache_fwd = [(n, save_fwd) for n in names]
+        cache_bwd = [(n, save_bwd) for n in names] if incl_bwd else []
+        with self.hooks(fwd_hooks=[*fwd_hooks, *cache_fwd], bwd_hooks=cache_bwd):
+            if incl_bwd:
+                with torch.enable_grad():
+                    logits = self(tokens, **forward_kwargs)
+                    loss = loss_fn(logits) if loss_fn else _next_token_loss(logits, tokens)
+                    if loss.ndim != 0:
+                        raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+                    if not grad_roots:
+                        raise RuntimeError("incl_bwd=True needs parameters that require grad")
+                    torch.autograd.grad(loss, grad_roots, allow_unused=True)
+                logits = logits.detach()
+            else:
+                logits = self(tokens, **forward_kwargs)
+        store.update(grad_store)
+        return logits, ActivationCache(store, self)
+
+
+def _position_selector(pos_slice) -> Callable[[str, Tensor], Tensor]:
+    if pos_slice is None:
+        return lambda name, x: x
+    index = slice(pos_slice, pos_slice + 1) if isinstance(pos_slice, int) and pos_slice != -1 else pos_slice
+    if isinstance(pos_slice, int) and pos_slice == -1:
+        index = slice(-1, None)
+    if not isinstance(index, slice):
+        index = torch.as_tensor(list(index), dtype=torch.long)
+
+    def keep(name: str, x: Tensor) -> Tensor:
+        # positions are axis 1 ([batch pos ...]) except for attention maps ([batch head query_pos key_pos])
+        axis = 2 if name.endswith(("hook_attn_scores", "hook_pattern")) else 1
+        if x.ndim <= axis:
+            return x
+        idx = index.to(x.device) if isinstance(index, Tensor) else index
+        return x[(slice(None),) * axis + (idx,)].clone() if isinstance(idx, slice) else x.index_select(axis, idx)
+
+    return keep
+
+

@@ -1,0 +1,1 @@
+"""Research methods built on the hooked model: one module per method."""

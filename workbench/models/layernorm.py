@@ -1,0 +1,35 @@
+"""LayerNorm with the two hook points TransformerLens exposes: `hook_scale` and `hook_normalized`."""
+
+from __future__ import annotations
+
+import einops
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from workbench.hooks.hook_point import HookPoint
+from workbench.models.config import GPTConfig
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.eps = cfg.layer_norm_eps
+        self.weight = nn.Parameter(torch.ones(cfg.d_model))
+        self.bias = nn.Parameter(torch.zeros(cfg.d_model)) if cfg.bias else None
+        self.hook_scale = HookPoint()  # [batch pos 1]: sqrt(var + eps) of the input
+        self.hook_normalized = HookPoint()  # [batch pos d_model]: the output, after weight and bias
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        if self.hook_scale.has_hooks:
+            # Spelled out only when someone reads or edits the scale; F.layer_norm is fused.
+            centred = x - einops.reduce(x, "batch pos d_model -> batch pos 1", "mean")
+            var = einops.reduce(centred.pow(2), "batch pos d_model -> batch pos 1", "mean")
+            scale: Float[Tensor, "batch pos 1"] = self.hook_scale((var + self.eps).sqrt())
+            normalized = centred / scale * self.weight
+            if self.bias is not None:
+                normalized = normalized + self.bias
+        else:
+            normalized = F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        return self.hook_normalized(normalized)

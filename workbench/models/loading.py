@@ -1,0 +1,228 @@
+"""`load_model`: GPT-2 from the Hugging Face hub, a local HF directory, a nanoGPT checkpoint, or a
+bundled model. Conversion is a key table plus HF's Conv1D transposes, with a shape check per copy."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from workbench.errors import CheckpointError, ModelNotFoundError
+from workbench.models.bundled import BUNDLED_DIR, FORMAT, bundled_names
+from workbench.models.config import PRESETS, GPTConfig
+from workbench.models.gpt import GPT
+
+HUB_REPOS = {name: f"openai-community/{name}" for name in PRESETS}
+
+# Source key (HF GPT2LMHeadModel and nanoGPT share names, after dropping "transformer.") -> ours.
+KEY_TABLE = {
+    r"wte\.weight": "wte.weight",
+    r"wpe\.weight": "wpe.weight",
+    r"h\.(\d+)\.ln_1\.(weight|bias)": r"blocks.\1.ln1.\2",
+    r"h\.(\d+)\.attn\.c_attn\.(weight|bias)": r"blocks.\1.attn.c_attn.\2",
+    r"h\.(\d+)\.attn\.c_proj\.(weight|bias)": r"blocks.\1.attn.c_proj.\2",
+    r"h\.(\d+)\.ln_2\.(weight|bias)": r"blocks.\1.ln2.\2",
+    r"h\.(\d+)\.mlp\.c_fc\.(weight|bias)": r"blocks.\1.mlp.c_fc.\2",
+    r"h\.(\d+)\.mlp\.c_proj\.(weight|bias)": r"blocks.\1.mlp.c_proj.\2",
+    r"ln_f\.(weight|bias)": r"ln_final.\1",
+}
+# HF stores these as Conv1D ([in, out]); nn.Linear wants [out, in]. nanoGPT already uses nn.Linear.
+CONV1D = re.compile(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
+# Causal-mask buffers of old checkpoints, and the unembedding that GPT-2 ties to wte.
+IGNORED = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)|lm_head\.weight")
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.lower().removeprefix("torch.")]
+    raise ValueError(f"unsupported dtype {dtype!r}; allowed: float32, bfloat16, float16")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> GPT:
+    """Load a GPT by name or path, in eval mode.
+
+    - "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl": the Hugging Face hub (HF cache, works
+      offline once downloaded);
+    - a bundled model name (`bundled_names()`, e.g. "shakespeare-2l"): from the package;
+    - a directory in Hugging Face format (config.json + model.safetensors or pytorch_model.bin),
+      or one written by workbench;
+    - a nanoGPT checkpoint file (`ckpt.pt` with `model_args` and `model`), loaded with weights_only.
+
+    `device=None` means CUDA when available; `dtype` is float32 (default), bfloat16 or float16.
+    """
+    torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
+    name = str(name_or_path)
+    if name in bundled_names() and not Path(name).exists():
+        cfg, state = load_directory(BUNDLED_DIR / name)
+    elif name in HUB_REPOS and not Path(name).exists():
+        cfg, state = load_directory(download_from_hub(name))
+    elif Path(name).is_dir():
+        cfg, state = load_directory(Path(name))
+    elif Path(name).is_file():
+        cfg, state = load_nanogpt(Path(name))
+    else:
+        known = sorted([*HUB_REPOS, *bundled_names()])
+        raise ModelNotFoundError(
+            f"no model named {name!r}, and no file or directory at that path. Names: {', '.join(known)}; "
+            "or pass a Hugging Face-format directory or a nanoGPT ckpt.pt"
+        )
+    model = build(cfg, state, dtype=torch_dtype, device=torch_device)
+    model.name = name
+    return model
+
+
+def build(cfg: GPTConfig, state: dict[str, torch.Tensor], *, dtype: torch.dtype, device: torch.device) -> GPT:
+    """A GPT with exactly these weights (every key present, every shape checked)."""
+    with torch.device("meta"):
+        model = GPT(cfg)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint does not fit a {cfg.n_layer}-layer GPT: missing {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
+        )
+    for key, shape in expected.items():
+        if state[key].shape != shape:
+            raise CheckpointError(f"{key}: checkpoint has shape {tuple(state[key].shape)}, the model needs {tuple(shape)}")
+    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    model.load_state_dict(state, assign=True)
+    return model.eval()
+
+
+def convert_state_dict(source: dict[str, torch.Tensor], *, conv1d: bool) -> dict[str, torch.Tensor]:
+    """Map HF / nanoGPT keys to ours; transpose HF's Conv1D weights (`conv1d=True`)."""
+    out: dict[str, torch.Tensor] = {}
+    wte = None
+    for key, tensor in source.items():
+        key = key.removeprefix("_orig_mod.").removeprefix("transformer.")
+        if key == "wte.weight":
+            wte = tensor
+        if IGNORED.fullmatch(key):
+            if key == "lm_head.weight" and wte is not None and not torch.equal(tensor, wte):
+                raise CheckpointError("lm_head.weight differs from wte.weight: untied unembeddings are not supported")
+            continue
+        for pattern, target in KEY_TABLE.items():
+            if re.fullmatch(pattern, key):
+                out[re.sub(pattern, target, key)] = tensor.T if conv1d and CONV1D.fullmatch(key) else tensor
+                break
+        else:
+            raise CheckpointError(f"unexpected key {key!r} in checkpoint; expected GPT-2 / nanoGPT parameter names")
+    return out
+
+
+def config_from_hf(hf: dict) -> GPTConfig:
+    act = hf.get("activation_function", "gelu_new")
+    acts = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu": "gelu"}
+    if act not in acts:
+        raise CheckpointError(f"activation_function {act!r} is not supported; allowed: {sorted(acts)}")
+    for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
+        if hf.get(flag):
+            raise CheckpointError(f"config.json sets {flag}, which this GPT does not implement")
+    n_embd = hf.get("n_embd", 768)
+    n_inner = hf.get("n_inner") or 4 * n_embd
+    if n_inner % n_embd:
+        raise CheckpointError(f"n_inner {n_inner} is not a multiple of n_embd {n_embd}")
+    return GPTConfig(
+        n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=n_embd,
+        vocab_size=hf.get("vocab_size", 50257), block_size=hf.get("n_positions", 1024),
+        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5), activation=acts[act], mlp_ratio=n_inner // n_embd,
+    )
+
+
+def load_directory(path: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """Config and converted weights from a Hugging Face-format (or workbench) directory."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelNotFoundError(f"{path} has no config.json; a model directory needs config.json and weights")
+    try:
+        raw = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_file} is not valid JSON: {e}") from None
+    candidates = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
+    weights = next((path / c for c in candidates if (path / c).is_file()), None)
+    if weights is None:
+        raise ModelNotFoundError(f"{path} has config.json but no weights: expected one of {', '.join(candidates)}")
+    state = read_weights(weights)
+    if raw.get("format") == FORMAT:
+        return GPTConfig.from_dict(raw["config"]), {k: v.float() for k, v in state.items()}
+    return config_from_hf(raw), convert_state_dict(state, conv1d=True)
+
+
+def read_weights(path: Path) -> dict:
+    """Tensors from safetensors (or a sharded index of them) or a torch .bin, never executing code."""
+    try:
+        if path.name.endswith(".index.json"):
+            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+            return {k: v for shard in shards for k, v in load_file(str(path.parent / shard)).items()}
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, EOFError, ValueError, KeyError) as e:
+        raise CheckpointError(f"cannot read weights from {path}: corrupt or truncated ({type(e).__name__}: {e})") from None
+    except Exception as e:  # pickle.UnpicklingError for a checkpoint that wants to run code
+        raise CheckpointError(f"cannot read weights from {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def load_nanogpt(path: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """A nanoGPT `ckpt.pt`: {"model_args": {...}, "model": state_dict}, loaded with weights_only."""
+    ckpt = read_weights(path)
+    if "model_args" not in ckpt or "model" not in ckpt:
+        raise CheckpointError(f"{path} is not a nanoGPT checkpoint: it needs 'model_args' and 'model' keys, has {sorted(ckpt)[:8]}")
+    args = ckpt["model_args"]
+    cfg = GPTConfig(
+        n_layer=args["n_layer"], n_head=args["n_head"], n_embd=args["n_embd"],
+        vocab_size=args.get("vocab_size", 50304), block_size=args.get("block_size", 1024),
+        bias=args.get("bias", True), activation="gelu",  # nanoGPT's model.py uses exact nn.GELU()
+    )
+    return cfg, convert_state_dict(ckpt["model"], conv1d=False)
+
+
+def download_from_hub(name: str, *, etag_timeout: float = 5.0) -> Path:
+    """Download (or find in the HF cache) config.json and model.safetensors for a GPT-2 size."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    repo = HUB_REPOS[name]
+    files = ("config.json", "model.safetensors")
+    cached = [try_to_load_from_cache(repo, f) for f in files]
+    if all(isinstance(c, str) for c in cached):
+        return Path(cached[0]).parent
+    try:
+        paths = [hf_hub_download(repo, f, etag_timeout=etag_timeout) for f in files]
+    except Exception as e:  # offline, DNS failure, HTTP error: all mean "not available here"
+        raise ModelNotFoundError(
+            f"could not download {name!r} ({repo}) from the Hugging Face hub, and it is not in the local "
+            f"HF cache ({type(e).__name__}). Connect once to download it (it is cached afterwards), or pass a "
+            f"local directory with config.json and model.safetensors: load_model('/path/to/{name}')"
+        ) from None
+    return Path(paths[0]).parent
