@@ -11,6 +11,9 @@ with install_import_hook("workbench", "beartype.beartype"):
     import workbench  # noqa: F401,E402  (imports every submodule that workbench/__init__ pulls in)
     import workbench.methods.head_detectors  # noqa: F401,E402
     import workbench.methods.prompts  # noqa: F401,E402
+    import workbench.runs  # noqa: F401,E402
+    import workbench.experiments  # noqa: F401,E402  (and every registered experiment)
+    import workbench.cli  # noqa: F401,E402
 
 from pathlib import Path  # noqa: E402
 
@@ -65,7 +68,10 @@ def bridge(hf_small, hf_tokenizer):
     """TransformerLens 4.x on the same weights, legacy hook names, no weight processing."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    b = TransformerBridge.boot_transformers("gpt2", hf_model=hf_small, tokenizer=hf_tokenizer)
+    import copy
+
+    # The bridge re-wires the HF modules it wraps, so give it its own copy.
+    b = TransformerBridge.boot_transformers("gpt2", hf_model=copy.deepcopy(hf_small), tokenizer=hf_tokenizer)
     b.enable_compatibility_mode(no_processing=True)
     return b
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor, TimeoutError
 
 import torch
 
@@ -29,11 +30,22 @@ def _hub_reachable(timeout: float) -> bool:
         return False
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
     host, _, port = endpoint.partition(":")
+
+    def connect() -> bool:
+        try:
+            with socket.create_connection((host, int(port or 443)), timeout=timeout):
+                return True
+        except OSError:
+            return False
+
+    # A thread bounds the DNS lookup too, which socket timeouts do not cover.
+    pool = ThreadPoolExecutor(max_workers=1)
     try:
-        with socket.create_connection((host, int(port or 443)), timeout=timeout):
-            return True
-    except OSError:
+        return pool.submit(connect).result(timeout=timeout)
+    except TimeoutError:
         return False
+    finally:
+        pool.shutdown(wait=False)
 
 
 def resolve_default_model(*, timeout: float = 3.0) -> tuple[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import einops
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
@@ -57,13 +58,14 @@ class GPT(HookedRootModule):
         self.setup_hooks()
         self.apply(self._init_weights)
 
-    def forward(self, tokens: Tensor | str | list[str]) -> Float[Tensor, "batch pos d_vocab"]:
+    def forward(self, tokens: Tensor | str | Sequence) -> Float[Tensor, "batch pos d_vocab"]:
         """Logits for `tokens` ([batch pos] or [pos] ids, or text, which gets a BOS token)."""
         return self.unembed(self.run_blocks(self.embed(self.prepare_tokens(tokens))))
 
     def embed(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
         positions = torch.arange(tokens.shape[1], device=tokens.device)
-        return self.hook_embed(self.wte(tokens)) + self.hook_pos_embed(self.wpe(positions))
+        pos_embed = einops.repeat(self.wpe(positions), "pos d_model -> batch pos d_model", batch=tokens.shape[0])
+        return self.hook_embed(self.wte(tokens)) + self.hook_pos_embed(pos_embed)
 
     def run_blocks(
         self, resid: Float[Tensor, "batch pos d_model"], *, start: int = 0, stop: int | None = None
@@ -113,7 +115,7 @@ class GPT(HookedRootModule):
         return self.wte.weight.dtype
 
     # ------------------------------------------------------------------ text and tokens
-    def prepare_tokens(self, tokens: Tensor | str | Sequence[str]) -> Int[Tensor, "batch pos"]:
+    def prepare_tokens(self, tokens: Tensor | str | Sequence) -> Int[Tensor, "batch pos"]:
         """Check a model input and return it as [batch pos] int64 ids on the model's device.
 
         Text is tokenized with a BOS token. Raises InputError (ContextLengthError for too long)."""

@@ -19,17 +19,18 @@ class LayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(cfg.d_model))
         self.bias = nn.Parameter(torch.zeros(cfg.d_model)) if cfg.bias else None
         self.hook_scale = HookPoint()  # [batch pos 1]: sqrt(var + eps) of the input
-        self.hook_normalized = HookPoint()  # [batch pos d_model]: the output, after weight and bias
+        # [batch pos d_model]: (x - mean) / scale, before weight and bias (as TransformerLens)
+        self.hook_normalized = HookPoint()
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        if not (self.hook_scale.has_hooks or self.hook_normalized.has_hooks):
+            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)  # fused: no hooks
         if self.hook_scale.has_hooks:
-            # Spelled out only when someone reads or edits the scale; F.layer_norm is fused.
             centred = x - einops.reduce(x, "batch pos d_model -> batch pos 1", "mean")
             var = einops.reduce(centred.pow(2), "batch pos d_model -> batch pos 1", "mean")
             scale: Float[Tensor, "batch pos 1"] = self.hook_scale((var + self.eps).sqrt())
-            normalized = centred / scale * self.weight
-            if self.bias is not None:
-                normalized = normalized + self.bias
+            normalized = centred / scale
         else:
-            normalized = F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
-        return self.hook_normalized(normalized)
+            normalized = F.layer_norm(x, x.shape[-1:], None, None, self.eps)
+        normalized = self.hook_normalized(normalized) * self.weight
+        return normalized if self.bias is None else normalized + self.bias

@@ -1,0 +1,211 @@
+"""Hook semantics: replacement, removal on error, caching filters, backward hooks, both attention paths."""
+
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import workbench
+from workbench.hooks import HookShapeError, UnknownHookError
+
+
+def no_hooks_attached(model):
+    return not any(hp.has_hooks for hp in model.hook_dict.values())
+
+
+def test_replacing_resid_post_gives_hand_computed_logits(model, tokens):
+    last = model.cfg.n_layer - 1
+    x = torch.randn(*tokens.shape, model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{last}.hook_resid_post", lambda a, hook: x)])
+    ln = model.ln_final
+    expected = F.layer_norm(x, (model.cfg.d_model,), ln.weight, ln.bias, ln.eps)
+    expected = expected @ model.wte.weight.T
+    assert (logits - expected).abs().max() < 1e-4
+    assert no_hooks_attached(model)
+
+
+def test_zeroing_one_head_in_z_matches_hand_computation(model, tokens):
+    layer, head = 1, 2
+    _, cache = model.run_with_cache(tokens)
+
+    def zero_head(z, hook):
+        z = z.clone()
+        z[:, :, head] = 0
+        return z
+
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", zero_head)])
+    # by hand: attn_out loses head's W_O contribution; the rest of the block is re-run from resid_mid
+    attn = model.blocks[layer].attn
+    head_out = cache["z", layer][:, :, head] @ attn.W_O[head]
+    resid_mid = cache["resid_mid", layer] - head_out
+    block = model.blocks[layer]
+    resid_post = resid_mid + block.mlp(block.ln2(resid_mid))
+    expected = model.unembed(model.run_blocks(resid_post, start=layer + 1))
+    assert (logits - expected).abs().max() < 1e-4
+
+
+def test_hook_returning_none_only_reads(model, tokens):
+    seen = []
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(lambda n: n.endswith("hook_pattern"), lambda a, hook: seen.append(hook.name))])
+    assert seen == [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layer)]
+    assert torch.allclose(logits, model(tokens), atol=1e-5)
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+def test_raising_hook_leaves_no_hook_attached(model, tokens, exc):
+    def boom(a, hook):
+        raise exc("boom")
+
+    with pytest.raises(exc):
+        model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_mid", boom), ("blocks.1.attn.hook_pattern", lambda a, hook: None)])
+    assert no_hooks_attached(model)
+    with pytest.raises(exc):
+        model.run_with_cache(tokens, fwd_hooks=[("blocks.1.hook_mlp_out", boom)])
+    assert no_hooks_attached(model)
+
+
+def test_context_manager_removes_hooks_and_keeps_permanent_ones(model, tokens):
+    calls = []
+    model.add_hook("hook_embed", lambda a, hook: calls.append("permanent"))
+    try:
+        with model.hooks(fwd_hooks=[("hook_embed", lambda a, hook: calls.append("temporary"))]):
+            model(tokens)
+        model(tokens)
+        assert calls == ["permanent", "temporary", "permanent"]
+    finally:
+        model.reset_hooks()
+    assert no_hooks_attached(model)
+
+
+def test_names_filter_caches_only_what_was_asked(model, tokens):
+    _, cache = model.run_with_cache(tokens, names_filter=["blocks.0.hook_resid_pre", "blocks.1.attn.hook_pattern"])
+    assert set(cache) == {"blocks.0.hook_resid_pre", "blocks.1.attn.hook_pattern"}
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_q"))
+    assert set(cache) == {f"blocks.{l}.attn.hook_q" for l in range(model.cfg.n_layer)}
+    _, cache = model.run_with_cache(tokens, names_filter="hook_embed")
+    assert list(cache) == ["hook_embed"]
+
+
+def test_cache_device_and_positions(model, tokens):
+    _, full = model.run_with_cache(tokens)
+    _, last = model.run_with_cache(tokens, device="cpu", pos_slice=-1)
+    assert torch.equal(last["resid_post", 1], full["resid_post", 1][:, -1:])
+    assert torch.equal(last["pattern", 0], full["pattern", 0][:, :, -1:])
+    _, some = model.run_with_cache(tokens, pos_slice=[0, 3])
+    assert torch.equal(some["z", 1], full["z", 1][:, [0, 3]])
+
+
+def activations_with_autograd(model, tokens, names):
+    """Reference: keep the live activations and ask autograd for d loss / d activation."""
+    acts = {}
+
+    def keep(a, hook):
+        a.retain_grad()
+        acts[hook.name] = a
+
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(n, keep) for n in names])
+    loss = -logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None]).mean()
+    grads = torch.autograd.grad(loss, [acts[n] for n in names])
+    return dict(zip(names, grads))
+
+
+def test_incl_bwd_gradients_equal_autograd(model, tokens):
+    names = ["hook_embed", "blocks.0.attn.hook_pattern", "blocks.1.mlp.hook_post", "blocks.1.hook_resid_post",
+             "ln_final.hook_scale"]
+    expected = activations_with_autograd(model, tokens, names)
+    before = [p.grad for p in model.parameters()]
+    _, cache = model.run_with_cache(tokens, names_filter=names, incl_bwd=True)
+    for n in names:
+        assert (cache[n + "_grad"] - expected[n]).abs().max() < 1e-6, n
+    assert [p.grad for p in model.parameters()] == before  # parameter .grad untouched
+
+
+def test_backward_hooks_see_autograd_gradients_and_can_replace_them(model, tokens):
+    name = "blocks.1.hook_attn_out"
+    expected = activations_with_autograd(model, tokens, [name])[name]
+    seen = {}
+    logits = model.run_with_hooks(tokens, bwd_hooks=[(name, lambda g, hook: seen.setdefault("g", g))])
+    loss = -logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None]).mean()
+    loss.backward()
+    assert (seen["g"] - expected).abs().max() < 1e-6
+    model.zero_grad(set_to_none=True)
+    # a backward hook that zeroes the gradient at resid_pre of block 1 cuts it off from the embeddings
+    logits = model.run_with_hooks(tokens, bwd_hooks=[("blocks.1.hook_resid_pre", lambda g, hook: torch.zeros_like(g))])
+    logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None]).mean().backward()
+    assert model.wpe.weight.grad.abs().max() == 0
+    model.zero_grad(set_to_none=True)
+    assert no_hooks_attached(model)
+
+
+def test_sdpa_and_explicit_paths_agree(model, tokens):
+    with torch.no_grad():
+        fused = model(tokens)
+        explicit = model.run_with_hooks(tokens, fwd_hooks=[(lambda n: n.endswith("hook_pattern"), lambda a, hook: None)])
+    assert (fused - explicit).abs().max() <= 1e-5
+
+
+def test_pattern_hook_switches_attention_path(model, tokens):
+    sdpa = F.scaled_dot_product_attention
+    with mock.patch("torch.nn.functional.scaled_dot_product_attention", side_effect=sdpa) as spy:
+        model(tokens)
+        assert spy.call_count == model.cfg.n_layer
+        spy.reset_mock()
+        model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_pattern", lambda a, hook: None)])
+        assert spy.call_count == model.cfg.n_layer - 1  # block 0 took the explicit path
+        spy.reset_mock()
+        model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn_scores"))
+        assert spy.call_count == 0
+
+
+def test_result_hook_only_computed_when_asked(model, tokens):
+    with mock.patch.object(workbench.models.attention.einops, "einsum", wraps=workbench.models.attention.einops.einsum) as spy:
+        model(tokens)
+        assert spy.call_count == 0
+        model.run_with_cache(tokens, names_filter="blocks.1.attn.hook_result")
+        assert spy.call_count == 1
+
+
+def test_unknown_hook_name_lists_close_matches(model, tokens):
+    with pytest.raises(UnknownHookError, match="blocks.0.attn.hook_pattern"):
+        model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_patern", lambda a, hook: None)])
+    with pytest.raises(UnknownHookError, match="did you mean"):
+        model.run_with_cache(tokens, names_filter=["blocks.0.hook_resid_pr"])
+    assert no_hooks_attached(model)
+
+
+def test_hook_returning_wrong_shape_names_hook_and_shapes(model, tokens):
+    with pytest.raises(HookShapeError) as info:
+        model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_mlp_out", lambda a, hook: a[:, :-1])])
+    msg = str(info.value)
+    assert "blocks.1.hook_mlp_out" in msg and str(tuple(tokens.shape) + (64,)) in msg and "(3, 11, 64)" in msg
+    with pytest.raises(TypeError, match="must return None or a Tensor"):
+        model.run_with_hooks(tokens, fwd_hooks=[("hook_embed", lambda a, hook: 3.0)])
+    assert no_hooks_attached(model)
+
+
+def test_cache_helpers(model, tokens):
+    _, cache = model.run_with_cache(tokens)
+    stack, labels = cache.accumulated_resid(return_labels=True)
+    assert labels == ["0_pre", "1_pre", "final_post"]
+    assert torch.equal(stack[-1], cache["resid_post", 1])
+    parts, labels = cache.decompose_resid(return_labels=True)
+    assert labels[:2] == ["embed", "pos_embed"] and len(labels) == 2 + 2 * model.cfg.n_layer
+    assert (parts.sum(0) - cache["resid_post", 1]).abs().max() < 1e-4  # components sum to the stream
+    heads, labels = cache.stack_head_results(return_labels=True)
+    assert labels[:2] == ["L0H0", "L0H1"] and heads.shape[0] == model.cfg.n_layer * model.cfg.n_head
+    layer0 = heads[: model.cfg.n_head].sum(0) + model.blocks[0].attn.b_O
+    assert (layer0 - cache["attn_out", 0]).abs().max() < 1e-4
+    # apply_ln_to_stack of the whole stream equals ln_final's normalized output
+    normed = cache.apply_ln_to_stack(cache["resid_post", 1])
+    assert (normed - cache["ln_final.hook_normalized"]).abs().max() < 1e-4
+    with pytest.raises(KeyError, match="not in this cache"):
+        cache["blocks.9.hook_resid_pre"]
+
+
+def test_jaxtyping_checks_are_on(model):
+    # the import hook in conftest makes every annotated shape a runtime check
+    from jaxtyping import TypeCheckError
+
+    with pytest.raises(TypeCheckError):
+        model.blocks[0].attn(torch.randn(4, 64))
