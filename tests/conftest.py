@@ -80,3 +80,23 @@ def bridge(hf_small, hf_tokenizer):
 def tokens():
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, 50257, (3, 12), generator=g)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A random 2-layer GPT saved like a bundled model (fp16 safetensors), loadable by path."""
+    from workbench.models.bundled import save_bundled
+
+    torch.manual_seed(0)
+    model = workbench.GPT(workbench.GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64))
+    path = tmp_path_factory.mktemp("tiny_model")
+    save_bundled(model, path, card={"note": "random weights, for tests"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def experiment_model(tiny_model_dir) -> str:
+    """The model the experiment tests run on: the bundled default model when it is there, else a tiny one."""
+    from workbench.models.bundled import DEFAULT_BUNDLED, bundled_names
+
+    return DEFAULT_BUNDLED if DEFAULT_BUNDLED in bundled_names() else str(tiny_model_dir)

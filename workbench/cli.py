@@ -1,0 +1,215 @@
+"""The `workbench` command (also `python -m workbench`):
+
+    workbench run EXPERIMENT [options]      run a registered experiment and record it
+    workbench replay RUN_DIR                re-run a recorded run and compare every result
+    workbench runs [--root runs]            list recorded runs
+    workbench experiments                   list registered experiments
+
+Exit status: 0 on success, 1 when a replay does not match its record, 2 on bad input (nothing
+is written then), 130 when interrupted (nothing is written then either).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import sys
+import typing
+from typing import Literal
+
+from workbench.errors import InputError, WorkbenchError
+
+COMMON_RUN_OPTIONS = ("out", "name", "config")
+
+
+# ----------------------------------------------------------------------------- options from configs
+def add_config_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One option per config field (`--top-k`, `--prompts A B`, `--prepend-bos/--no-prepend-bos`),
+    each defaulting to "not given" so that --config values are only overridden when asked."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("cli", True):
+            continue
+        tp = hints[f.name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            tp = args[0]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = f.metadata.get("help", "")
+        kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS,
+                        "help": f"{text} (default: {default!r})" if text else f"default: {default!r}"}
+        origin = typing.get_origin(tp)
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin is list:
+            (item,) = typing.get_args(tp)
+            kwargs.update(nargs="+", **_scalar(item))
+        else:
+            kwargs.update(_scalar(tp))
+        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
+def _scalar(tp) -> dict:
+    if typing.get_origin(tp) is Literal:
+        return {"choices": list(typing.get_args(tp))}
+    return {"type": tp, "metavar": tp.__name__.upper()}
+
+
+def add_run_options(parser: argparse.ArgumentParser, experiment) -> None:
+    add_config_options(parser, experiment.config)
+    parser.add_argument("--config", metavar="FILE", help="JSON config: a previous run's config.json (or its "
+                        "folder) or an object of the options above written by hand; options given here override it")
+    parser.add_argument("--out", default="runs", metavar="DIR", help="runs root: the run goes to DIR/%(prog)s... "
+                        "(default: runs)".replace("%(prog)s", experiment.name + "/<UTC time>-<id>"))
+    parser.add_argument("--name", help="a label appended to the run folder's name (sanitised)")
+
+
+def build_config(experiment, args: argparse.Namespace):
+    """defaults <- --config FILE <- options given on the command line."""
+    from workbench.experiments.core import config_from_dict, read_config_file
+
+    given = {k: v for k, v in vars(args).items() if k not in COMMON_RUN_OPTIONS and not k.startswith("_")}
+    data: dict = {}
+    if args.config is not None:
+        data = dict(read_config_file(args.config, experiment))
+        if set(given) - {"device", "model_sha256"}:
+            data.pop("token_ids", None)  # recomputed from the (changed) options
+        if ({"model", "dtype"} & set(given)) and "model_sha256" not in given:
+            data.pop("model_sha256", None)  # other weights, or other rounding of them
+    data.update(given)
+    return config_from_dict(experiment.config, data, source=args.config or "options")
+
+
+def run_command(experiment_name: str, args: argparse.Namespace) -> int:
+    from workbench.experiments import get_experiment, load_experiment_model, run_experiment
+    from workbench.experiments.core import rerun_command
+
+    experiment = get_experiment(experiment_name)
+    config = build_config(experiment, args)
+    model = load_experiment_model(config)
+    if getattr(model, "notice", None):
+        print(model.notice)
+    run = run_experiment(experiment, config, model=model, root=args.out, name=args.name,
+                         command=rerun_command(experiment, _rerun_config(config, model), root=args.out))
+    if run.results.summary:
+        print(run.results.summary)
+    print(f"Recorded run: {run.path}")
+    print(f"Replay it:    python -m workbench replay {shlex.quote(str(run.path))}")
+    print(f"Re-run it:    {(run.path / 'command').read_text().strip()}")
+    return 0
+
+
+def _rerun_config(config, model):
+    # The command names the model actually used, so a later default (GPT-2 once cached) cannot change it.
+    return dataclasses.replace(config, model=model.name)
+
+
+# ----------------------------------------------------------------------------- subcommands
+def replay_command(args: argparse.Namespace) -> int:
+    from workbench.experiments import replay
+
+    report = replay(args.run_dir, device=args.device, dtype=args.dtype)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def runs_command(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from workbench.runs import list_runs
+
+    table = list_runs(args.root)
+    if args.experiment:
+        table = table[table["experiment"] == args.experiment]
+    if table.empty:
+        print(f"no recorded runs under {args.root}")
+        return 0
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 60):
+        print(table.drop(columns=["path"]).to_string(index=False))
+    return 0
+
+
+def experiments_command(args: argparse.Namespace) -> int:
+    from workbench.experiments import EXPERIMENTS
+
+    for name, exp in sorted(EXPERIMENTS.items()):
+        print(f"{name:20} {exp.description}")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from workbench.experiments import EXPERIMENTS
+
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a registered experiment and record it")
+    exp_sub = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    for name, exp in sorted(EXPERIMENTS.items()):
+        add_run_options(exp_sub.add_parser(name, help=exp.description, description=exp.description), exp)
+
+    p = sub.add_parser("replay", help="re-run a recorded run and compare every result with the record")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--device", help="replay on this device (default: the recorded one; the CPU if it was CUDA "
+                   "and there is none)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="replay in this dtype "
+                   "(default: the recorded one); results are then compared within a tolerance")
+
+    p = sub.add_parser("runs", help="list recorded runs")
+    p.add_argument("--root", default="runs", help="runs root (default: runs)")
+    p.add_argument("--experiment", help="only this experiment's runs")
+
+    sub.add_parser("experiments", help="list registered experiments")
+    return parser
+
+
+def make_deterministic() -> None:
+    """Deterministic kernels where torch has them (recorded in env.json as deterministic_algorithms)."""
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs this to be deterministic
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def guarded(fn, *args) -> int:
+    """Run a command; bad input -> message and status 2, Ctrl-C -> status 130."""
+    try:
+        return fn(*args)
+    except WorkbenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was recorded", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    make_deterministic()
+    if args.command == "run":
+        return guarded(run_command, args.experiment, args)
+    if args.command == "replay":
+        return guarded(replay_command, args)
+    if args.command == "runs":
+        return guarded(runs_command, args)
+    return guarded(experiments_command, args)
+
+
+def experiment_main(name: str, argv: list[str] | None = None, *, description: str | None = None) -> int:
+    """The body of an `experiments/<name>.py` script: its options, then run, record, summarise."""
+    from workbench.experiments import get_experiment
+
+    try:
+        experiment = get_experiment(name)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog=f"{name}.py", description=description or experiment.description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_options(parser, experiment)
+    args = parser.parse_args(argv)
+    make_deterministic()
+    return guarded(run_command, name, args)

@@ -1,0 +1,371 @@
+"""Experiments: a dataclass config plus `run(config, model) -> RunResults`, registered by name, so
+scripts, replay, the CLI and the dashboard all run the same code from the same config.
+
+Running one: load the model the config names, resolve the config (the weights' sha256, the exact
+token ids, the actual device and dtype), run, and record (`workbench.runs`). Replay reads a
+record's config.json, runs again, and compares every result with the recorded one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from workbench.errors import InputError
+from workbench.runs import (
+    EXACT,
+    Comparison,
+    RecordError,
+    RunResults,
+    Tolerance,
+    check_record_version,
+    compare_results,
+    environment,
+    load_run,
+    record_run,
+    tolerance_for,
+    weights_sha256,
+)
+
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class ExperimentConfig:
+    """What every experiment records besides its own options.
+
+    `model_sha256` and `token_ids` are filled in when the experiment runs; when a config already
+    has them (from a previous run's config.json), the run checks the weights and the tokenization
+    against them and refuses to go on if either differs."""
+
+    model: str | None = field(default=None, metadata={
+        "help": "model name (gpt2, shakespeare-2l, ...) or path; default: GPT-2 when available, else the bundled model"})
+    model_sha256: str | None = field(default=None, metadata={
+        "help": "refuse to run unless the weights have this sha256 (workbench.runs.weights_sha256)"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: cuda when available)"})
+    dtype: Literal["float32", "float16", "bfloat16"] = field(default="float32", metadata={"help": "model dtype"})
+    seed: int = field(default=0, metadata={"help": "seed for everything random (prompt sampling, resampling)"})
+    token_ids: dict[str, list[list[int]]] = field(default_factory=dict, metadata={
+        "cli": False, "help": "the exact model inputs (BOS included), by role; filled in at run time"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+COMMON_FIELDS = {f.name for f in dataclasses.fields(ExperimentConfig)}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A registered experiment.
+
+    `tokens(config, model)` gives the model inputs the config's prompts stand for ([batch pos]
+    ids by role, e.g. "clean"/"corrupted"); `run(config, model)` computes the results from
+    `config.token_ids` (already filled in) and never from the prompts, so the record's ids are
+    what was run."""
+
+    name: str
+    config: type[ExperimentConfig]
+    tokens: Callable[[Any, Any], dict[str, Tensor]]
+    run: Callable[[Any, Any], RunResults]
+    description: str = ""
+
+
+EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def register(experiment: Experiment) -> Experiment:
+    EXPERIMENTS[experiment.name] = experiment
+    return experiment
+
+
+def get_experiment(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        raise InputError(f"unknown experiment {name!r}; registered: {', '.join(sorted(EXPERIMENTS))}")
+    return EXPERIMENTS[name]
+
+
+# ----------------------------------------------------------------------------- configs from JSON
+def check_type(value: Any, tp: Any, where: str) -> Any:
+    """`value` checked against a config field's annotation (ints are accepted as floats)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in args:
+            try:
+                return check_type(value, option, where)
+            except InputError as e:
+                errors.append(e)
+        raise errors[-1] if value is not None else InputError(f"{where} must not be null")
+    if tp is type(None):
+        if value is not None:
+            raise InputError(f"{where} must be null, got {value!r}")
+        return None
+    if origin is Literal:
+        if value not in args:
+            raise InputError(f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise InputError(f"{where} must be a list, got {type(value).__name__} {value!r}")
+        return [check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"{where} must be an object, got {type(value).__name__}")
+        return {check_type(k, args[0], f"{where} key"): check_type(v, args[1], f"{where}[{k!r}]")
+                for k, v in value.items()} if args else value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool):
+        raise InputError(f"{where} must be {tp.__name__}, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise InputError(f"{where} must be {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def config_from_dict(cls: type[ExperimentConfig], data: dict[str, Any], *, source: str = "config") -> ExperimentConfig:
+    """Build and type-check a config; unknown or mistyped fields raise InputError naming them."""
+    if not isinstance(data, dict):
+        raise InputError(f"{source} must be a JSON object of config fields, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise InputError(f"{source}: unknown field(s) {', '.join(unknown)} for {cls.__name__}; "
+                         f"allowed: {', '.join(names)}")
+    checked = {k: check_type(v, hints[k], f"{source}: {k}") for k, v in data.items()}
+    config = cls(**checked)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+    return config
+
+
+def read_config_file(path: str | Path, experiment: Experiment) -> dict[str, Any]:
+    """The config fields in a JSON file: a run's config.json (or its run folder), or a plain
+    object of fields written by hand. Raises InputError with the reason when it cannot be used."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise InputError(f"config file {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"config file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"config file {path} must hold a JSON object, got {type(data).__name__}")
+    if "record_version" in data or ("config" in data and "experiment" in data):
+        check_record_version(data, source=path)
+        if data.get("experiment") != experiment.name:
+            raise InputError(f"config file {path} is from a {data.get('experiment')!r} run, not {experiment.name!r}")
+        data = data["config"]
+        if not isinstance(data, dict):
+            raise InputError(f"config file {path}: 'config' must be a JSON object")
+    return data
+
+
+# ----------------------------------------------------------------------------- running
+def load_experiment_model(config: ExperimentConfig):
+    """The model a config names, on its device and in its dtype; the default model when it names
+    none (its notice is in `model.notice`). Paths are made absolute so a replay finds them."""
+    from workbench.models.default import load_default_model
+    from workbench.models.loading import load_model
+
+    if config.model is None:
+        return load_default_model(device=config.device, dtype=config.dtype, verbose=False)
+    name = config.model
+    model = load_model(name, device=config.device, dtype=config.dtype)
+    if Path(name).exists():
+        model.name = str(Path(name).resolve())
+    return model
+
+
+def prepare(experiment: Experiment, config: ExperimentConfig, model) -> ExperimentConfig:
+    """The config completed for this model: its name, sha256, actual device and dtype, token ids.
+
+    Raises InputError if the config records a different weights sha256 or different token ids."""
+    sha = weights_sha256(model)
+    if config.model_sha256 and config.model_sha256 != sha:
+        raise InputError(
+            f"the weights of model {model.name!r} have sha256 {sha}, but the config records {config.model_sha256}: "
+            "this is not the model the config was run with. Pass that model, or remove model_sha256 from the "
+            "config to run anyway"
+        )
+    tokens = {k: model.prepare_tokens(v).cpu().tolist() for k, v in experiment.tokens(config, model).items()}
+    if config.token_ids:
+        _check_token_ids(config.token_ids, tokens)
+    return dataclasses.replace(
+        config, model=model.name, model_sha256=sha, device=str(model.device),
+        dtype=str(model.dtype).removeprefix("torch."), token_ids=tokens,
+    )
+
+
+def _check_token_ids(recorded: dict[str, list], now: dict[str, list]) -> None:
+    if set(recorded) != set(now):
+        raise InputError(f"the config's token_ids have roles {sorted(recorded)}, this experiment makes {sorted(now)}")
+    for role, rows in now.items():
+        if rows == recorded[role]:
+            continue
+        old = recorded[role]
+        if len(old) != len(rows) or any(len(a) != len(b) for a, b in zip(old, rows)):
+            shapes = f"{[len(r) for r in old]} tokens per row recorded, {[len(r) for r in rows]} now"
+            raise InputError(f"token_ids[{role!r}] differ from the prompts' tokenization: {shapes}. "
+                             "The tokenizer, the BOS setting or the prompt template changed")
+        b, p = next((b, p) for b, (x, y) in enumerate(zip(old, rows)) for p in range(len(x)) if x[p] != y[p])
+        raise InputError(f"token_ids[{role!r}] differ from the prompts' tokenization at row {b}, position {p}: "
+                         f"recorded {old[b][p]}, now {rows[b][p]}. The tokenizer, the BOS setting or the "
+                         "prompt template changed")
+
+
+@dataclass
+class Run:
+    """A finished run: its complete config, results, and record folder (None when not recorded)."""
+
+    experiment: str
+    config: ExperimentConfig
+    results: RunResults
+    path: Path | None
+
+
+def run_experiment(
+    experiment: str | Experiment,
+    config: ExperimentConfig | None = None,
+    *,
+    model=None,
+    root: str | Path | None = "runs",
+    name: str | None = None,
+    command: str | None = None,
+) -> Run:
+    """Run an experiment and record it under `root` (`root=None`: do not record).
+
+    `model` defaults to the one the config names (loaded on its device and dtype); pass a loaded
+    model to reuse it (the config then records that model's name, device and dtype). Everything
+    that can fail on bad input fails before anything is written."""
+    experiment = get_experiment(experiment) if isinstance(experiment, str) else experiment
+    config = config if config is not None else experiment.config()
+    if not isinstance(config, experiment.config):
+        raise InputError(f"{experiment.name} takes a {experiment.config.__name__}, got {type(config).__name__}")
+    model = model if model is not None else load_experiment_model(config)
+    config = prepare(experiment, config, model)
+    torch.manual_seed(config.seed)
+    with torch.no_grad():
+        results = experiment.run(config, model)
+    path = None
+    if root is not None:
+        path = record_run(
+            results, experiment=experiment.name, config=config.to_dict(), root=root, name=name,
+            command=command if command is not None else rerun_command(experiment, config, root=root),
+            env=environment(device=model.device),
+        )
+    return Run(experiment.name, config, results, path)
+
+
+def rerun_command(experiment: Experiment, config: ExperimentConfig, *, root: str | Path | None = "runs") -> str:
+    """One shell line that runs this config again (token ids are re-derived from the prompts)."""
+    import shlex
+
+    argv = ["python", "-m", "workbench", "run", experiment.name, *config_to_argv(config)]
+    if root is not None and str(root) != "runs":
+        argv += ["--out", str(root)]
+    return shlex.join(argv)
+
+
+def config_to_argv(config: ExperimentConfig) -> list[str]:
+    """Command-line options that rebuild `config` (every field but `token_ids`)."""
+    argv: list[str] = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not f.metadata.get("cli", True) or value is None:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        elif isinstance(value, list):
+            argv += [flag, *map(str, value)] if value else []
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+# ----------------------------------------------------------------------------- replay
+@dataclass
+class ReplayReport:
+    """The outcome of a replay: every result compared, and what was (or was not) the same."""
+
+    path: Path
+    experiment: str
+    tolerance: Tolerance
+    notes: list[str]
+    comparisons: list[Comparison]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.comparisons) and all(c.ok for c in self.comparisons)
+
+    def format(self) -> str:
+        lines = [f"Replay of {self.path} ({self.experiment})"]
+        lines += [f"  {n}" for n in self.notes]
+        lines.append(f"  tolerance: {self.tolerance.describe()}")
+        width = max((len(c.name) for c in self.comparisons), default=0)
+        for c in self.comparisons:
+            lines.append(f"  {'ok  ' if c.ok else 'FAIL'} {c.kind:6} {c.name:{width}}  {c.detail}")
+        bad = sum(not c.ok for c in self.comparisons)
+        n = len(self.comparisons)
+        lines.append(f"MATCH: all {n} results reproduced" if self.ok else f"MISMATCH: {bad} of {n} results differ")
+        return "\n".join(lines)
+
+
+def replay(
+    run_dir: str | Path, *, device: str | None = None, dtype: str | None = None, model=None
+) -> ReplayReport:
+    """Re-run a recorded run from its config.json and compare every result with the record.
+
+    Identical results are required when the device, device name, dtype and torch version are the
+    recorded ones; otherwise the results must agree within `tolerance_for` the two dtypes. A
+    recorded CUDA run replays on the CPU (within tolerance) where no GPU is available."""
+    record = load_run(run_dir)
+    experiment = get_experiment(record.experiment)
+    try:
+        config = config_from_dict(experiment.config, record.config, source=f"{record.path / 'config.json'}")
+    except InputError as e:
+        raise RecordError(str(e)) from None
+    notes = []
+    recorded_device, recorded_dtype = config.device, config.dtype
+    if device is None and recorded_device and recorded_device.startswith("cuda") and not torch.cuda.is_available():
+        device = "cpu"
+        notes.append(f"recorded on {recorded_device}, no CUDA here: replaying on the CPU")
+    changes: dict[str, Any] = {}
+    if device is not None:
+        changes["device"] = device
+    if dtype is not None and dtype != recorded_dtype:
+        # float32 weights cast to another dtype hash differently; the tokens are still checked.
+        changes.update(dtype=dtype, model_sha256=None)
+        notes.append(f"dtype {dtype} instead of the recorded {recorded_dtype}: weights sha256 not checked")
+    config = dataclasses.replace(config, **changes)
+    if model is None:
+        model = load_experiment_model(config)
+    run = run_experiment(experiment, config, model=model, root=None)
+    env_now = environment(device=run.config.device)
+    same = (
+        run.config.device == recorded_device and run.config.dtype == recorded_dtype
+        and env_now["device_name"] == record.env.get("device_name") and env_now["torch"] == record.env.get("torch")
+    )
+    tol = EXACT if same else tolerance_for(getattr(torch, recorded_dtype), getattr(torch, run.config.dtype))
+    notes.insert(0, f"model {run.config.model} (sha256 {run.config.model_sha256[:16]}...), "
+                    f"{run.config.device} {env_now['device_name']}, {run.config.dtype}, torch {env_now['torch']}")
+    if not same:
+        notes.append(f"recorded on {recorded_device} {record.env.get('device_name')}, {recorded_dtype}, "
+                     f"torch {record.env.get('torch')}: comparing within tolerance")
+    return ReplayReport(record.path, experiment.name, tol, notes, compare_results(record, run.results, tol))
