@@ -209,3 +209,20 @@ def test_jaxtyping_checks_are_on(model):
 
     with pytest.raises(TypeCheckError):
         model.blocks[0].attn(torch.randn(4, 64))
+
+
+@pytest.mark.parametrize("names", [None, "resid", "attn", ["blocks.0.attn.hook_k", "blocks.1.mlp.hook_post"]])
+def test_cache_size_estimate_equals_bytes_held(model, tokens, names):
+    names_filter = (lambda n: names in n) if isinstance(names, str) else names
+    _, cache = model.run_with_cache(tokens, names_filter=names_filter)
+    held = {}
+    for t in cache.values():  # distinct storage, measured independently of ActivationCache.nbytes
+        held[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    assert model.cache_size(tokens, names_filter) == sum(held.values())
+
+
+def test_full_cache_holds_each_activation_once(model, tokens):
+    _, cache = model.run_with_cache(tokens)
+    # resid_post of block 0 and resid_pre of block 1 are one tensor, stored once
+    assert cache["resid_post", 0].untyped_storage().data_ptr() == cache["resid_pre", 1].untyped_storage().data_ptr()
+    assert not any(name.endswith("logits") for name in cache)

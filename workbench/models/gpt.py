@@ -114,6 +114,52 @@ class GPT(HookedRootModule):
     def dtype(self) -> torch.dtype:
         return self.wte.weight.dtype
 
+    def activation_shapes(self, batch: int, pos: int) -> dict[str, tuple[int, ...]]:
+        """The shape of every hook point's activation for a [batch pos] input."""
+        c = self.cfg
+        per_block = {
+            "hook_resid_pre": (batch, pos, c.d_model), "ln1.hook_scale": (batch, pos, 1),
+            "ln1.hook_normalized": (batch, pos, c.d_model), "attn.hook_q": (batch, pos, c.n_head, c.d_head),
+            "attn.hook_k": (batch, pos, c.n_head, c.d_head), "attn.hook_v": (batch, pos, c.n_head, c.d_head),
+            "attn.hook_attn_scores": (batch, c.n_head, pos, pos), "attn.hook_pattern": (batch, c.n_head, pos, pos),
+            "attn.hook_z": (batch, pos, c.n_head, c.d_head), "attn.hook_result": (batch, pos, c.n_head, c.d_model),
+            "hook_attn_out": (batch, pos, c.d_model), "hook_resid_mid": (batch, pos, c.d_model),
+            "ln2.hook_scale": (batch, pos, 1), "ln2.hook_normalized": (batch, pos, c.d_model),
+            "mlp.hook_pre": (batch, pos, c.d_mlp), "mlp.hook_post": (batch, pos, c.d_mlp),
+            "hook_mlp_out": (batch, pos, c.d_model), "hook_resid_post": (batch, pos, c.d_model),
+        }
+        shapes = {"hook_embed": (batch, pos, c.d_model), "hook_pos_embed": (batch, pos, c.d_model)}
+        for l in range(c.n_layer):
+            shapes.update({f"blocks.{l}.{k}": v for k, v in per_block.items()})
+        shapes.update({"ln_final.hook_scale": (batch, pos, 1), "ln_final.hook_normalized": (batch, pos, c.d_model)})
+        return shapes
+
+    def cache_size(self, tokens: Tensor | tuple[int, int], names_filter=None) -> int:
+        """Bytes a `run_with_cache(tokens, names_filter=...)` cache will hold, before running it.
+
+        Counts distinct storage: q, k and v share one buffer, and resid_pre of block l+1 is
+        resid_post of block l, so those are counted once."""
+        batch, pos = tokens if isinstance(tokens, tuple) else self.prepare_tokens(tokens).shape
+        shapes = self.activation_shapes(batch, pos)
+        names = set(self.names_matching(names_filter))
+        size = self.dtype.itemsize
+        total = 0
+        for name in names:
+            n = math.prod(shapes[name])
+            if name.endswith(("attn.hook_q", "attn.hook_k", "attn.hook_v")):
+                first = next(f"{name[:-1]}{x}" for x in "qkv" if f"{name[:-1]}{x}" in names)
+                if name != first:
+                    continue
+                n *= 3  # q, k and v are views of one fused buffer, kept alive whole
+            elif name.endswith("hook_resid_pre"):
+                l = int(name.split(".")[1])
+                if l > 0 and f"blocks.{l - 1}.hook_resid_post" in names:
+                    continue
+            elif name == "hook_pos_embed":
+                n //= batch  # broadcast over the batch, stored once
+            total += n * size
+        return total
+
     # ------------------------------------------------------------------ text and tokens
     def prepare_tokens(self, tokens: Tensor | str | Sequence) -> Int[Tensor, "batch pos"]:
         """Check a model input and return it as [batch pos] int64 ids on the model's device.
