@@ -21,9 +21,6 @@ from typing import Literal
 
 from workbench.errors import InputError, WorkbenchError
 
-COMMON_RUN_OPTIONS = ("out", "name", "config")
-
-
 # ----------------------------------------------------------------------------- options from configs
 def add_config_options(parser: argparse.ArgumentParser, cls: type) -> None:
     """One option per config field (`--top-k`, `--prompts A B`, `--prepend-bos/--no-prepend-bos`),
@@ -70,7 +67,8 @@ def build_config(experiment, args: argparse.Namespace):
     """defaults <- --config FILE <- options given on the command line."""
     from workbench.experiments.core import config_from_dict, read_config_file
 
-    given = {k: v for k, v in vars(args).items() if k not in COMMON_RUN_OPTIONS and not k.startswith("_")}
+    fields = {f.name for f in dataclasses.fields(experiment.config)}
+    given = {k: v for k, v in vars(args).items() if k in fields}
     data: dict = {}
     if args.config is not None:
         data = dict(read_config_file(args.config, experiment))

@@ -183,6 +183,7 @@ def load_experiment_model(config: ExperimentConfig):
     from workbench.models.default import load_default_model
     from workbench.models.loading import load_model
 
+    check_device(config.device)
     if config.model is None:
         return load_default_model(device=config.device, dtype=config.dtype, verbose=False)
     name = config.model
@@ -190,6 +191,23 @@ def load_experiment_model(config: ExperimentConfig):
     if Path(name).exists():
         model.name = str(Path(name).resolve())
     return model
+
+
+def check_device(device: str | None) -> None:
+    """InputError for a device string torch does not know, or a GPU this machine does not have."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"unknown device {device!r} ({e}); e.g. cpu, cuda, cuda:1, mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
 
 
 def prepare(experiment: Experiment, config: ExperimentConfig, model) -> ExperimentConfig:

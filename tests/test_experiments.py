@@ -1,0 +1,250 @@
+"""Experiment scripts end to end: each writes a complete record that replays to a match; altered
+results fail replay; --config reproduces a run; bad input exits non-zero and writes nothing."""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from workbench import cli
+from workbench.experiments import EXPERIMENTS
+from workbench.runs import RECORD_VERSION, find_runs, load_run
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+# Small settings per experiment: seconds on a CPU, on the bundled model or a tiny one.
+SMALL = {
+    "attention_heads": ["--n-seqs", "2", "--seq-len", "6"],
+    "logit_lens": ["--top-k", "3"],
+    "activation_patching": ["--n-prompts", "2", "--target", "resid_pre"],
+    "ablate_heads": ["--n-prompts", "2", "--method", "mean"],
+}
+SCRIPTS = sorted(name for name in SMALL if name in EXPERIMENTS)
+
+
+@pytest.fixture(autouse=True)
+def _restore_determinism():
+    # cli.main() turns deterministic algorithms on for its process; keep the test process as it was.
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def run_cli(*argv) -> int:
+    return cli.main([str(a) for a in argv])
+
+
+def small_run(name, model, out, *extra) -> Path:
+    """Run an experiment in-process with small settings; the path of its record."""
+    before = set(find_runs(out))
+    assert run_cli("run", name, "--model", model, "--device", "cpu", "--out", out, *SMALL[name], *extra) == 0
+    (path,) = set(find_runs(out)) - before
+    return path
+
+
+def env_without_network():
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_records_a_run_that_replays(name, experiment_model, tmp_path, capsys):
+    """The script itself, as a user runs it: a complete record, and replay reports a match."""
+    out = tmp_path / "runs"
+    proc = subprocess.run(
+        [PY, str(REPO / "experiments" / f"{name}.py"), "--model", experiment_model, "--device", "cpu",
+         "--out", str(out), *SMALL[name]],
+        capture_output=True, text=True, env=env_without_network(), timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (path,) = find_runs(out)
+    assert f"Recorded run: {path}" in proc.stdout
+    assert f"python -m workbench replay {path}" in proc.stdout
+    rec = load_run(path)
+    for f in ("config.json", "env.json", "command", "results/tensors.safetensors"):
+        assert (path / f).is_file()
+    assert rec.tables() and rec.figures() and rec.tensors()
+    config = rec.config
+    assert len(config["model_sha256"]) == 64 and config["device"] == "cpu" and config["dtype"] == "float32"
+    assert config["token_ids"] and all(rows[0][0] == 50256 for rows in config["token_ids"].values())  # BOS
+    assert rec.env["deterministic_algorithms"] is True and "git_commit" in rec.env
+    assert len(rec.command.splitlines()) == 1
+
+    assert run_cli("replay", path) == 0
+    report = capsys.readouterr().out
+    assert "MATCH" in report and "identical" in report and "FAIL" not in report
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_altered_result_fails_replay(name, experiment_model, tmp_path, capsys):
+    path = small_run(name, experiment_model, tmp_path)
+    tensors = load_file(str(path / "results" / "tensors.safetensors"))
+    key = sorted(k for k, v in tensors.items() if v.dtype.is_floating_point)[0]
+    flat = tensors[key].flatten().clone()
+    flat[0] = torch.nextafter(flat[0], flat[0] + 1)  # the smallest possible change
+    tensors[key] = flat.reshape(tensors[key].shape)
+    save_file(tensors, str(path / "results" / "tensors.safetensors"))
+    capsys.readouterr()
+    assert run_cli("replay", path) == 1
+    report = capsys.readouterr().out
+    assert "MISMATCH" in report and f"FAIL tensor {key}" in report
+
+
+def test_altered_table_fails_replay(experiment_model, tmp_path, capsys):
+    import pandas as pd
+
+    path = small_run(SCRIPTS[0], experiment_model, tmp_path)
+    table_path = sorted((path / "results").glob("*.parquet"))[0]
+    frame = pd.read_parquet(table_path)
+    column = frame.select_dtypes("float").columns[0]
+    frame.loc[0, column] += 1.0
+    frame.to_parquet(table_path, index=False)
+    assert run_cli("replay", path) == 1
+    assert f"FAIL table  {table_path.stem}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_config_file_reproduces_the_run(name, experiment_model, tmp_path):
+    first = small_run(name, experiment_model, tmp_path / "a")
+    second = small_run(name, experiment_model, tmp_path / "b")  # same options, for comparison of ids only
+    # --config alone, from the record (both the file and the folder work), no other options.
+    assert run_cli("run", name, "--config", first / "config.json", "--out", tmp_path / "c") == 0
+    assert run_cli("run", name, "--config", first, "--out", tmp_path / "d") == 0
+    (third,) = find_runs(tmp_path / "c")
+    (fourth,) = find_runs(tmp_path / "d")
+    a = load_run(first)
+    for other in (third, fourth):
+        rec = load_run(other)
+        assert rec.config == a.config
+        for k, v in a.tensors().items():
+            assert torch.equal(v, rec.tensors()[k]), k
+    assert second.name != first.name
+
+
+def test_command_file_reruns_the_experiment(experiment_model, tmp_path):
+    first = small_run(SCRIPTS[0], experiment_model, tmp_path / "a")
+    argv = shlex.split(load_run(first).command)
+    assert argv[:4] == ["python", "-m", "workbench", "run"]
+    assert run_cli(*argv[3:], "--out", tmp_path / "b") == 0
+    (again,) = find_runs(tmp_path / "b")
+    assert load_run(again).config == load_run(first).config
+    for k, v in load_run(first).tensors().items():
+        assert torch.equal(v, load_run(again).tensors()[k])
+
+
+def test_hand_written_config_and_overrides(experiment_model, tmp_path):
+    config = tmp_path / "mine.json"
+    config.write_text(json.dumps({"model": experiment_model, "device": "cpu", "n_seqs": 2, "seq_len": 5}))
+    assert run_cli("run", "attention_heads", "--config", config, "--out", tmp_path / "runs", "--seq-len", "7") == 0
+    (path,) = find_runs(tmp_path / "runs")
+    rec = load_run(path)
+    assert rec.config["seq_len"] == 7 and rec.config["n_seqs"] == 2
+    assert [len(r) for r in rec.config["token_ids"]["tokens"]] == [15, 15]
+    # Overriding an option of a recorded config recomputes the token ids instead of failing on them.
+    assert run_cli("run", "attention_heads", "--config", path, "--out", tmp_path / "runs", "--seed", "3") == 0
+
+
+# ----------------------------------------------------------------------------- bad input
+def bad_config_cases(tmp_path, model):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    malformed = tmp_path / "malformed.json"
+    malformed.write_text('{"seq_len": 5,')
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"model": model, "seq_lenght": 5}))
+    mistyped = tmp_path / "mistyped.json"
+    mistyped.write_text(json.dumps({"model": model, "seq_len": "five"}))
+    not_object = tmp_path / "list.json"
+    not_object.write_text("[1, 2, 3]")
+    future = tmp_path / "future.json"
+    future.write_text(json.dumps({"record_version": RECORD_VERSION + 1, "experiment": "attention_heads",
+                                  "config": {"model": model}}))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"record_version": RECORD_VERSION, "experiment": "something_else",
+                                 "config": {"model": model}}))
+    return [
+        (["--config", tmp_path / "missing.json"], "does not exist"),
+        (["--config", malformed], "not valid JSON"),
+        (["--config", unknown], "unknown field.*seq_lenght"),
+        (["--config", mistyped], "seq_len must be int"),
+        (["--config", not_object], "JSON object"),
+        (["--config", future], f"version {RECORD_VERSION + 1}"),
+        (["--config", other], "'something_else' run"),
+        (["--model", "no-such-model"], "no model named 'no-such-model'"),
+        (["--model", model, "--detectors", "induction", "--seq-len", "600"], "context"),
+        (["--model", model, "--model-sha256", "0" * 64], "not the model the config was run with"),
+        (["--model", model, "--device", "cuda:7" if torch.cuda.is_available() else "cuda"], "CUDA"),
+    ]
+
+
+def test_bad_input_exits_non_zero_and_writes_nothing(experiment_model, tmp_path, capsys):
+    out = tmp_path / "runs"
+    for argv, message in bad_config_cases(tmp_path / "configs", experiment_model):
+        code = run_cli("run", "attention_heads", "--out", out, *argv)
+        err = capsys.readouterr().err
+        assert code == 2, (argv, err)
+        assert err.startswith("error: ") and pytest.importorskip("re").search(message, err), (argv, err)
+        assert not out.exists(), argv
+
+
+def test_replay_bad_run_folders(experiment_model, tmp_path, capsys):
+    assert run_cli("replay", tmp_path / "nope") == 2
+    assert "no run folder" in capsys.readouterr().err
+    path = small_run("attention_heads", experiment_model, tmp_path / "runs")
+    header = json.loads((path / "config.json").read_text())
+    header["record_version"] = RECORD_VERSION + 1
+    (path / "config.json").write_text(json.dumps(header))
+    assert run_cli("replay", path) == 2
+    err = capsys.readouterr().err
+    assert f"record format version {RECORD_VERSION + 1}" in err and "workbench version that wrote it" in err
+    header["record_version"] = RECORD_VERSION
+    header["config"]["top_k"] = "many"
+    (path / "config.json").write_text(json.dumps(header))
+    assert run_cli("replay", path) == 2
+    assert "top_k must be int" in capsys.readouterr().err
+
+
+def test_replay_in_another_dtype_compares_within_tolerance(experiment_model, tmp_path, capsys):
+    path = small_run("attention_heads", experiment_model, tmp_path)
+    capsys.readouterr()
+    assert run_cli("replay", path, "--dtype", "float16") == 0
+    report = capsys.readouterr().out
+    assert "within" in report and "MATCH" in report
+
+
+def test_runs_lists_recorded_runs(experiment_model, tmp_path, capsys):
+    assert run_cli("runs", "--root", tmp_path) == 0
+    assert "no recorded runs" in capsys.readouterr().out
+    path = small_run("attention_heads", experiment_model, tmp_path)
+    capsys.readouterr()
+    assert run_cli("runs", "--root", tmp_path) == 0
+    out = capsys.readouterr().out
+    assert path.name in out and "attention_heads" in out and "ok" in out
+
+
+def test_console_script_and_module(experiment_model, tmp_path):
+    """`workbench` (the installed console script) and `python -m workbench` run the same CLI."""
+    path = small_run("attention_heads", experiment_model, tmp_path)
+    exe = Path(PY).parent / "workbench"
+    if not exe.exists():
+        pytest.skip("the workbench console script is not installed in this environment")
+    proc = subprocess.run([str(exe), "runs", "--root", str(tmp_path)], capture_output=True, text=True,
+                          env=env_without_network(), timeout=120)
+    assert proc.returncode == 0 and path.name in proc.stdout, proc.stderr
+    proc = subprocess.run([PY, "-m", "workbench", "replay", str(path)], capture_output=True, text=True,
+                          env=env_without_network(), timeout=300)
+    assert proc.returncode == 0 and "MATCH" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_help(name):
+    proc = subprocess.run([PY, str(REPO / "experiments" / f"{name}.py"), "--help"], capture_output=True, text=True,
+                          env=env_without_network(), timeout=120)
+    assert proc.returncode == 0
+    for option in ("--model", "--device", "--dtype", "--seed", "--out", "--config"):
+        assert option in proc.stdout
