@@ -1,0 +1,249 @@
+"""Metrics on logits: logit difference, token (log-)probability, KL to a reference, and `normalize`.
+
+Each metric comes twice. The function (`logit_diff(logits, answer, wrong)`) evaluates it on one
+set of logits and returns a scalar. The class (`LogitDiff(answer, wrong)`) is what the sweeps take:
+it says which positions it reads (`positions`), so a sweep unembeds only those, and it evaluates
+many patched runs at once (`evaluate` takes logits with a leading `cell` axis, one entry per
+patched cell packed into the batch). Any plain callable `metric(logits) -> scalar` works too; a
+sweep then computes logits at every position and calls it once per cell, which is slower.
+
+Every metric is a mean over the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import einops
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from workbench.errors import InputError
+
+TokenIds = int | Int[Tensor, "batch"]
+
+
+class Metric:
+    """A scalar function of logits that knows which positions it reads.
+
+    Subclasses set `positions` (a tuple of positions, negative counts from the end; None = all)
+    and implement `evaluate(logits)`, where logits hold only those positions, in that order, and
+    may carry leading `cell` axes: [*cell batch pos d_vocab] -> [*cell]. Calling the metric on
+    full logits [batch pos d_vocab] returns the scalar.
+    """
+
+    positions: tuple[int, ...] | None = None
+    name: str = "metric"
+    batched: bool = True  # evaluate() accepts leading cell axes
+
+    def evaluate(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell"]:
+        raise NotImplementedError
+
+    def __call__(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
+        return self.evaluate(self.select(logits))
+
+    def read_positions(self, n_pos: int) -> list[int]:
+        """The positions this metric reads in a prompt of `n_pos` tokens, as indices in [0, n_pos)."""
+        if self.positions is None:
+            return list(range(n_pos))
+        out = []
+        for p in self.positions:
+            if not -n_pos <= p < n_pos:
+                raise InputError(f"metric {self.name!r} reads position {p}, but the prompt has {n_pos} positions")
+            out.append(p % n_pos)
+        return out
+
+    def select(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, "batch read d_vocab"]:
+        """The logits at this metric's positions."""
+        if self.positions is None:
+            return logits
+        idx = torch.tensor(self.read_positions(logits.shape[-2]), device=logits.device)
+        return logits.index_select(-2, idx)
+
+
+def _take(
+    logprobs: Float[Tensor, "*cell batch d_vocab"], token: int | Tensor, what: str
+) -> Float[Tensor, "*cell batch"]:
+    """logprobs[..., b, token[b]] (or [..., token] for one id)."""
+    if isinstance(token, int):
+        return logprobs[..., token]
+    batch = logprobs.shape[-2]
+    if token.shape[0] != batch:
+        raise InputError(f"{what} has {token.shape[0]} token ids but the logits have batch size {batch}")
+    return logprobs[..., torch.arange(batch, device=logprobs.device), token.to(logprobs.device)]
+
+
+def _check_ids(token: TokenIds, what: str) -> TokenIds:
+    if isinstance(token, Tensor):
+        if token.ndim != 1 or token.dtype.is_floating_point:
+            raise InputError(f"{what} must be an int or a 1-D tensor of token ids, got shape {tuple(token.shape)}")
+        return token.long()
+    if isinstance(token, bool) or not isinstance(token, int):
+        raise InputError(f"{what} must be an int or a 1-D tensor of token ids, got {type(token).__name__}")
+    return token
+
+
+@dataclass(eq=False)
+class LogitDiff(Metric):
+    """Mean over the batch of logit[answer] - logit[wrong] at position `pos` (e.g. IOI: IO - S)."""
+
+    answer: TokenIds
+    wrong: TokenIds
+    pos: int = -1
+    name: str = "logit_diff"
+
+    def __post_init__(self) -> None:
+        self.answer, self.wrong = _check_ids(self.answer, "answer"), _check_ids(self.wrong, "wrong")
+        self.positions = (self.pos,)
+
+    def evaluate(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell"]:
+        at = logits[..., 0, :]
+        diff = _take(at, self.answer, "answer") - _take(at, self.wrong, "wrong")
+        return einops.reduce(diff, "... batch -> ...", "mean")
+
+
+@dataclass(eq=False)
+class TokenLogProb(Metric):
+    """Mean over the batch of log p(token) at position `pos`."""
+
+    token: TokenIds
+    pos: int = -1
+    name: str = "token_logprob"
+
+    def __post_init__(self) -> None:
+        self.token = _check_ids(self.token, "token")
+        self.positions = (self.pos,)
+
+    def evaluate(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell"]:
+        logprob = _take(logits[..., 0, :].float().log_softmax(-1), self.token, "token")
+        return einops.reduce(logprob, "... batch -> ...", "mean")
+
+
+@dataclass(eq=False)
+class TokenProb(TokenLogProb):
+    """Mean over the batch of p(token) at position `pos`."""
+
+    name: str = "token_prob"
+
+    def evaluate(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell"]:
+        prob = _take(logits[..., 0, :].float().softmax(-1), self.token, "token")
+        return einops.reduce(prob, "... batch -> ...", "mean")
+
+
+@dataclass(eq=False)
+class KLDivergence(Metric):
+    """Mean over the batch of KL(reference || model) at position `pos`, in nats.
+
+    `reference_logits` are full logits [batch pos d_vocab] (e.g. the clean run's)."""
+
+    reference_logits: Float[Tensor, "batch pos d_vocab"]
+    pos: int = -1
+    name: str = "kl_divergence"
+
+    def __post_init__(self) -> None:
+        self.positions = (self.pos,)
+        n_pos = self.reference_logits.shape[1]
+        if not -n_pos <= self.pos < n_pos:
+            raise InputError(f"pos {self.pos} is out of range for reference logits with {n_pos} positions")
+        self._ref_logprobs = self.reference_logits[:, self.pos].detach().float().log_softmax(-1)
+
+    def evaluate(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell"]:
+        ref = self._ref_logprobs.to(logits.device)
+        if ref.shape[0] != logits.shape[-3]:
+            raise InputError(
+                f"the reference logits have batch size {ref.shape[0]} but the logits have {logits.shape[-3]}"
+            )
+        logprobs = logits[..., 0, :].float().log_softmax(-1)
+        kl = einops.reduce(ref.exp() * (ref - logprobs), "... batch d_vocab -> ... batch", "sum")
+        return einops.reduce(kl, "... batch -> ...", "mean")
+
+
+@dataclass(eq=False)
+class CustomMetric(Metric):
+    """Wraps a plain `fn(logits) -> scalar`. With `positions`, fn receives logits at just those
+    positions ([batch len(positions) d_vocab]); otherwise the full logits. Sweeps call it once per
+    cell."""
+
+    fn: Callable[[Tensor], Tensor]
+    positions: tuple[int, ...] | None = None
+    name: str = "custom"
+    batched: bool = False
+
+    def __post_init__(self) -> None:
+        if not callable(self.fn):
+            raise InputError(f"a metric must be callable, got {type(self.fn).__name__}")
+        if self.name == "custom":
+            self.name = getattr(self.fn, "__name__", "custom")
+        if self.positions is not None:
+            self.positions = tuple(int(p) for p in self.positions)
+
+    def evaluate(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell"]:
+        lead = logits.shape[:-3]
+        flat = logits.reshape(-1, *logits.shape[-3:])  # [cells batch pos d_vocab]
+        values = torch.stack([scalar(self.fn(cell), self.name) for cell in flat])
+        return values.reshape(lead)
+
+
+def scalar(value: object, name: str = "metric") -> Tensor:
+    """Check that a metric returned a scalar (a 0-d tensor or a number) and return it as a tensor."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor(float(value))
+    if not isinstance(value, Tensor):
+        raise InputError(f"metric {name!r} must return a scalar tensor, got {type(value).__name__}")
+    if value.ndim != 0:
+        raise InputError(
+            f"metric {name!r} must return a scalar, got a tensor of shape {tuple(value.shape)}; "
+            "reduce over the batch (e.g. .mean())"
+        )
+    return value.reshape(())
+
+
+def as_metric(metric: Metric | Callable[[Tensor], Tensor]) -> Metric:
+    """A `Metric` as is; a plain callable wrapped in `CustomMetric` (reads every position)."""
+    if isinstance(metric, Metric):
+        return metric
+    if not callable(metric):
+        raise InputError(f"metric must be a Metric or a callable logits -> scalar, got {type(metric).__name__}")
+    return CustomMetric(metric)
+
+
+# ---------------------------------------------------------------------- functions
+
+
+def logit_diff(
+    logits: Float[Tensor, "batch pos d_vocab"], answer: TokenIds, wrong: TokenIds, *, pos: int = -1
+) -> Float[Tensor, ""]:
+    """Mean over the batch of logits[b, pos, answer[b]] - logits[b, pos, wrong[b]].
+
+    `answer` and `wrong` are one token id or a [batch] tensor of ids."""
+    return LogitDiff(answer, wrong, pos=pos)(logits)
+
+
+def token_logprob(logits: Float[Tensor, "batch pos d_vocab"], token: TokenIds, *, pos: int = -1) -> Float[Tensor, ""]:
+    """Mean over the batch of log p(token) at `pos`."""
+    return TokenLogProb(token, pos=pos)(logits)
+
+
+def token_prob(logits: Float[Tensor, "batch pos d_vocab"], token: TokenIds, *, pos: int = -1) -> Float[Tensor, ""]:
+    """Mean over the batch of p(token) at `pos`."""
+    return TokenProb(token, pos=pos)(logits)
+
+
+def kl_divergence(
+    logits: Float[Tensor, "batch pos d_vocab"], reference_logits: Float[Tensor, "batch pos d_vocab"], *, pos: int = -1
+) -> Float[Tensor, ""]:
+    """Mean over the batch of KL(reference || logits) of the next-token distributions at `pos`."""
+    return KLDivergence(reference_logits, pos=pos)(logits)
+
+
+def normalize(values: Tensor | float, clean: Tensor | float, corrupted: Tensor | float) -> Tensor:
+    """Rescale metric values so that 0 = the corrupted run's value and 1 = the clean run's."""
+    clean, corrupted = torch.as_tensor(clean, dtype=torch.float32), torch.as_tensor(corrupted, dtype=torch.float32)
+    if torch.any(clean == corrupted):
+        raise InputError(
+            f"cannot normalize: the clean and corrupted metric are equal ({float(clean.flatten()[0]):.6g}), "
+            "so the prompts do not separate the behaviour"
+        )
+    return (torch.as_tensor(values).float() - corrupted) / (clean - corrupted)

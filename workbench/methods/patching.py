@@ -1,0 +1,368 @@
+"""Activation patching: restore one activation of one run inside another and measure a metric.
+
+Targets and the axes of their values:
+
+* `resid_pre`, `resid_mid`, `resid_post`, `attn_out`, `mlp_out`: [layer pos]
+* `head_out` (the head's output, i.e. its `hook_z`), `head_q`, `head_k`, `head_v`, `head_pattern`,
+  each head patched at every position: [layer head]
+* the same per position, `head_out_by_pos`, ..., `head_pattern_by_pos`: [layer pos head]
+  (for `head_pattern_by_pos`, pos is the query position: one row of the pattern).
+
+Denoising (TransformerLens's convention) runs the corrupted prompt and restores a clean
+activation; noising runs the clean prompt and patches in a corrupted activation.
+
+Speed: instead of one full forward per cell, cells are packed into the batch of a few forwards,
+each resumed at the patched layer from the base run's cached residual stream, recomputing only the
+positions the patch can change and unembedding only the positions the metric reads (see
+`workbench/methods/_resume.py`). A cell whose patch is a no-op because clean and corrupted agree
+there (positions before the first differing token) gets the base run's metric without a forward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import einops
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from workbench.errors import InputError
+from workbench.methods._resume import BaseRun, CellGroup, base_names, entry_of, run_cells
+from workbench.methods.metrics import Metric, as_metric, normalize, scalar
+
+LAYER_POS_TARGETS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+HEAD_TARGETS = ("head_out", "head_q", "head_k", "head_v", "head_pattern")
+TARGETS = LAYER_POS_TARGETS + HEAD_TARGETS + tuple(f"{t}_by_pos" for t in HEAD_TARGETS)
+DIRECTIONS = ("denoise", "noise")
+
+# The hook each target patches, and where its change enters the residual stream.
+_HOOK = {
+    "resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post",
+    "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out",
+    "head_out": "attn.hook_z", "head_q": "attn.hook_q", "head_k": "attn.hook_k", "head_v": "attn.hook_v",
+    "head_pattern": "attn.hook_pattern",
+}
+_STAGE = {"resid_pre": "pre", "resid_mid": "mid", "attn_out": "mid", "resid_post": "post", "mlp_out": "post"}
+
+
+def target_hook(target: str, layer: int) -> str:
+    """The hook name that `target` patches in block `layer` (e.g. head_q -> blocks.l.attn.hook_q)."""
+    return f"blocks.{layer}.{_HOOK[target.removesuffix('_by_pos')]}"
+
+
+def target_dims(target: str) -> tuple[str, ...]:
+    if target in LAYER_POS_TARGETS:
+        return ("layer", "pos")
+    return ("layer", "pos", "head") if target.endswith("_by_pos") else ("layer", "head")
+
+
+@dataclass
+class PatchingResult:
+    """values[cell] is the metric of the base run with that one cell patched; its axes are `dims`
+    (("layer", "pos"), ("layer", "head") or ("layer", "pos", "head")), with `layers` labelling the
+    layer axis and `str_tokens` the positions (the clean prompt, first row).
+
+    For attribution patching (`method="attribution"`) values are the linear estimate
+    baseline + gradient . (source - base activation)."""
+
+    values: Float[Tensor, "layer ..."]
+    dims: tuple[str, ...]
+    target: str
+    direction: str
+    method: str
+    metric: str
+    clean_value: float
+    corrupted_value: float
+    layers: list[int]
+    str_tokens: list[str]
+
+    @property
+    def baseline(self) -> float:
+        """The metric of the unpatched base run (corrupted when denoising, clean when noising)."""
+        return self.corrupted_value if self.direction == "denoise" else self.clean_value
+
+    @property
+    def effect(self) -> Float[Tensor, "layer ..."]:
+        """values - baseline: how much each patch moves the metric."""
+        return self.values - self.baseline
+
+    def normalized(self) -> Float[Tensor, "layer ..."]:
+        """values on the 0 = corrupted, 1 = clean scale."""
+        return normalize(self.values, self.clean_value, self.corrupted_value)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per cell: the axis columns (layer, pos, head), token, value, effect, normalized."""
+        grids = torch.meshgrid(*[torch.arange(n) for n in self.values.shape], indexing="ij")
+        frame = {dim: g.flatten().tolist() for dim, g in zip(self.dims, grids)}
+        frame["layer"] = [self.layers[i] for i in frame["layer"]]
+        if "pos" in frame:
+            frame["token"] = [self.str_tokens[p] for p in frame["pos"]]
+        frame["value"] = self.values.flatten().tolist()
+        frame["effect"] = self.effect.flatten().tolist()
+        try:
+            frame["normalized"] = self.normalized().flatten().tolist()
+        except InputError:  # clean and corrupted metric equal: no scale
+            frame["normalized"] = float("nan")
+        df = pd.DataFrame(frame)
+        df["target"], df["method"], df["direction"], df["metric"] = self.target, self.method, self.direction, self.metric
+        return df
+
+
+# ---------------------------------------------------------------------- input checks (shared)
+
+
+def check_target(target: str) -> str:
+    if target not in TARGETS:
+        raise InputError(f"unknown patching target {target!r}; allowed: {', '.join(TARGETS)}")
+    return target
+
+
+def check_direction(direction: str) -> str:
+    if direction not in DIRECTIONS:
+        raise InputError(f"direction must be 'denoise' (clean into corrupted) or 'noise', got {direction!r}")
+    return direction
+
+
+def check_pair(model, clean_tokens, corrupted_tokens) -> tuple[Tensor, Tensor]:
+    """Both prompts as [batch pos] ids; they must have the same shape."""
+    clean, corrupted = model.prepare_tokens(clean_tokens), model.prepare_tokens(corrupted_tokens)
+    if clean.shape[1] != corrupted.shape[1]:
+        raise InputError(
+            f"clean and corrupted prompts must have the same length: clean has {clean.shape[1]} tokens, "
+            f"corrupted has {corrupted.shape[1]}"
+        )
+    if clean.shape[0] != corrupted.shape[0]:
+        raise InputError(
+            f"clean and corrupted must have the same batch size: clean has {clean.shape[0]} prompts, "
+            f"corrupted has {corrupted.shape[0]}"
+        )
+    return clean, corrupted
+
+
+def check_layers(model, layers: Sequence[int] | None) -> list[int]:
+    n_layer = model.cfg.n_layer
+    if layers is None:
+        return list(range(n_layer))
+    layers = [int(l) for l in layers]
+    if not layers:
+        raise InputError("layers is empty: give at least one layer, or None for all")
+    for l in layers:
+        if not 0 <= l < n_layer:
+            raise InputError(f"layer {l} is out of range: the model has {n_layer} layers (0 to {n_layer - 1})")
+    return layers
+
+
+def first_difference(clean: Tensor, corrupted: Tensor) -> int:
+    """The first position where any clean and corrupted prompt differ (n_pos if none). Before it
+    the two runs are identical (attention is causal), so patching there changes nothing."""
+    differs = (clean != corrupted).any(0).nonzero()
+    return int(differs[0]) if len(differs) else clean.shape[1]
+
+
+# ---------------------------------------------------------------------- activation patching
+
+
+def activation_patching(
+    model,
+    clean_tokens: Tensor | str | Sequence[str],
+    corrupted_tokens: Tensor | str | Sequence[str],
+    metric: Metric | Callable[[Tensor], Tensor],
+    *,
+    target: str = "resid_pre",
+    direction: str = "denoise",
+    layers: Sequence[int] | None = None,
+    max_batch: int | None = None,
+    progress: bool = True,
+) -> PatchingResult:
+    """Run one prompt, restore one activation from the other, and measure `metric`, for every cell.
+
+    `clean_tokens`, `corrupted_tokens`: [batch pos] ids of the same shape (or text).
+    `metric`: a `Metric` (e.g. `LogitDiff(answer, wrong)`; computes logits only where it reads) or
+    any callable logits [batch pos d_vocab] -> scalar. `target`: see the module docstring.
+    `direction`: "denoise" patches clean activations into the corrupted run, "noise" the reverse.
+    `layers`: sweep only these layers (default all). `max_batch`: most sequences (cells x batch)
+    in one forward, the memory budget (default: about 4096 token positions per forward).
+
+    Returns a `PatchingResult` whose values[layer, pos] / [layer, head] / [layer, pos, head] is
+    the metric of the patched run (TransformerLens's `get_act_patch_*` numbers).
+    """
+    target, direction = check_target(target), check_direction(direction)
+    clean, corrupted = check_pair(model, clean_tokens, corrupted_tokens)
+    metric = as_metric(metric)
+    layers = check_layers(model, layers)
+    base_tokens, source_tokens = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
+    hooks = [target_hook(target, l) for l in layers]
+    if target.startswith(("head_q", "head_k", "head_v", "head_pattern")):  # patched z needs q, k, v, pattern
+        hooks += [f"blocks.{l}.attn.hook_{n}" for l in layers for n in ("q", "k", "v", "z", "pattern")]
+    elif target.startswith("head_out"):
+        hooks += [f"blocks.{l}.attn.hook_z" for l in layers]
+    with torch.no_grad():
+        base_logits, base_cache = model.run_with_cache(base_tokens, names_filter=sorted(set(hooks + base_names(model.cfg.n_layer))))
+        source_logits, source_cache = model.run_with_cache(source_tokens, names_filter=sorted(set(hooks)))
+    base = BaseRun(base_tokens, base_logits, base_cache, model.cfg.n_layer)
+    clean_logits, corrupted_logits = (source_logits, base_logits) if direction == "denoise" else (base_logits, source_logits)
+    clean_value = float(scalar(metric(clean_logits), metric.name))
+    corrupted_value = float(scalar(metric(corrupted_logits), metric.name))
+
+    n_pos, n_head = base_tokens.shape[1], model.cfg.n_head
+    dims = target_dims(target)
+    shape = [len(layers)] + [{"pos": n_pos, "head": n_head}[d] for d in dims[1:]]
+    values = torch.full(shape, float("nan"))
+    d = first_difference(clean, corrupted)
+    groups = [
+        _cell_group(model, target, layer, i, base_cache, source_cache, d, n_pos)
+        for i, layer in enumerate(layers)
+    ]
+    run_cells(model, base, groups, metric, values, max_batch=max_batch, progress=progress,
+              desc=f"patching {target}")
+    return PatchingResult(
+        values=values, dims=dims, target=target, direction=direction, method="activation", metric=metric.name,
+        clean_value=clean_value, corrupted_value=corrupted_value, layers=layers,
+        str_tokens=model.to_str_tokens(clean[0]),
+    )
+
+
+def _cell_group(model, target: str, layer: int, i: int, base, source, d: int, n_pos: int) -> CellGroup:
+    """The cells of one layer: their entry point, first changed position and residual deltas."""
+    noop = n_pos  # a `first` past every position: the cell gets the base metric
+    if target in LAYER_POS_TARGETS:
+        name = target_hook(target, layer)
+        diff = source[name] - base[name]
+        group = CellGroup(entry_of(layer, _STAGE[target]), _at_positions(diff))
+        for p in range(n_pos):
+            group.add(p, (i, p), p if p >= d else noop)
+        return group
+
+    kind = target.removesuffix("_by_pos")
+    W_O = model.blocks[layer].attn.W_O.detach()  # [head d_head d_model]
+    z_base = base["z", layer]
+    if kind == "head_k" and target.endswith("_by_pos"):
+        z_diff = _k_by_pos(model, layer, base, source)
+    elif kind == "head_v" and target.endswith("_by_pos"):
+        z_diff = _v_by_pos(layer, base, source)
+    else:
+        # The head's output with the patched input, at every position: row p only depends on
+        # query p, so by-position q / out / pattern cells take row p of it.
+        z_new = _patched_z(model, kind, layer, base, source)
+        z_diff = z_new - z_base
+        if target.endswith("_by_pos"):
+            z_diff = _row_only(z_diff)
+        else:
+            z_diff = _all_rows(z_diff)
+    group = CellGroup(entry_of(layer, "mid"), _through_W_O(z_diff, W_O))
+    n_head = model.cfg.n_head
+    if target.endswith("_by_pos"):
+        for p in range(n_pos):
+            for h in range(n_head):
+                group.add((p, h), (i, p, h), p if p >= d else noop)
+    else:
+        for h in range(n_head):
+            group.add((None, h), (i, h), d if d < n_pos else noop)
+    return group
+
+
+def _at_positions(diff: Float[Tensor, "batch pos d_model"]):
+    """Deltas for layer-position cells: `diff` at the cell's position, zero elsewhere."""
+
+    def delta(keys: list[int]) -> Float[Tensor, "cell batch pos d_model"]:
+        onehot = torch.zeros(len(keys), diff.shape[1], dtype=diff.dtype, device=diff.device)
+        onehot[torch.arange(len(keys)), torch.tensor(keys)] = 1
+        return einops.einsum(onehot, diff, "cell pos, batch pos d_model -> cell batch pos d_model")
+
+    return delta
+
+
+# Head cells: a function (keys) -> z change of the cell's head, [cell batch pos d_head], which
+# `_through_W_O` turns into the residual change at resid_mid.
+ZDiff = Callable[[list[tuple]], Float[Tensor, "cell batch pos d_head"]]
+
+
+def _through_W_O(z_diff: ZDiff, W_O: Float[Tensor, "head d_head d_model"]):
+    def delta(keys: list[tuple]) -> Float[Tensor, "cell batch pos d_model"]:
+        heads = torch.tensor([k[1] for k in keys])
+        return einops.einsum(
+            z_diff(keys), W_O[heads], "cell batch pos d_head, cell d_head d_model -> cell batch pos d_model"
+        )
+
+    return delta
+
+
+def _all_rows(z_diff: Float[Tensor, "batch pos head d_head"]) -> ZDiff:
+    def take(keys: list[tuple]) -> Float[Tensor, "cell batch pos d_head"]:
+        heads = torch.tensor([k[1] for k in keys])
+        return einops.rearrange(z_diff[:, :, heads], "batch pos cell d_head -> cell batch pos d_head")
+
+    return take
+
+
+def _row_only(z_diff: Float[Tensor, "batch pos head d_head"]) -> ZDiff:
+    def take(keys: list[tuple]) -> Float[Tensor, "cell batch pos d_head"]:
+        pos = torch.tensor([k[0] for k in keys])
+        heads = torch.tensor([k[1] for k in keys])
+        rows = einops.rearrange(z_diff[:, pos, heads], "batch cell d_head -> cell batch d_head")
+        onehot = torch.zeros(len(keys), z_diff.shape[1], dtype=z_diff.dtype, device=z_diff.device)
+        onehot[torch.arange(len(keys)), pos] = 1
+        return einops.einsum(onehot, rows, "cell pos, cell batch d_head -> cell batch pos d_head")
+
+    return take
+
+
+def _patched_z(model, kind: str, layer: int, base, source) -> Float[Tensor, "batch pos head d_head"]:
+    """Every head's output at every position when its `kind` input comes from the source run."""
+    attn = model.blocks[layer].attn
+    get = lambda cache, n: cache[n, layer]  # noqa: E731
+    if kind == "head_out":
+        return get(source, "z")
+    if kind == "head_q":
+        return attn.explicit_attention(get(source, "q"), get(base, "k"), get(base, "v"))
+    if kind == "head_k":
+        return attn.explicit_attention(get(base, "q"), get(source, "k"), get(base, "v"))
+    if kind == "head_v":
+        return einops.einsum(get(base, "pattern"), get(source, "v"),
+                             "batch head query_pos key_pos, batch key_pos head d_head -> batch query_pos head d_head")
+    return einops.einsum(get(source, "pattern"), get(base, "v"),  # head_pattern
+                         "batch head query_pos key_pos, batch key_pos head d_head -> batch query_pos head d_head")
+
+
+def _v_by_pos(layer: int, base, source) -> ZDiff:
+    """Patching v at key position p changes z by pattern[:, p] (x) (v_source - v_base)[p] (linear in v)."""
+    pattern = einops.rearrange(base["pattern", layer], "batch head query_pos key_pos -> head key_pos batch query_pos")
+    v_diff = source["v", layer] - base["v", layer]
+
+    def take(keys: list[tuple]) -> Float[Tensor, "cell batch pos d_head"]:
+        pos = torch.tensor([k[0] for k in keys])
+        heads = torch.tensor([k[1] for k in keys])
+        weights = pattern[heads, pos]  # [cell batch query_pos]: how much each query reads key `pos`
+        vd = einops.rearrange(v_diff[:, pos, heads], "batch cell d_head -> cell batch d_head")
+        return einops.einsum(weights, vd, "cell batch query_pos, cell batch d_head -> cell batch query_pos d_head")
+
+    return take
+
+
+def _k_by_pos(model, layer: int, base, source) -> ZDiff:
+    """Patching k at key position p changes one column of the head's scores; recompute its pattern."""
+    q, k, v, z = (base[n, layer] for n in ("q", "k", "v", "z"))
+    k_source = source["k", layer]
+    scale = math.sqrt(q.shape[-1])
+    scores = einops.einsum(q, k, "batch query_pos head d_head, batch key_pos head d_head -> batch head query_pos key_pos")
+    n_pos = q.shape[1]
+    future = torch.ones(n_pos, n_pos, dtype=torch.bool, device=q.device).triu_(1)
+
+    def take(keys: list[tuple]) -> Float[Tensor, "cell batch pos d_head"]:
+        pos = torch.tensor([k[0] for k in keys])
+        heads = torch.tensor([k[1] for k in keys])
+        cell_scores = einops.rearrange(scores[:, heads], "batch cell query_pos key_pos -> cell batch query_pos key_pos")
+        column = einops.einsum(q[:, :, heads], k_source[:, pos, heads],
+                               "batch query_pos cell d_head, batch cell d_head -> cell batch query_pos")
+        index = einops.repeat(pos, "cell -> cell batch query_pos 1", batch=q.shape[0], query_pos=n_pos)
+        cell_scores = cell_scores.scatter(-1, index.to(q.device), column[..., None])
+        pattern = (cell_scores / scale).masked_fill(future, float("-inf")).softmax(-1)
+        z_new = einops.einsum(pattern, v[:, :, heads],
+                              "cell batch query_pos key_pos, batch key_pos cell d_head -> cell batch query_pos d_head")
+        return z_new - einops.rearrange(z[:, :, heads], "batch pos cell d_head -> cell batch pos d_head")
+
+    return take
