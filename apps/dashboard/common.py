@@ -1,0 +1,245 @@
+"""What every page shares: the sidebar's choices, the cached model, the error guard, "Save run"."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import threading
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+import torch
+
+import workbench
+from workbench.errors import WorkbenchError
+from workbench.models.bundled import bundled_names
+from workbench.models.config import PRESETS
+
+DEFAULT = "default"
+LOCAL_PATH = "a local path"
+DTYPES = ("float32", "float16", "bfloat16")
+IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"
+IOI_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
+IOI_ANSWER, IOI_WRONG = " Mary", " John"
+
+# Keys of page widgets start with "p.": their values are kept while another page is shown.
+KEEP = "p."
+
+ModelKey = tuple[str, str, str]  # (name or absolute path, device, dtype): what load_model gets
+
+
+@dataclass
+class Session:
+    """The sidebar's choices and the model they load (None when it failed to load)."""
+
+    model_name: str
+    device: str
+    dtype: str
+    prompt: str
+    runs_root: Path
+    model: workbench.GPT | None
+    notice: str | None
+
+    @property
+    def key(self) -> ModelKey:
+        return (self.model_name, self.device, self.dtype)
+
+    def config_fields(self) -> dict:
+        """The fields every experiment config takes, for this model."""
+        return {"model": self.model_name, "device": self.device, "dtype": self.dtype}
+
+
+# ----------------------------------------------------------------------------- the model
+@st.cache_resource(show_spinner=False)
+def default_model() -> tuple[str, str]:
+    """(name, notice) of the default model, asked once per server (it may probe the network)."""
+    return workbench.resolve_default_model()
+
+
+@st.cache_resource(show_spinner="Loading the model ...", max_entries=2)
+def load_model(name: str, device: str, dtype: str) -> workbench.GPT:
+    return workbench.load_model(name, device=device, dtype=dtype)
+
+
+@st.cache_resource
+def model_lock(name: str, device: str, dtype: str) -> threading.Lock:
+    """One lock per model: hooks are attached to the shared model while a method runs, so two
+    browser tabs must not run methods on it at the same time."""
+    return threading.Lock()
+
+
+@contextlib.contextmanager
+def using_model(key: ModelKey) -> Iterator[workbench.GPT]:
+    """The cached model for `key`, held for this session while the block runs."""
+    model = load_model(*key)
+    with model_lock(*key):
+        yield model
+
+
+# ----------------------------------------------------------------------------- errors
+@contextlib.contextmanager
+def guard() -> Iterator[None]:
+    """Show an exception raised in the block as a message in the page, not a traceback."""
+    try:
+        yield
+    except (WorkbenchError, ValueError, KeyError) as e:
+        # KeyError's str() is the repr of its message; show the message itself.
+        st.error(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e), icon=":material/error:")
+    except Exception as e:  # a bug, or out of memory: still a message, the details folded away
+        st.error(f"{type(e).__name__}: {e}", icon=":material/error:")
+        with st.expander("Details (for a bug report)"):
+            st.code("".join(traceback.format_exception(e)), language=None)
+
+
+# ----------------------------------------------------------------------------- the sidebar
+def keep_page_widgets() -> None:
+    """Streamlit forgets a widget's value when a run does not draw it (another page is shown);
+    writing the values back makes them plain session state, which it keeps."""
+    for key in list(st.session_state):
+        if isinstance(key, str) and key.startswith(KEEP):
+            st.session_state[key] = st.session_state[key]
+
+
+def state(key: str, default) -> str:
+    """`key`, with `default` as its value until the user changes it. Widgets kept across pages
+    take their default from here, not from a `value=` argument (Streamlit warns about both)."""
+    st.session_state.setdefault(key, default)
+    return key
+
+
+def initial_model() -> str | None:
+    """The model asked for by ?model=... in the URL or the WORKBENCH_MODEL environment variable."""
+    return st.query_params.get("model") or os.environ.get("WORKBENCH_MODEL") or None
+
+
+def sidebar() -> Session:
+    """Model, device, dtype, prompt and runs folder; loads the model (cached)."""
+    bar = st.sidebar
+    default_name, default_notice = default_model()
+    choices = [DEFAULT, *PRESETS, *[n for n in bundled_names() if n not in PRESETS], LOCAL_PATH]
+    if "p.model" not in st.session_state:
+        wanted = initial_model()
+        if wanted in choices:
+            st.session_state["p.model"] = wanted
+        elif wanted:
+            st.session_state["p.model"], st.session_state["p.model_path"] = LOCAL_PATH, wanted
+    choice = bar.selectbox(
+        "Model", choices, key="p.model",
+        format_func=lambda c: f"default ({default_name})" if c == DEFAULT else c,
+        help="GPT-2 sizes come from the Hugging Face cache (or the hub, if reachable); the bundled model "
+             "always works offline. A local path: a Hugging Face-format directory, a workbench model "
+             "directory or a nanoGPT ckpt.pt.",
+    )
+    if choice == LOCAL_PATH:
+        path = bar.text_input("Model path", key="p.model_path", placeholder="/path/to/model_dir")
+        name = str(Path(path).expanduser().resolve()) if path.strip() else ""
+    else:
+        name = default_name if choice == DEFAULT else choice
+    devices = ["cpu"] + [f"cuda:{i}" if i else "cuda" for i in range(torch.cuda.device_count())]
+    col1, col2 = bar.columns(2)
+    device = col1.selectbox("Device", devices, index=int(len(devices) > 1), key="p.device")
+    dtype = col2.selectbox("Dtype", DTYPES, key="p.dtype")
+    prompt = bar.text_area("Prompt", key=state("p.prompt", IOI_CLEAN), height=100,
+                           help="Used by the model, logit lens and attention pages (a BOS token is prepended).")
+    runs_root = bar.text_input("Runs folder", key=state("p.runs_root", os.environ.get("WORKBENCH_RUNS", "runs")),
+                               help="Where 'Save run' records runs and the Runs page looks for them.")
+
+    model, notice = None, None
+    if not name:
+        bar.warning("Enter the path of a model directory or checkpoint.")
+    else:
+        with bar:
+            with guard():
+                model = load_model(name, device, dtype)
+        if choice == DEFAULT:
+            notice = default_notice
+    if model is not None:
+        c = model.cfg
+        bar.caption(f"{model.name}: {c.n_layer} layers, {c.n_head} heads, d_model {c.d_model}, "
+                    f"context {c.block_size}, {device}, {dtype}")
+    session = Session(name, device, dtype, prompt, Path(runs_root or "runs"), model, notice)
+    st.session_state["_session"] = session
+    return session
+
+
+def session() -> Session:
+    """The sidebar's choices for this run (the sidebar runs before every page)."""
+    return st.session_state["_session"]
+
+
+def require_model(s: Session) -> workbench.GPT:
+    """The model, or stop the page with a message when it did not load."""
+    if s.model is None:
+        st.info("This page needs a model: choose one that loads in the sidebar.")
+        st.stop()
+    return s.model
+
+
+def model_card(name: str) -> dict | None:
+    """The model_card.json of a bundled model or a model directory, if it has one."""
+    from workbench.models.bundled import BUNDLED_DIR
+
+    for folder in (BUNDLED_DIR / name, Path(name)):
+        try:
+            return json.loads((folder / "model_card.json").read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+# ----------------------------------------------------------------------------- tokens
+def token_table(model: workbench.GPT, text: str) -> pd.DataFrame:
+    """One row per token of `text` (BOS first): position, token, id."""
+    ids = model.prepare_tokens(text)[0].tolist()
+    return pd.DataFrame({"pos": range(len(ids)), "token": [show_token(t) for t in model.to_str_tokens(text)],
+                         "id": ids})
+
+
+def show_token(token: str) -> str:
+    """A token as it reads on an axis: whitespace made visible."""
+    return token.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "\u2423")
+
+
+def single_token(model: workbench.GPT, text: str, what: str) -> int:
+    """The id of a one-token string; InputError naming `what` otherwise."""
+    try:
+        return model.to_single_token(text)
+    except workbench.InputError as e:
+        raise workbench.InputError(f"{what}: {e}. Try it with a leading space, e.g. ' Mary'.") from None
+
+
+# ----------------------------------------------------------------------------- save run
+def save_run(s: Session, experiment: str, fields: dict, *, key: str) -> None:
+    """The "Save run" box: record this page's result with the experiment the scripts use, and show
+    the command lines that re-run and replay it."""
+    from workbench.experiments import EXPERIMENTS, config_from_dict, run_experiment
+
+    with st.container(border=True):
+        if experiment not in EXPERIMENTS:
+            st.caption(f"Saving needs the '{experiment}' experiment, which this version of workbench does not "
+                       f"register ({', '.join(sorted(EXPERIMENTS))} are).")
+            return
+        col1, col2 = st.columns([3, 1], vertical_alignment="bottom")
+        name = col1.text_input("Run name (optional)", key=f"p.{key}.run_name",
+                               help="Appended to the run folder's name.")
+        if col2.button("Save run", key=f"save.{key}", icon=":material/save:", width="stretch"):
+            with guard(), st.spinner("Recording the run ..."):
+                config = config_from_dict(EXPERIMENTS[experiment].config, {**s.config_fields(), **fields},
+                                          source="the page's inputs")
+                with using_model(s.key) as model:
+                    run = run_experiment(experiment, config, model=model, root=s.runs_root, name=name.strip() or None)
+                st.session_state[f"saved.{key}"] = (str(run.path), (run.path / "command").read_text().strip())
+        saved = st.session_state.get(f"saved.{key}")
+        if saved:
+            path, command = saved
+            st.success(f"Saved run {path}", icon=":material/check:")
+            st.caption("Re-run it from a shell:")
+            st.code(command, language="bash")
+            st.caption("Replay it and compare with the record:")
+            st.code(f"python -m workbench replay {shlex.quote(path)}", language="bash")

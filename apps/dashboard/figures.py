@@ -1,0 +1,129 @@
+"""Plotly figures for the explorer. They only draw numbers computed by workbench's methods."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+import torch
+
+from dashboard.common import show_token
+
+
+def as_rows(values) -> list[list[float | None]]:
+    """A 2-D tensor or array as nested lists (plain JSON, so the figure's data reads back as is)."""
+    t = torch.as_tensor(values).detach().to("cpu", torch.float64)
+    return [[None if v != v else v for v in row] for row in t.tolist()]  # NaN -> a gap
+
+
+def heatmap(
+    values,
+    *,
+    x: Sequence[str],
+    y: Sequence[str],
+    x_title: str,
+    y_title: str,
+    title: str,
+    colorbar: str,
+    hover: list[list[str]] | None = None,
+    diverging: bool = False,
+    zmin: float | None = None,
+    zmax: float | None = None,
+    colorscale: str | None = None,
+) -> go.Figure:
+    """values[row][col] as a heatmap, rows labelled `y` (top to bottom), columns `x`.
+
+    The axes are numeric with the labels as tick text, so repeated tokens stay separate columns.
+    `hover[row][col]` is extra text for each cell (e.g. the top tokens there)."""
+    z = as_rows(values)
+    n_rows, n_cols = len(z), len(z[0]) if z else 0
+    text = [
+        [f"{y_title} {y[r]}<br>{x_title} {x[c]}<br>{colorbar}: "
+         + ("n/a" if z[r][c] is None else f"{z[r][c]:.4g}")
+         + (f"<br>{hover[r][c]}" if hover else "") for c in range(n_cols)]
+        for r in range(n_rows)
+    ]
+    if diverging:
+        bound = max((abs(v) for row in z for v in row if v is not None), default=1.0) or 1.0
+        zmin, zmax = (-bound if zmin is None else zmin), (bound if zmax is None else zmax)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(n_cols)), y=list(range(n_rows)), text=text, hovertemplate="%{text}<extra></extra>",
+        colorscale=colorscale or ("RdBu" if diverging else "Blues"), zmid=0 if diverging else None,
+        zmin=zmin, zmax=zmax, colorbar={"title": {"text": colorbar}}, xgap=1, ygap=1,
+    ))
+    fig.update_xaxes(title_text=x_title, tickmode="array", tickvals=list(range(n_cols)), ticktext=list(x),
+                     tickangle=-45 if n_cols > 8 else 0, showgrid=False)
+    fig.update_yaxes(title_text=y_title, tickmode="array", tickvals=list(range(n_rows)), ticktext=list(y),
+                     autorange="reversed", showgrid=False)
+    fig.update_layout(title=title, height=max(300, min(900, 140 + 28 * n_rows)), margin={"t": 60, "b": 10})
+    return fig
+
+
+def token_ticks(str_tokens: Sequence[str]) -> list[str]:
+    """Axis labels for positions: the token, whitespace made visible, with its position."""
+    return [f"{show_token(t)} [{i}]" for i, t in enumerate(str_tokens)]
+
+
+def layer_ticks(layers: Sequence[int]) -> list[str]:
+    return [str(l) for l in layers]
+
+
+def clickable_cells(fig: go.Figure, n_rows: int, n_cols: int, *, row: int | None = None, col: int | None = None) -> None:
+    """Invisible markers on every cell: plotly heatmaps cannot be selected, markers can, so a click
+    on a cell reports its (x, y). `row`/`col` place them in a subplot."""
+    xs = [c for _ in range(n_rows) for c in range(n_cols)]
+    ys = [r for r in range(n_rows) for _ in range(n_cols)]
+    trace = go.Scatter(x=xs, y=ys, mode="markers", marker={"size": 18, "opacity": 0, "symbol": "square"},
+                       hoverinfo="skip", showlegend=False, name="cells")
+    if row is None:
+        fig.add_trace(trace)
+    else:
+        fig.add_trace(trace, row=row, col=col)
+
+
+def head_grid(scores: dict[str, torch.Tensor], *, title: str, zmin: float = 0.0, zmax: float = 1.0) -> go.Figure:
+    """One [layer x head] heatmap per entry of `scores`, side by side on a shared colour scale,
+    each cell clickable (see `clickable_cells`)."""
+    from plotly.subplots import make_subplots
+
+    names = list(scores)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.06)
+    for i, name in enumerate(names, start=1):
+        z = as_rows(scores[name])
+        n_layer, n_head = len(z), len(z[0])
+        fig.add_trace(go.Heatmap(
+            z=z, x=list(range(n_head)), y=list(range(n_layer)), zmin=zmin, zmax=zmax, colorscale="Blues",
+            showscale=i == len(names), xgap=1, ygap=1, name=name,
+            hovertemplate="layer %{y}, head %{x}<br>" + name + ": %{z:.3f}<extra></extra>"), row=1, col=i)
+        clickable_cells(fig, n_layer, n_head, row=1, col=i)
+        fig.update_xaxes(title_text="head", dtick=1, showgrid=False, row=1, col=i)
+        fig.update_yaxes(title_text="layer" if i == 1 else None, dtick=1, autorange="reversed", showgrid=False,
+                         row=1, col=i)
+    fig.update_layout(title=title, height=max(280, min(700, 160 + 24 * n_layer)), margin={"t": 80, "b": 10},
+                      clickmode="event+select", dragmode=False)
+    return fig
+
+
+def run_figures(experiment: str, tensors: dict[str, torch.Tensor], tables: dict) -> list[go.Figure]:
+    """Figures re-drawn from a recorded run's tensors: the page's own figure for the dashboard's
+    experiments, and a heatmap (2-D) or bar chart (1-D) per tensor for any other."""
+    if experiment == "attention_heads" and tensors:
+        return [head_grid(tensors, title="Head detector scores (recorded)")]
+    columns = {c for t in tables.values() for c in t.columns}
+    out = []
+    for name, t in tensors.items():
+        if not (t.dtype.is_floating_point or t.dtype.is_complex) or t.numel() == 0:
+            continue
+        if t.ndim == 1:
+            fig = go.Figure(go.Bar(y=t.double().tolist(), name=name))
+            fig.update_layout(title=name, height=320)
+        elif t.ndim == 2:
+            dims = [d for d in ("layer", "pos", "head") if d in columns][:2]
+            y_title, x_title = dims if len(dims) == 2 else ("axis 0", "axis 1")
+            fig = heatmap(t, x=[str(i) for i in range(t.shape[1])], y=[str(i) for i in range(t.shape[0])],
+                          x_title=x_title, y_title=y_title, title=name, colorbar=name,
+                          diverging=bool((t < 0).any()))
+        else:
+            continue
+        out.append(fig)
+    return out

@@ -1,0 +1,32 @@
+"""Model & prompt: which model is loaded, and the prompt as tokens with their ids."""
+
+import json
+
+import streamlit as st
+
+from dashboard import common
+
+s = common.session()
+st.title("Model & prompt")
+if s.notice:
+    st.info(s.notice, icon=":material/info:")
+model = common.require_model(s)
+
+c = model.cfg
+cols = st.columns(5)
+for col, (label, value) in zip(cols, [("layers", c.n_layer), ("heads", c.n_head), ("d_model", c.d_model),
+                                      ("context", c.block_size), ("parameters", f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M")]):
+    col.metric(label, value)
+st.caption(f"{model.name} on {s.device} in {s.dtype}")
+
+st.subheader("The prompt as tokens")
+st.caption("Edit the prompt in the sidebar. Position 0 is the BOS token (<|endoftext|>) that the methods prepend.")
+with common.guard():
+    table = common.token_table(model, s.prompt)
+    st.dataframe(table, hide_index=True, width="content")
+    st.caption(f"{len(table)} tokens (the model's context is {c.block_size}).")
+
+card = common.model_card(s.model_name)
+if card:
+    with st.expander("Model card"):
+        st.code(json.dumps(card, indent=1), language="json")
