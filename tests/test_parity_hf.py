@@ -25,7 +25,7 @@ def test_small_model_matches_transformers(hf_small, tmp_path, tokens, safe):
     assert max_diff(model, hf_small, tokens) <= 1e-4
 
 
-def test_124m_shape_matches_transformers(tmp_path):
+def test_124m_shape_matches_transformers(tmp_path, monkeypatch):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
@@ -35,6 +35,22 @@ def test_124m_shape_matches_transformers(tmp_path):
     assert model.cfg == PRESETS["gpt2"]
     tokens = torch.randint(0, 50257, (2, 20), generator=torch.Generator().manual_seed(0))
     assert max_diff(model, hf, tokens) <= 1e-4
+
+    # The hub path: load_model("gpt2") asks huggingface_hub for config.json and model.safetensors
+    import huggingface_hub
+
+    asked = []
+
+    def fake_download(repo, filename, **kwargs):
+        asked.append((repo, filename))
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, filename: None)
+    del model
+    from_hub = workbench.load_model("gpt2", device="cpu")
+    assert asked == [("openai-community/gpt2", "config.json"), ("openai-community/gpt2", "model.safetensors")]
+    assert max_diff(from_hub, hf, tokens) <= 1e-4
 
 
 def nanogpt_checkpoint(hf, *, bias=True, compiled=True):
