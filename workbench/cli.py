@@ -82,26 +82,18 @@ def build_config(experiment, args: argparse.Namespace):
 
 def run_command(experiment_name: str, args: argparse.Namespace) -> int:
     from workbench.experiments import get_experiment, load_experiment_model, run_experiment
-    from workbench.experiments.core import rerun_command
-
     experiment = get_experiment(experiment_name)
     config = build_config(experiment, args)
     model = load_experiment_model(config)
     if getattr(model, "notice", None):
         print(model.notice)
-    run = run_experiment(experiment, config, model=model, root=args.out, name=args.name,
-                         command=rerun_command(experiment, _rerun_config(config, model), root=args.out))
+    run = run_experiment(experiment, config, model=model, root=args.out, name=args.name)
     if run.results.summary:
         print(run.results.summary)
     print(f"Recorded run: {run.path}")
     print(f"Replay it:    python -m workbench replay {shlex.quote(str(run.path))}")
     print(f"Re-run it:    {(run.path / 'command').read_text().strip()}")
     return 0
-
-
-def _rerun_config(config, model):
-    # The command names the model actually used, so a later default (GPT-2 once cached) cannot change it.
-    return dataclasses.replace(config, model=model.name)
 
 
 # ----------------------------------------------------------------------------- subcommands

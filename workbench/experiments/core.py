@@ -276,6 +276,7 @@ def run_experiment(
     if not isinstance(config, experiment.config):
         raise InputError(f"{experiment.name} takes a {experiment.config.__name__}, got {type(config).__name__}")
     model = model if model is not None else load_experiment_model(config)
+    device_given = config.device is not None
     config = prepare(experiment, config, model)
     torch.manual_seed(config.seed)
     with torch.no_grad():
@@ -284,14 +285,18 @@ def run_experiment(
     if root is not None:
         path = record_run(
             results, experiment=experiment.name, config=config.to_dict(), root=root, name=name,
-            command=command if command is not None else rerun_command(experiment, config, root=root),
+            command=command if command is not None else rerun_command(
+                # The device only when it was asked for: the command should run on any machine.
+                experiment, config if device_given else dataclasses.replace(config, device=None), root=root),
             env=environment(device=model.device),
         )
     return Run(experiment.name, config, results, path)
 
 
 def rerun_command(experiment: Experiment, config: ExperimentConfig, *, root: str | Path | None = "runs") -> str:
-    """One shell line that runs this config again (token ids are re-derived from the prompts)."""
+    """One shell line that runs this config again: every option, the model by the name it was
+    loaded under and its weights' sha256 (checked); the token ids are re-derived and so re-checked
+    only by replay."""
     import shlex
 
     argv = ["python", "-m", "workbench", "run", experiment.name, *config_to_argv(config)]
