@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import shlex
@@ -191,6 +192,19 @@ def model_card(name: str) -> dict | None:
         except (OSError, ValueError):
             continue
     return None
+
+
+def progress_arg(method, bar):
+    """What to pass as `progress=` to a library sweep: a callback that moves `bar` when the method
+    takes one, else False (its console progress bar would only reach the server's terminal)."""
+    param = inspect.signature(method).parameters.get("progress")
+    if bar is None or param is None or "Callable" not in str(param.annotation):
+        return False
+
+    def report(done: int, total: int) -> None:
+        bar.progress(min(1.0, done / max(total, 1)), text=f"{done} / {total}")
+
+    return report
 
 
 # ----------------------------------------------------------------------------- tokens

@@ -1,2 +1,116 @@
+"""Activation patching: restore one clean activation at a time inside the corrupted run (or the
+reverse) and measure the logit difference; attribution patching as a fast linear estimate."""
+
+import importlib.util
+
 import streamlit as st
-st.title("todo")
+
+from dashboard import common, figures
+from workbench.methods import patching, prompts
+from workbench.methods.metrics import LogitDiff
+
+HAS_ATTRIBUTION = importlib.util.find_spec("workbench.methods.attribution") is not None
+METHODS = {"activation": "activation patching (full sweep)", "attribution": "attribution patching (fast estimate)"}
+SHOW = {"normalized": "normalised (0 = corrupted, 1 = clean)", "values": "raw logit difference",
+        "effect": "change from the unpatched run"}
+
+
+def prompt_pair(model, prompts_key: tuple):
+    """(clean, corrupted, metric) for ("pair", clean, corrupted, answer, wrong) or ("ioi", n, seed)."""
+    if prompts_key[0] == "ioi":
+        _, n, seed = prompts_key
+        ioi = prompts.ioi_prompts(n=n, seed=seed)
+        return ioi.clean_tokens, ioi.corrupted_tokens, ioi.metric()
+    _, clean, corrupted, answer, wrong = prompts_key
+    metric = LogitDiff(common.single_token(model, answer, "answer"), common.single_token(model, wrong, "wrong answer"))
+    return clean, corrupted, metric
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def sweep(key: common.ModelKey, prompts_key: tuple, target: str, direction: str, method: str, _progress=None):
+    """The PatchingResult for these inputs (cached on them; `_progress` is not part of the key)."""
+    with common.using_model(key) as model:
+        clean, corrupted, metric = prompt_pair(model, prompts_key)
+        if method == "attribution":
+            from workbench.methods import attribution
+
+            return attribution.attribution_patching(model, clean, corrupted, metric, target=target,
+                                                    direction=direction)
+        return patching.activation_patching(model, clean, corrupted, metric, target=target, direction=direction,
+                                            progress=common.progress_arg(patching.activation_patching, _progress))
+
+
+s = common.session()
+st.title("Activation patching")
+model = common.require_model(s)
+
+with st.form("patch.form"):
+    source = st.radio("Prompts", ["one pair", "IOI prompt set"], horizontal=True, key=common.state("p.patch.source", "one pair"),
+                      help="One clean/corrupted pair typed here, or IOI prompts sampled from Wang et al.'s "
+                           "templates (corrupted: three other names).")
+    c1, c2 = st.columns(2)
+    clean = c1.text_input("Clean prompt", key=common.state("p.patch.clean", common.IOI_CLEAN))
+    corrupted = c2.text_input("Corrupted prompt", key=common.state("p.patch.corrupted", common.IOI_CORRUPTED),
+                              help="Must have as many tokens as the clean prompt.")
+    c1, c2, c3, c4 = st.columns(4)
+    answer = c1.text_input("Answer token", key=common.state("p.patch.answer", common.IOI_ANSWER),
+                           help="The clean prompt's correct next token, one token (mind the leading space).")
+    wrong = c2.text_input("Wrong token", key=common.state("p.patch.wrong", common.IOI_WRONG))
+    n_prompts = c3.number_input("IOI prompts", 1, 256, key=common.state("p.patch.n_prompts", 8))
+    seed = c4.number_input("IOI seed", 0, 2**31 - 1, key=common.state("p.patch.seed", 0))
+    c1, c2, c3 = st.columns(3)
+    target = c1.selectbox("Target", patching.TARGETS, key=common.state("p.patch.target", "resid_pre"),
+                          help="What is patched: the residual stream, a layer's attention or MLP output at one "
+                               "position, or one head's output / query / key / value / pattern (at all positions, "
+                               "or per position with _by_pos).")
+    direction = c2.selectbox("Direction", patching.DIRECTIONS, key=common.state("p.patch.direction", "denoise"),
+                             help="denoise: clean activations into the corrupted run; noise: the reverse.")
+    methods = list(METHODS) if HAS_ATTRIBUTION else ["activation"]
+    method = c3.selectbox("Method", methods, format_func=METHODS.get, key=common.state("p.patch.method", "activation"))
+    if st.form_submit_button("Run patching", icon=":material/play_arrow:", type="primary"):
+        if source == "IOI prompt set":
+            st.session_state["patch.request"] = (("ioi", int(n_prompts), int(seed)), target, direction, method)
+        else:
+            st.session_state["patch.request"] = (("pair", clean, corrupted, answer, wrong), target, direction, method)
+
+request = st.session_state.get("patch.request")
+if request is None:
+    st.info("Set the prompts and press Run patching.", icon=":material/info:")
+    st.stop()
+prompts_key, target, direction, method = request
+
+with common.guard():
+    bar = st.progress(0.0, text="Patching ...")
+    result = sweep(s.key, prompts_key, target, direction, method, _progress=bar)
+    bar.empty()
+
+    c1, c2, c3 = st.columns(3)
+    c1.metric("clean logit difference", f"{result.clean_value:.3f}")
+    c2.metric("corrupted logit difference", f"{result.corrupted_value:.3f}")
+    c3.metric("cells", f"{result.values.numel()}", help=f"{method} patching of {target}, {direction}")
+    c1, c2 = st.columns([2, 1])
+    show = c1.radio("Show", list(SHOW), format_func=SHOW.get, horizontal=True, key=common.state("p.patch.show", "normalized"))
+    values = {"normalized": result.normalized, "values": lambda: result.values, "effect": lambda: result.effect}[show]()
+    head = None
+    if len(result.dims) == 3:
+        head = c2.selectbox("head", range(values.shape[2]), key=common.state("p.patch.head", 0))
+        values = values[:, :, head]
+    x_dim = result.dims[1]
+    x = figures.token_ticks(result.str_tokens) if x_dim == "pos" else [str(h) for h in range(values.shape[1])]
+    title = f"{METHODS[method]} of {target}{'' if head is None else f', head {head}'} ({direction})"
+    fig = figures.heatmap(values, x=x, y=figures.layer_ticks(result.layers), x_title=x_dim, y_title="layer",
+                          title=title, colorbar=SHOW[show].split(" (")[0], diverging=True,
+                          zmin=-1 if show == "normalized" else None, zmax=1 if show == "normalized" else None)
+    st.plotly_chart(fig, width="stretch", key="patch.chart")
+    with st.expander("Largest effects", expanded=True):
+        frame = result.to_frame()
+        st.dataframe(frame.sort_values("effect", key=abs, ascending=False).head(20), hide_index=True, width="stretch")
+
+    if prompts_key[0] == "ioi":
+        fields = {"prompt_set": "ioi", "n_prompts": prompts_key[1], "seed": prompts_key[2]}
+    else:
+        fields = {"prompt_set": "custom", "clean_prompts": [prompts_key[1]], "corrupted_prompts": [prompts_key[2]],
+                  "answers": [prompts_key[3]], "wrong_answers": [prompts_key[4]]}
+    if method != "activation":
+        st.caption("Save run records the full activation-patching sweep for these inputs.")
+    common.save_run(s, "activation_patching", {**fields, "target": target, "direction": direction}, key="patching")

@@ -1,0 +1,194 @@
+"""The explorer in a real browser: `streamlit run apps/explorer.py` on a free localhost port,
+driven by Playwright through Debian's Chromium (/usr/bin/chromium; never a browser download).
+It runs the logit lens and a patching sweep on the default model, checks that the plots
+rendered, and saves a screenshot of each page: under WORKBENCH_SCREENSHOTS when set, e.g.
+
+    WORKBENCH_SCREENSHOTS=docs/screenshots .venv/bin/python -m pytest -m browser tests/test_app_browser.py
+
+(that is how docs/screenshots/*.png, shown in the README, are made), else in a temporary folder.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+PLOT = '[data-testid="stPlotlyChart"] .js-plotly-plot .main-svg'
+SLOW = 240_000  # ms: the first run of a page loads the model on a busy CPU
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(experiment_model, tmp_path_factory):
+    """The explorer on 127.0.0.1:<free port>; stopped (and its log shown on failure) afterwards."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium; scripts/test.sh does)")
+    pytest.importorskip("playwright.sync_api")
+    tmp = tmp_path_factory.mktemp("explorer")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WORKBENCH_RUNS": str(tmp / "runs")}
+    if Path(experiment_model).exists():  # no bundled model yet: the tiny one, by path
+        env["WORKBENCH_MODEL"] = experiment_model
+    else:  # the default model: GPT-2 if cached here, else the bundled model
+        env.pop("WORKBENCH_MODEL", None)
+    port = free_port()
+    log = open(tmp / "streamlit.log", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "apps" / "explorer.py"), "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                pytest.fail(f"streamlit did not start (exit {proc.poll()}):\n{log.read()[-4000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.seek(0)
+        print(log.read()[-4000:])
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    out = os.environ.get("WORKBENCH_SCREENSHOTS")
+    path = Path(out) if out else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1440, "height": 1000}, device_scale_factor=1)
+    page = context.new_page()
+    page.set_default_timeout(SLOW)
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def settle(page) -> None:
+    """Wait until the script run is over (no 'running' indicator), every element is drawn (no
+    loading skeletons) and plotly has finished its transitions."""
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(500)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"], [data-testid=\"stSkeleton\"]')",
+        timeout=SLOW)
+    page.wait_for_timeout(1000)
+
+
+def check_page(page, *, plots: int = 0) -> None:
+    """No exception box, no error message, and at least `plots` rendered plotly charts."""
+    assert page.locator('[data-testid="stException"]').count() == 0, page.locator('[data-testid="stException"]').inner_text()
+    errors = page.locator('[data-testid="stAlertContentError"]')
+    assert errors.count() == 0, errors.all_inner_texts()
+    if plots:
+        page.wait_for_selector(PLOT, timeout=SLOW)
+        assert page.locator(PLOT).count() >= plots
+        # Something was drawn: a heatmap's image or a trace's paths inside the plot.
+        assert page.locator('[data-testid="stPlotlyChart"] .heatmaplayer image, '
+                            '[data-testid="stPlotlyChart"] .trace').count() > 0
+
+
+def shoot(page, shots: Path, name: str) -> None:
+    page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+
+
+def test_every_page_renders_and_runs(server, page, shots):
+    page.goto(server)
+    page.get_by_role("heading", name="Model & prompt").wait_for()
+    settle(page)
+    check_page(page)
+    assert page.locator('[data-testid="stDataFrame"]').count() >= 1  # the prompt's tokens
+    shoot(page, shots, "model")
+
+    page.goto(f"{server}/logit_lens")
+    page.get_by_role("heading", name="Logit lens").wait_for()
+    settle(page)
+    check_page(page, plots=1)
+    shoot(page, shots, "logit_lens")
+
+    page.goto(f"{server}/attention")
+    page.get_by_role("heading", name="Attention", exact=True).wait_for()
+    settle(page)
+    check_page(page, plots=2)
+    shoot(page, shots, "attention")
+
+    page.goto(f"{server}/patching")
+    page.get_by_role("heading", name="Activation patching").wait_for()
+    settle(page)
+    page.get_by_test_id("stSelectbox").filter(has_text="Target").click()
+    page.get_by_role("option", name="head_out", exact=True).click()
+    page.get_by_role("button", name="Run patching").click()
+    page.wait_for_selector(PLOT, timeout=SLOW)
+    settle(page)
+    check_page(page, plots=1)
+    page.get_by_role("button", name="Save run").click()
+    page.get_by_text("Saved run").wait_for()
+    shoot(page, shots, "patching")
+
+    page.goto(f"{server}/ablation")
+    page.get_by_role("heading", name="Ablation").wait_for()
+    settle(page)
+    page.get_by_role("button", name="Run ablation").click()
+    page.wait_for_selector(PLOT, timeout=SLOW)
+    settle(page)
+    check_page(page, plots=1)
+    shoot(page, shots, "ablation")
+
+    page.goto(f"{server}/runs")
+    page.get_by_role("heading", name="Runs").wait_for()
+    settle(page)
+    page.get_by_role("button", name="Replay").click()
+    page.get_by_text("Replay matches the record").wait_for()
+    settle(page)
+    check_page(page, plots=1)
+    shoot(page, shots, "runs")
+
+    for name in ("model", "logit_lens", "attention", "patching", "ablation", "runs"):
+        assert (shots / f"{name}.png").stat().st_size > 10_000, name
