@@ -72,7 +72,8 @@ def test_script_records_a_run_that_replays(name, experiment_model, tmp_path, cap
     assert rec.tables() and rec.figures() and rec.tensors()
     config = rec.config
     assert len(config["model_sha256"]) == 64 and config["device"] == "cpu" and config["dtype"] == "float32"
-    assert config["token_ids"] and all(rows[0][0] == 50256 for rows in config["token_ids"].values())  # BOS
+    prompts = [rows for rows in config["token_ids"].values() if len(rows[0]) > 1]  # not the answer ids
+    assert prompts and all(row[0] == 50256 for rows in prompts for row in rows)  # BOS included
     assert rec.env["deterministic_algorithms"] is True and "git_commit" in rec.env
     assert len(rec.command.splitlines()) == 1
 
@@ -248,3 +249,55 @@ def test_script_help(name):
     assert proc.returncode == 0
     for option in ("--model", "--device", "--dtype", "--seed", "--out", "--config"):
         assert option in proc.stdout
+
+
+@pytest.mark.parametrize("name", [n for n in ("activation_patching", "ablate_heads") if n in EXPERIMENTS])
+def test_prompt_set_with_different_lengths_is_refused(name, experiment_model, tmp_path, capsys):
+    out = tmp_path / "runs"
+    pair = ["--prompt-set", "custom", "--answers", " Mary", "--wrong-answers", " John",
+            "--clean-prompts", "When Mary and John went to the store, John gave a drink to"]
+    cases = [
+        (["--corrupted-prompts", "When Mary and John went to the store, Mary gave drinks to"],
+         "clean and corrupted prompt 0 have different lengths"),
+        (["--corrupted-prompts", "When Mary and John went to the store, Mary gave a drink to", "Extra prompt"],
+         "one corrupted prompt, answer and wrong answer per clean prompt"),
+    ]
+    config = tmp_path / "pairs.json"
+    config.write_text(json.dumps({"model": experiment_model, "prompt_set": "custom", "answers": [" Mary"],
+                                  "wrong_answers": [" John"], "clean_prompts": ["Mary and John. John gave it to"],
+                                  "corrupted_prompts": ["Mary and John. Johnathan gave it to"]}))
+    for argv, message in cases:
+        assert run_cli("run", name, "--model", experiment_model, "--out", out, *pair, *argv) == 2
+        assert message in capsys.readouterr().err
+    assert run_cli("run", name, "--config", config, "--out", out) == 2
+    assert "different lengths" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["computing", "writing"])
+def test_ctrl_c_leaves_no_run(where, experiment_model, tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the experiment computes or while its record is written: status 130, no run."""
+    import workbench.runs
+    from workbench.experiments import attention_heads
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if where == "computing":
+        monkeypatch.setattr(attention_heads, "previous_token_scores", interrupt)
+        monkeypatch.setitem(attention_heads._SCORERS, "previous_token", interrupt)
+    else:
+        monkeypatch.setattr(workbench.runs, "save_file", interrupt)  # after config.json and env.json
+    out = tmp_path / "runs"
+    assert run_cli("run", "attention_heads", "--model", experiment_model, "--out", out, *SMALL["attention_heads"]) == 130
+    assert "nothing was recorded" in capsys.readouterr().err
+    assert find_runs(out) == []
+    leftovers = [p for p in out.rglob("*") if p.is_dir() and p.parent != out] if out.exists() else []
+    assert leftovers == []
+
+
+def test_unwritable_runs_root(experiment_model, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    assert run_cli("run", "attention_heads", "--model", experiment_model, "--out", tmp_path / "file",
+                   *SMALL["attention_heads"]) == 2
+    assert "cannot create the runs folder" in capsys.readouterr().err

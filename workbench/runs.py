@@ -201,7 +201,10 @@ def record_run(
     if "\n" in command:
         raise InputError("a run's command must be one line")
     parent = Path(root) / experiment
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the runs folder {parent}: {e.strerror or e}") from None
     created = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
     tmp = parent / f"{TMP_PREFIX}{utc_stamp(created)}-{secrets.token_hex(4)}-{os.getpid()}"
     tmp.mkdir()  # not mkdtemp: a run folder gets the usual permissions, not 0700
