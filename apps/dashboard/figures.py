@@ -68,13 +68,17 @@ def layer_ticks(layers: Sequence[int]) -> list[str]:
     return [str(l) for l in layers]
 
 
-def clickable_cells(fig: go.Figure, n_rows: int, n_cols: int, *, row: int | None = None, col: int | None = None) -> None:
-    """Invisible markers on every cell: plotly heatmaps cannot be selected, markers can, so a click
-    on a cell reports its (x, y). `row`/`col` place them in a subplot."""
+def clickable_cells(fig: go.Figure, values: list[list], *, label: str, row: int | None = None,
+                    col: int | None = None) -> None:
+    """Invisible markers on every cell of a [layer x head] heatmap: plotly cannot select heatmap
+    cells, markers it can, so a click on a cell reports its (head, layer). They carry the hover."""
+    n_rows, n_cols = len(values), len(values[0])
     xs = [c for _ in range(n_rows) for c in range(n_cols)]
     ys = [r for r in range(n_rows) for _ in range(n_cols)]
-    trace = go.Scatter(x=xs, y=ys, mode="markers", marker={"size": 18, "opacity": 0, "symbol": "square"},
-                       hoverinfo="skip", showlegend=False, name="cells")
+    scores = [values[r][c] for r in range(n_rows) for c in range(n_cols)]
+    trace = go.Scatter(x=xs, y=ys, mode="markers", customdata=scores, showlegend=False, name=label,
+                       marker={"size": 22, "opacity": 0, "symbol": "square"},
+                       hovertemplate="layer %{y}, head %{x}<br>" + label + ": %{customdata:.3f}<extra></extra>")
     if row is None:
         fig.add_trace(trace)
     else:
@@ -93,9 +97,8 @@ def head_grid(scores: dict[str, torch.Tensor], *, title: str, zmin: float = 0.0,
         n_layer, n_head = len(z), len(z[0])
         fig.add_trace(go.Heatmap(
             z=z, x=list(range(n_head)), y=list(range(n_layer)), zmin=zmin, zmax=zmax, colorscale="Blues",
-            showscale=i == len(names), xgap=1, ygap=1, name=name,
-            hovertemplate="layer %{y}, head %{x}<br>" + name + ": %{z:.3f}<extra></extra>"), row=1, col=i)
-        clickable_cells(fig, n_layer, n_head, row=1, col=i)
+            showscale=i == len(names), xgap=1, ygap=1, name=name, hoverinfo="skip"), row=1, col=i)
+        clickable_cells(fig, z, label=name, row=1, col=i)
         fig.update_xaxes(title_text="head", dtick=1, showgrid=False, row=1, col=i)
         fig.update_yaxes(title_text="layer" if i == 1 else None, dtick=1, autorange="reversed", showgrid=False,
                          row=1, col=i)
