@@ -35,23 +35,24 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type) -> None:
             tp = args[0]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         text = f.metadata.get("help", "")
-        kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS,
-                        "help": f"{text} (default: {default!r})" if text else f"default: {default!r}"}
+        if default is not None and default != []:
+            text = f"{text} (default: {' '.join(map(str, default)) if isinstance(default, list) else default})"
+        kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": text.strip()}
         origin = typing.get_origin(tp)
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif origin is list:
             (item,) = typing.get_args(tp)
-            kwargs.update(nargs="+", **_scalar(item))
+            kwargs.update(nargs="+", **_scalar(item, f.name.removesuffix("s")))
         else:
-            kwargs.update(_scalar(tp))
+            kwargs.update(_scalar(tp, f.name))
         parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
 
 
-def _scalar(tp) -> dict:
+def _scalar(tp, name: str) -> dict:
     if typing.get_origin(tp) is Literal:
         return {"choices": list(typing.get_args(tp))}
-    return {"type": tp, "metavar": tp.__name__.upper()}
+    return {"type": tp, "metavar": name.upper()}
 
 
 def add_run_options(parser: argparse.ArgumentParser, experiment) -> None:
