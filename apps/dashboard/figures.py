@@ -112,6 +112,8 @@ def run_figures(experiment: str, tensors: dict[str, torch.Tensor], tables: dict)
     experiments, and a heatmap (2-D) or bar chart (1-D) per tensor for any other."""
     if experiment == "attention_heads" and tensors:
         return [head_grid(tensors, title="Head detector scores (recorded)")]
+    if experiment == "activation_patching" and "patching" in tables:
+        return [patching_table_figure(tables["patching"])]
     columns = {c for t in tables.values() for c in t.columns}
     out = []
     for name, t in tensors.items():
@@ -130,3 +132,20 @@ def run_figures(experiment: str, tensors: dict[str, torch.Tensor], tables: dict)
             continue
         out.append(fig)
     return out
+
+
+def patching_table_figure(frame) -> go.Figure:
+    """A recorded patching table ([layer pos] or [layer head] cells) as a heatmap of its
+    normalised metric (raw values when the record has no normalisation)."""
+    x_dim = "head" if "pos" not in frame else "pos"
+    if "pos" in frame and "head" in frame:  # [layer pos head]: one heatmap per head would not fit; head 0
+        frame = frame[frame["head"] == 0]
+    column = "normalized" if frame["normalized"].notna().any() else "value"
+    grid = frame.pivot(index="layer", columns=x_dim, values=column)
+    x = [str(h) for h in grid.columns]
+    if x_dim == "pos":
+        tokens = frame.drop_duplicates("pos").set_index("pos")["token"]
+        x = token_ticks([tokens[p] for p in grid.columns])
+    target = frame["target"].iloc[0] if "target" in frame else ""
+    return heatmap(grid.to_numpy(), x=x, y=[str(l) for l in grid.index], x_title=x_dim, y_title="layer",
+                   title=f"Recorded patching of {target}: {column}", colorbar=column, diverging=True)
