@@ -12,7 +12,10 @@ from dashboard.common import show_token
 
 def as_rows(values) -> list[list[float | None]]:
     """A 2-D tensor or array as nested lists (plain JSON, so the figure's data reads back as is)."""
-    t = torch.as_tensor(values).detach().to("cpu", torch.float64)
+    if isinstance(values, torch.Tensor):
+        t = values.detach().to("cpu", torch.float64)
+    else:
+        t = torch.tensor(values, dtype=torch.float64)  # a copy: pandas' arrays can be read-only
     return [[None if v != v else v for v in row] for row in t.tolist()]  # NaN -> a gap
 
 
