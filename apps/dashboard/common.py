@@ -46,6 +46,7 @@ class Session:
     runs_root: Path
     model: workbench.GPT | None
     notice: str | None
+    error: str | None = None  # why the model did not load
 
     @property
     def key(self) -> ModelKey:
@@ -90,12 +91,20 @@ def guard() -> Iterator[None]:
     try:
         yield
     except (WorkbenchError, ValueError, KeyError) as e:
-        # KeyError's str() is the repr of its message; show the message itself.
-        st.error(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e), icon=":material/error:")
+        st.error(describe(e), icon=":material/error:")
     except Exception as e:  # a bug, or out of memory: still a message, the details folded away
         st.error(f"{type(e).__name__}: {e}", icon=":material/error:")
         with st.expander("Details (for a bug report)"):
             st.code("".join(traceback.format_exception(e)), language=None)
+
+
+def describe(e: BaseException) -> str:
+    """An exception as one readable message."""
+    if isinstance(e, KeyError) and e.args:  # KeyError's str() is the repr of its message
+        return str(e.args[0])
+    if isinstance(e, (WorkbenchError, ValueError)):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
 
 
 # ----------------------------------------------------------------------------- the sidebar
@@ -151,20 +160,22 @@ def sidebar() -> Session:
     runs_root = bar.text_input("Runs folder", key=state("p.runs_root", os.environ.get("WORKBENCH_RUNS", "runs")),
                                help="Where 'Save run' records runs and the Runs page looks for them.")
 
-    model, notice = None, None
+    model, notice, error = None, None, None
     if not name:
-        bar.warning("Enter the path of a model directory or checkpoint.")
+        error = "Enter the path of a model directory or checkpoint in the sidebar."
     else:
-        with bar:
-            with guard():
-                model = load_model(name, device, dtype)
+        try:
+            model = load_model(name, device, dtype)
+        except Exception as e:  # shown on every page that needs the model
+            error = f"Could not load model {name!r}: {describe(e)}"
+            bar.error("The model did not load (see the page).", icon=":material/error:")
         if choice == DEFAULT:
             notice = default_notice
     if model is not None:
         c = model.cfg
         bar.caption(f"{model.name}: {c.n_layer} layers, {c.n_head} heads, d_model {c.d_model}, "
                     f"context {c.block_size}, {device}, {dtype}")
-    session = Session(name, device, dtype, prompt, Path(runs_root or "runs"), model, notice)
+    session = Session(name, device, dtype, prompt, Path(runs_root or "runs"), model, notice, error)
     st.session_state["_session"] = session
     return session
 
@@ -177,7 +188,7 @@ def session() -> Session:
 def require_model(s: Session) -> workbench.GPT:
     """The model, or stop the page with a message when it did not load."""
     if s.model is None:
-        st.info("This page needs a model: choose one that loads in the sidebar.")
+        st.error(s.error or "This page needs a model: choose one that loads in the sidebar.", icon=":material/error:")
         st.stop()
     return s.model
 
