@@ -239,6 +239,31 @@ def single_token(model: workbench.GPT, text: str, what: str) -> int:
         raise workbench.InputError(f"{what}: {e}. Try it with a leading space, e.g. ' Mary'.") from None
 
 
+def prompt_set(model: workbench.GPT, prompts_key: tuple):
+    """(clean, corrupted, metric) for the patching and ablation pages' prompts: ("pair", clean,
+    corrupted, answer, wrong) typed in the page, or ("ioi", n, seed) sampled IOI prompts. The
+    metric is the logit difference answer - wrong at the last position."""
+    from workbench.methods import prompts
+    from workbench.methods.metrics import LogitDiff
+
+    if prompts_key[0] == "ioi":
+        _, n, seed = prompts_key
+        ioi = prompts.ioi_prompts(n=n, seed=seed)
+        return ioi.clean_tokens, ioi.corrupted_tokens, ioi.metric()
+    _, clean, corrupted, answer, wrong = prompts_key
+    metric = LogitDiff(single_token(model, answer, "answer"), single_token(model, wrong, "wrong answer"))
+    return clean, corrupted, metric
+
+
+def prompt_set_fields(prompts_key: tuple) -> dict:
+    """The same prompts as the fields of a patching / ablation experiment config."""
+    if prompts_key[0] == "ioi":
+        return {"prompt_set": "ioi", "n_prompts": prompts_key[1], "seed": prompts_key[2]}
+    _, clean, corrupted, answer, wrong = prompts_key
+    return {"prompt_set": "custom", "clean_prompts": [clean], "corrupted_prompts": [corrupted], "answers": [answer],
+            "wrong_answers": [wrong]}
+
+
 # ----------------------------------------------------------------------------- save run
 def save_run(s: Session, experiment: str, fields: dict, *, key: str) -> None:
     """The "Save run" box: record this page's result with the experiment the scripts use, and show

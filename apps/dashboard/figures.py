@@ -50,7 +50,7 @@ def heatmap(
         bound = max((abs(v) for row in z for v in row if v is not None), default=1.0) or 1.0
         zmin, zmax = (-bound if zmin is None else zmin), (bound if zmax is None else zmax)
     fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(n_cols)), y=list(range(n_rows)), text=text, hovertemplate="%{text}<extra></extra>",
+        z=z, x=list(range(n_cols)), y=list(range(n_rows)), customdata=text, hovertemplate="%{customdata}<extra></extra>",
         colorscale=colorscale or ("RdBu" if diverging else "Blues"), zmid=0 if diverging else None,
         zmin=zmin, zmax=zmax, colorbar={"title": {"text": colorbar}}, xgap=1, ygap=1,
     ))
@@ -60,6 +60,11 @@ def heatmap(
                      autorange="reversed", showgrid=False)
     fig.update_layout(title=title, height=max(300, min(900, 140 + 28 * n_rows)), margin={"t": 60, "b": 10})
     return fig
+
+
+def cell_text(fig: go.Figure, text: list[list[str]], *, size: int = 10) -> None:
+    """Write text[row][col] into the cells of the figure's heatmap."""
+    fig.update_traces(text=text, texttemplate="%{text}", textfont={"size": size}, selector={"type": "heatmap"})
 
 
 def token_ticks(str_tokens: Sequence[str]) -> list[str]:
@@ -117,6 +122,23 @@ def run_figures(experiment: str, tensors: dict[str, torch.Tensor], tables: dict)
         return [head_grid(tensors, title="Head detector scores (recorded)")]
     if experiment == "activation_patching" and "patching" in tables:
         return [patching_table_figure(tables["patching"])]
+    if experiment == "ablate_heads" and "heads" in tables:
+        grid = tables["heads"].pivot(index="layer", columns="head", values="effect")
+        return [heatmap(grid.to_numpy(), x=[str(h) for h in grid.columns], y=[str(l) for l in grid.index],
+                        x_title="head", y_title="layer", title="Recorded ablation: change in the metric",
+                        colorbar="effect", diverging=True)]
+    if experiment == "logit_lens" and "logit_lens" in tables:
+        frame = tables["logit_lens"]
+        frame = frame[frame["batch"] == 0] if "batch" in frame else frame
+        grid = frame.pivot(index="layer_index", columns="pos", values="top_prob")
+        top = frame.pivot(index="layer_index", columns="pos", values="top_token")
+        layers = frame.drop_duplicates("layer_index").set_index("layer_index")["layer"]
+        tokens = frame.drop_duplicates("pos").set_index("pos")["token"]
+        fig = heatmap(grid.to_numpy(), x=token_ticks([tokens[p] for p in grid.columns]),
+                      y=[layers[l] for l in grid.index], x_title="pos", y_title="layer", zmin=0, zmax=1,
+                      title="Recorded logit lens: probability of the top token", colorbar="top_prob")
+        cell_text(fig, [[show_token(t) for t in row] for row in top.to_numpy().tolist()])
+        return [fig]
     columns = {c for t in tables.values() for c in t.columns}
     out = []
     for name, t in tensors.items():

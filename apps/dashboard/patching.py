@@ -6,8 +6,7 @@ import importlib.util
 import streamlit as st
 
 from dashboard import common, figures
-from workbench.methods import patching, prompts
-from workbench.methods.metrics import LogitDiff
+from workbench.methods import patching
 
 HAS_ATTRIBUTION = importlib.util.find_spec("workbench.methods.attribution") is not None
 METHODS = {"activation": "activation patching (full sweep)", "attribution": "attribution patching (fast estimate)"}
@@ -15,22 +14,11 @@ SHOW = {"normalized": "normalised (0 = corrupted, 1 = clean)", "values": "raw lo
         "effect": "change from the unpatched run"}
 
 
-def prompt_pair(model, prompts_key: tuple):
-    """(clean, corrupted, metric) for ("pair", clean, corrupted, answer, wrong) or ("ioi", n, seed)."""
-    if prompts_key[0] == "ioi":
-        _, n, seed = prompts_key
-        ioi = prompts.ioi_prompts(n=n, seed=seed)
-        return ioi.clean_tokens, ioi.corrupted_tokens, ioi.metric()
-    _, clean, corrupted, answer, wrong = prompts_key
-    metric = LogitDiff(common.single_token(model, answer, "answer"), common.single_token(model, wrong, "wrong answer"))
-    return clean, corrupted, metric
-
-
 @st.cache_data(show_spinner=False, max_entries=16)
 def sweep(key: common.ModelKey, prompts_key: tuple, target: str, direction: str, method: str, _progress=None):
     """The PatchingResult for these inputs (cached on them; `_progress` is not part of the key)."""
     with common.using_model(key) as model:
-        clean, corrupted, metric = prompt_pair(model, prompts_key)
+        clean, corrupted, metric = common.prompt_set(model, prompts_key)
         if method == "attribution":
             from workbench.methods import attribution
 
@@ -106,11 +94,7 @@ with common.guard():
         frame = result.to_frame()
         st.dataframe(frame.sort_values("effect", key=abs, ascending=False).head(20), hide_index=True, width="stretch")
 
-    if prompts_key[0] == "ioi":
-        fields = {"prompt_set": "ioi", "n_prompts": prompts_key[1], "seed": prompts_key[2]}
-    else:
-        fields = {"prompt_set": "custom", "clean_prompts": [prompts_key[1]], "corrupted_prompts": [prompts_key[2]],
-                  "answers": [prompts_key[3]], "wrong_answers": [prompts_key[4]]}
     if method != "activation":
         st.caption("Save run records the full activation-patching sweep for these inputs.")
-    common.save_run(s, "activation_patching", {**fields, "target": target, "direction": direction}, key="patching")
+    common.save_run(s, "activation_patching", {**common.prompt_set_fields(prompts_key), "target": target,
+                                               "direction": direction}, key="patching")
