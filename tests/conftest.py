@@ -11,8 +11,20 @@ with install_import_hook("workbench", "beartype.beartype"):
     import workbench  # noqa: F401,E402  (imports every submodule that workbench/__init__ pulls in)
     import workbench.methods.head_detectors  # noqa: F401,E402
     import workbench.methods.prompts  # noqa: F401,E402
+    import workbench.methods.metrics  # noqa: F401,E402
+    import workbench.methods._resume  # noqa: F401,E402
+    import workbench.methods.patching  # noqa: F401,E402
+    import workbench.methods.attribution  # noqa: F401,E402
+    import workbench.methods.ablation  # noqa: F401,E402
+    import workbench.methods.logit_lens  # noqa: F401,E402
     import workbench.runs  # noqa: F401,E402
     import workbench.experiments  # noqa: F401,E402  (and every registered experiment)
+    import workbench.experiments.core  # noqa: F401,E402
+    import workbench.experiments.prompt_sets  # noqa: F401,E402
+    import workbench.experiments.attention_heads  # noqa: F401,E402
+    import workbench.experiments.logit_lens  # noqa: F401,E402
+    import workbench.experiments.activation_patching  # noqa: F401,E402
+    import workbench.experiments.ablate_heads  # noqa: F401,E402
     import workbench.cli  # noqa: F401,E402
 
 from pathlib import Path  # noqa: E402

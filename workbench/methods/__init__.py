@@ -1,1 +1,42 @@
-"""Research methods built on the hooked model: one module per method."""
+"""Research methods built on the hooked model: one module per method.
+
+metrics (logit_diff, token_logprob, token_prob, kl_divergence, normalize, and the `Metric`
+classes sweeps take), logit_lens, patching (activation patching), attribution (attribution
+patching), ablation (`Ablation`, `ablate`, `ablation_sweep`), head_detectors, prompts.
+"""
+
+from workbench.methods.ablation import Ablation, AblationResult, ablate, ablation_hooks, ablation_sweep
+from workbench.methods.attribution import attribution_patching
+from workbench.methods.head_detectors import (
+    HeadScores,
+    duplicate_token_scores,
+    induction_scores,
+    previous_token_scores,
+)
+from workbench.methods.logit_lens import LogitLensResult, logit_lens
+from workbench.methods.metrics import (
+    CustomMetric,
+    KLDivergence,
+    LogitDiff,
+    Metric,
+    TokenLogProb,
+    TokenProb,
+    kl_divergence,
+    logit_diff,
+    normalize,
+    token_logprob,
+    token_prob,
+)
+from workbench.methods.patching import TARGETS, PatchingResult, activation_patching
+from workbench.methods.prompts import IOIPrompts, ioi_prompts, repeated_tokens
+
+__all__ = [
+    "Ablation", "AblationResult", "ablate", "ablation_hooks", "ablation_sweep",
+    "attribution_patching",
+    "HeadScores", "induction_scores", "previous_token_scores", "duplicate_token_scores",
+    "LogitLensResult", "logit_lens",
+    "Metric", "LogitDiff", "TokenLogProb", "TokenProb", "KLDivergence", "CustomMetric",
+    "logit_diff", "token_logprob", "token_prob", "kl_divergence", "normalize",
+    "TARGETS", "PatchingResult", "activation_patching",
+    "IOIPrompts", "ioi_prompts", "repeated_tokens",
+]

@@ -2,21 +2,23 @@
 
 Patching and ablation sweeps are built from *cells*. A cell changes the residual stream of a
 base run by `delta` at one point (`entry`: before block l's attention, before its MLP, or after
-it), from its `first` changed position on, and asks for the metric of the resulting run. This
-module runs many cells in one batched forward, and does as little as it can:
+it) from its `first` changed position on, and asks for the metric of the resulting run. This
+module runs many cells in one forward and computes only what can differ from the base run:
 
 * each cell starts at its entry point from the base run's cached residual, not at the embedding;
-* positions before a chunk's earliest `first` are the same as in the base run (attention is
-  causal), so they are not recomputed: their keys and values come from the base run's cache;
-* positions after the last one the metric reads are never computed, the last block runs its
+* attention is causal, so a cell's positions before its `first` are the base run's: they are not
+  computed, and their keys and values come from the base run's cache;
+* positions after the last one the metric reads are never computed; the last block runs its
   queries and MLP only at the positions the metric reads, and logits are computed only there.
 
-Cells whose patch cannot reach a position the metric reads get the base run's metric.
+What is left is packed as a flat list of (row, position) tokens: every position-wise layer
+(LayerNorm, the projections, the MLP) runs on all of them as one big matrix, and only attention
+pads them back to [row query_pos] to attend over [row key_pos]. A row is one (cell, prompt).
+Cells whose change cannot reach a position the metric reads get the base run's metric.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
@@ -30,8 +32,9 @@ from tqdm.auto import tqdm
 from workbench.hooks import ActivationCache
 from workbench.methods.metrics import Metric
 
-# Rough size of one chunk: token positions per forward, and logits kept per forward (floats).
-TOKEN_BUDGET = 4096
+# Tokens computed in one forward (the memory budget), and logits kept at once for metrics that
+# are evaluated one cell at a time.
+TOKEN_BUDGET = 16384
 LOGIT_BUDGET = 2**25
 
 
@@ -42,10 +45,11 @@ def entry_of(layer: int, stage: str) -> int:
 
 @dataclass
 class BaseRun:
-    """The unpatched run every cell resumes from: its tokens, logits and cached activations."""
+    """The unpatched run every cell resumes from: its tokens, its logits at the positions the
+    metric reads (`read_logits`) and cached activations."""
 
     tokens: Tensor
-    logits: Float[Tensor, "batch pos d_vocab"]
+    read_logits: Float[Tensor, "batch pos d_vocab"]
     cache: ActivationCache
     n_layer: int
 
@@ -59,6 +63,42 @@ class BaseRun:
         return self.cache["resid_post", self.n_layer - 1]
 
 
+def cached_runs(
+    model, runs: Sequence[Tensor], names: Sequence[str], read: Sequence[int], vocab: Sequence[int] | None = None
+) -> list[tuple[Tensor, ActivationCache]]:
+    """Run several [batch pos] token sets as one batch, caching the activations `names` and
+    computing logits only at positions `read` (and tokens `vocab`): a (logits [batch read
+    d_vocab], cache) pair per token set."""
+    store: dict[str, Tensor] = {}
+
+    def save(x: Tensor, hook) -> None:
+        store[hook.name] = x.detach()
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(n, save) for n in dict.fromkeys(names)]):
+        resid = model.run_blocks(model.embed(torch.cat(list(runs))))
+        logits = unembed(model, resid[:, list(read)], vocab)
+    out, offset = [], 0
+    for tokens in runs:
+        rows = slice(offset, offset + tokens.shape[0])
+        out.append((logits[rows], ActivationCache({k: v[rows] for k, v in store.items()}, model)))
+        offset += tokens.shape[0]
+    return out
+
+
+def unembed(
+    model, resid: Float[Tensor, "batch pos d_model"], vocab: Sequence[int] | None
+) -> Float[Tensor, "batch pos d_vocab"]:
+    """The model's logits; with `vocab`, only those token ids are computed and the rest are 0
+    (for metrics that read a few tokens: the unembedding is the biggest matrix of the model)."""
+    if vocab is None:
+        return model.unembed(resid)
+    ids = torch.tensor(list(vocab), device=resid.device)
+    picked = model.ln_final(resid) @ model.W_U[:, ids]
+    logits = picked.new_zeros(*picked.shape[:-1], model.cfg.d_vocab)
+    logits[..., ids] = picked
+    return logits
+
+
 def base_names(n_layer: int) -> list[str]:
     """The hook names a `BaseRun` needs (residuals at every entry point, keys and values)."""
     names = []
@@ -68,10 +108,10 @@ def base_names(n_layer: int) -> list[str]:
     return names + [f"blocks.{n_layer - 1}.hook_resid_post"]
 
 
-@dataclass
+@dataclass(eq=False)
 class CellGroup:
     """Cells that enter at the same point. `delta(keys)` gives their residual changes,
-    [cell batch pos d_model] over all positions (zero before each cell's `first`)."""
+    [cell batch pos d_model] over all positions (only positions >= each cell's `first` are read)."""
 
     entry: int
     delta: Callable[[list[Hashable]], Float[Tensor, "cell batch pos d_model"]]
@@ -104,28 +144,34 @@ def run_cells(
     progress: bool = True,
     desc: str = "cells",
 ) -> None:
-    """Write metric(patched run) for every cell of `groups` into `out[cell.index]`."""
+    """Write metric(patched run) for every cell of `groups` into `out[cell.index]`.
+
+    `max_batch` caps the rows (cells x prompts) of one forward; tokens per forward are capped
+    at `TOKEN_BUDGET` either way."""
     batch, n_pos = base.tokens.shape
     read = metric.read_positions(n_pos)
     stop = max(read) + 1
-    baseline = float(metric(base.logits))
-    cells = [_Cell(g, k, i, f) for g in groups for k, i, f in zip(g.keys, g.index, g.first)]
+    baseline = float(metric.evaluate(base.read_logits))
     todo = []
-    for c in cells:
-        if c.first >= stop:  # the patch changes nothing the metric reads
-            out[c.index] = baseline
-        else:
-            todo.append(c)
-    if not todo:
-        return
-    todo.sort(key=lambda c: (c.first, c.group.entry))
-    if max_batch is None:
-        span = stop - todo[0].first
-        max_batch = max(1, TOKEN_BUDGET // span)
-    if not metric.batched:  # logits at every read position for every row stay in memory
-        max_batch = min(max_batch, max(1, LOGIT_BUDGET // (len(read) * model.cfg.d_vocab)))
-    per_chunk = max(1, max_batch // batch)
-    chunks = [todo[i : i + per_chunk] for i in range(0, len(todo), per_chunk)]
+    for g in groups:
+        for key, index, first in zip(g.keys, g.index, g.first):
+            if first >= stop:  # the change reaches nothing the metric reads
+                out[index] = baseline
+            else:
+                todo.append(_Cell(g, key, index, first))
+    max_rows = max_batch or len(todo) * batch
+    if not metric.batched:  # its logits at every read position stay in memory
+        max_rows = min(max_rows, max(1, LOGIT_BUDGET // (len(read) * model.cfg.d_vocab)))
+    chunks, chunk, tokens = [], [], 0
+    for c in sorted(todo, key=lambda c: (c.group.entry, c.first)):
+        cost = batch * (stop - c.first)
+        if chunk and (tokens + cost > TOKEN_BUDGET or (len(chunk) + 1) * batch > max_rows):
+            chunks.append(chunk)
+            chunk, tokens = [], 0
+        chunk.append(c)
+        tokens += cost
+    if chunk:
+        chunks.append(chunk)
     with torch.no_grad():
         for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
             order, values = _run_chunk(model, base, chunk, metric, read, stop)
@@ -133,85 +179,126 @@ def run_cells(
                 out[c.index] = v
 
 
+@dataclass
+class _Tokens:
+    """The flat tokens of a chunk: x[i] is row row[i] at position pos[i]; row r starts at start[r]."""
+
+    x: Float[Tensor, "token d_model"]
+    row: Tensor
+    pos: Tensor
+    start: Tensor
+
+    def append(self, other: _Tokens) -> _Tokens:
+        offset = len(self.start)
+        return _Tokens(torch.cat([self.x, other.x]), torch.cat([self.row, other.row + offset]),
+                       torch.cat([self.pos, other.pos]), torch.cat([self.start, other.start]))
+
+    def subset(self, keep: Tensor) -> _Tokens:
+        return _Tokens(self.x[keep], self.row[keep], self.pos[keep], self.start)
+
+
 def _run_chunk(
     model, base: BaseRun, chunk: list[_Cell], metric: Metric, read: list[int], stop: int
 ) -> tuple[list[_Cell], Tensor]:
-    """The metric of every cell of `chunk`, returned with the cells in the same order."""
+    """The metric of every cell of `chunk` (sorted by entry), returned with the cells in row order."""
     n_layer = model.cfg.n_layer
     batch = base.tokens.shape[0]
     device = base.final_resid.device
-    start = min(c.first for c in chunk)
-    read_now = torch.tensor([p for p in read if p >= start], device=device)
-    pos_now = torch.arange(start, stop, device=device)  # positions the rows currently hold
-    by_entry: dict[int, dict[int, list[_Cell]]] = defaultdict(dict)
-    for c in chunk:
-        by_entry[c.group.entry].setdefault(id(c.group), []).append(c)
-    order: list[_Cell] = []  # the cells in row order
-    state: Tensor | None = None
-    for entry in range(min(by_entry), 2 * n_layer + 1):
-        if entry >= 2 * n_layer - 1 and state is None and len(pos_now) != len(read_now):
-            pos_now = read_now  # no attention left to run: only the positions the metric reads matter
-        for cells in by_entry.get(entry, {}).values():
-            delta = cells[0].group.delta([c.key for c in cells])
-            x = base.entry_resid(entry)[None] + delta
-            x = einops.rearrange(x[:, :, pos_now], "cell batch pos d_model -> (cell batch) pos d_model")
-            state = x if state is None else torch.cat([state, x])
+    read_t = torch.tensor(read, device=device)
+    is_read = torch.zeros(stop, dtype=torch.bool, device=device)
+    is_read[read_t] = True
+    state: _Tokens | None = None
+    order: list[_Cell] = []
+    for entry in range(chunk[0].group.entry, 2 * n_layer + 1):
+        # Cells joining here, group by group (the chunk is sorted by entry, so rows stay in chunk order).
+        joining = [c for c in chunk if c.group.entry == entry]
+        for group in dict.fromkeys(c.group for c in joining):
+            cells = [c for c in joining if c.group is group]
+            fresh = _join(base, entry, group, cells, stop, is_read if entry >= 2 * n_layer - 1 else None)
+            state = fresh if state is None else state.append(fresh)
             order += cells
         if entry == 2 * n_layer or state is None:
             continue
         block = model.blocks[entry // 2]
         if entry % 2 == 0:
             last = entry // 2 == n_layer - 1
-            keep = torch.searchsorted(pos_now, read_now) if last else None
-            state = _attention_half(block, state, base, entry // 2, pos_now, start, keep)
-            if last:
-                pos_now = read_now
+            state = _attention_half(block, state, base, entry // 2, stop, is_read if last else None)
         else:
-            state = _mlp_half(block, state)
-    # Rows hold `pos_now`; the metric's positions before `start` are the base run's.
-    final = einops.repeat(base.final_resid[:, read], "batch pos d_model -> (cell batch) pos d_model", cell=len(order))
-    final = final.clone()
-    read_t = torch.tensor(read, device=device)
-    cols = (read_t >= start).nonzero().flatten()
-    final[:, cols] = state[:, torch.searchsorted(pos_now, read_t[cols])]
-    logits = model.unembed(final)
+            state = state_with(state, state.x + _tokenwise(lambda x: block.mlp(block.ln2(x)), state.x))
+    # Each row's logits at the metric's positions: computed ones, and the base run's before its start.
+    rows = len(state.start)
+    final = base.final_resid[torch.arange(rows, device=device) % batch][:, read_t].clone()
+    slot = torch.searchsorted(read_t, state.pos) if _sorted(read) else _slot_of(read_t, state.pos)
+    final[state.row, slot] = state.x
+    logits = unembed(model, final, metric.vocab)
     logits = einops.rearrange(logits, "(cell batch) pos d_vocab -> cell batch pos d_vocab", batch=batch)
     return order, metric.evaluate(logits).float()
 
 
-def _attention_half(
-    block,
-    x: Float[Tensor, "batch pos d_model"],
-    base: BaseRun,
-    layer: int,
-    pos_now: Tensor,
-    start: int,
-    keep: Tensor | None,
-) -> Float[Tensor, "batch query_pos d_model"]:
-    """resid + attn(ln1(resid)) for rows holding positions `pos_now` (= start..), with the keys and
-    values of positions before `start` taken from the base run. With `keep`, only those query
-    positions are computed and returned."""
-    attn = block.attn
+def _sorted(xs: list[int]) -> bool:
+    return all(a < b for a, b in zip(xs, xs[1:]))
+
+
+def _slot_of(read_t: Tensor, pos: Tensor) -> Tensor:
+    """Index in read_t of each position (read_t unsorted or with repeats: the first match)."""
+    return (read_t[None, :] == pos[:, None]).int().argmax(-1)
+
+
+def _tokenwise(fn: Callable[[Tensor], Tensor], x: Float[Tensor, "token d_model"]) -> Float[Tensor, "token d_model"]:
+    """A position-wise module on the flat tokens (the modules take [batch pos d_model])."""
+    return fn(x[None])[0]
+
+
+def state_with(state: _Tokens, x: Tensor) -> _Tokens:
+    return _Tokens(x, state.row, state.pos, state.start)
+
+
+def _join(base: BaseRun, entry: int, group: CellGroup, cells: list[_Cell], stop: int, only: Tensor | None) -> _Tokens:
+    """The tokens of `cells` entering at `entry`: base residual + delta at each cell's positions
+    [first, stop) (only those in `only`, once no attention is left to run)."""
     batch = base.tokens.shape[0]
-    qkv = attn.c_attn(block.ln1(x))
-    q, k, v = einops.rearrange(
-        qkv, "batch pos (three head d_head) -> three batch head pos d_head", three=3, head=attn.n_head
+    device = base.final_resid.device
+    delta = group.delta([c.key for c in cells])[:, :, :stop]
+    x = base.entry_resid(entry)[None, :, :stop] + delta  # [cell batch pos d_model]
+    first = torch.tensor([c.first for c in cells], device=device)
+    pos = torch.arange(stop, device=device)
+    wanted = pos[None, :] >= first[:, None]  # [cell pos]
+    if only is not None:
+        wanted &= only[None, :]
+    wanted = einops.repeat(wanted, "cell pos -> cell batch pos", batch=batch)
+    row, p = einops.rearrange(wanted, "cell batch pos -> (cell batch) pos").nonzero(as_tuple=True)
+    start = einops.repeat(first, "cell -> (cell batch)", batch=batch)
+    return _Tokens(x[wanted], row, p, start)
+
+
+def _attention_half(block, state: _Tokens, base: BaseRun, layer: int, stop: int, only: Tensor | None) -> _Tokens:
+    """resid + attn(ln1(resid)) on the flat tokens. Each row attends over keys 0..stop-1: its own
+    where it has tokens, the base run's before its start. With `only`, just the query tokens at
+    those positions are computed and kept (the last block)."""
+    attn = block.attn
+    rows = len(state.start)
+    qkv = attn.c_attn(_tokenwise(block.ln1, state.x))
+    q, k, v = einops.rearrange(qkv, "token (three head d_head) -> three token head d_head", three=3, head=attn.n_head)
+    base_rows = torch.arange(rows, device=q.device) % base.tokens.shape[0]
+    keys, values = (base.cache[name, layer][base_rows, :stop].clone() for name in ("k", "v"))
+    keys[state.row, state.pos] = k  # [row key_pos head d_head]
+    values[state.row, state.pos] = v
+    if only is not None:
+        keep = only[state.pos]
+        state, q = state.subset(keep), q[keep]
+    # Queries padded per row: slot j of row r is position start[r] + j.
+    slot = state.pos - state.start[state.row]
+    n_slot = int(slot.max()) + 1
+    queries = q.new_zeros(rows, n_slot, *q.shape[1:])
+    queries[state.row, slot] = q
+    query_pos = state.start[:, None] + torch.arange(n_slot, device=q.device)
+    mask = torch.arange(stop, device=q.device)[None, None, :] <= query_pos[:, :, None]  # causal, [row query_pos key_pos]
+    z = F.scaled_dot_product_attention(
+        einops.rearrange(queries, "row query_pos head d_head -> row head query_pos d_head"),
+        einops.rearrange(keys, "row key_pos head d_head -> row head key_pos d_head"),
+        einops.rearrange(values, "row key_pos head d_head -> row head key_pos d_head"),
+        attn_mask=mask[:, None],
     )
-    if start > 0:
-        cells = x.shape[0] // batch
-        prefix = [
-            einops.repeat(base.cache[name, layer][:, :start], "batch pos head d_head -> (cell batch) head pos d_head",
-                          cell=cells)
-            for name in ("k", "v")
-        ]
-        k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)
-    if keep is not None:
-        q, x, pos_now = q[:, :, keep], x[:, keep], pos_now[keep]
-    key_pos = torch.arange(k.shape[2], device=x.device)
-    mask = key_pos[None, :] <= pos_now[:, None]  # [query_pos key_pos], causal at absolute positions
-    z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return x + attn.c_proj(einops.rearrange(z, "batch head pos d_head -> batch pos (head d_head)"))
-
-
-def _mlp_half(block, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-    return x + block.mlp(block.ln2(x))
+    z = einops.rearrange(z, "row head query_pos d_head -> row query_pos head d_head")[state.row, slot]
+    out = attn.c_proj(einops.rearrange(z, "token head d_head -> token (head d_head)"))
+    return state_with(state, state.x + out)

@@ -35,6 +35,9 @@ class Metric:
     """
 
     positions: tuple[int, ...] | None = None
+    # The token ids it reads from the logits (None: it may read any). Sweeps then compute only
+    # those logits and leave the others 0.
+    vocab: tuple[int, ...] | None = None
     name: str = "metric"
     batched: bool = True  # evaluate() accepts leading cell axes
 
@@ -55,7 +58,7 @@ class Metric:
             out.append(p % n_pos)
         return out
 
-    def select(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, "batch read d_vocab"]:
+    def select(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, "batch _ d_vocab"]:
         """The logits at this metric's positions."""
         if self.positions is None:
             return logits
@@ -73,6 +76,14 @@ def _take(
     if token.shape[0] != batch:
         raise InputError(f"{what} has {token.shape[0]} token ids but the logits have batch size {batch}")
     return logprobs[..., torch.arange(batch, device=logprobs.device), token.to(logprobs.device)]
+
+
+def _ids(*tokens: TokenIds) -> tuple[int, ...]:
+    """The distinct ids among int / tensor token arguments, sorted."""
+    ids = set()
+    for t in tokens:
+        ids |= {t} if isinstance(t, int) else set(t.tolist())
+    return tuple(sorted(ids))
 
 
 def _check_ids(token: TokenIds, what: str) -> TokenIds:
@@ -97,6 +108,7 @@ class LogitDiff(Metric):
     def __post_init__(self) -> None:
         self.answer, self.wrong = _check_ids(self.answer, "answer"), _check_ids(self.wrong, "wrong")
         self.positions = (self.pos,)
+        self.vocab = _ids(self.answer, self.wrong)
 
     def evaluate(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell"]:
         at = logits[..., 0, :]

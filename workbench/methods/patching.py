@@ -31,7 +31,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from workbench.errors import InputError
-from workbench.methods._resume import BaseRun, CellGroup, base_names, entry_of, run_cells
+from workbench.methods._resume import BaseRun, CellGroup, base_names, cached_runs, entry_of, run_cells
 from workbench.methods.metrics import Metric, as_metric, normalize, scalar
 
 LAYER_POS_TARGETS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -200,13 +200,15 @@ def activation_patching(
         hooks += [f"blocks.{l}.attn.hook_{n}" for l in layers for n in ("q", "k", "v", "z", "pattern")]
     elif target.startswith("head_out"):
         hooks += [f"blocks.{l}.attn.hook_z" for l in layers]
-    with torch.no_grad():
-        base_logits, base_cache = model.run_with_cache(base_tokens, names_filter=sorted(set(hooks + base_names(model.cfg.n_layer))))
-        source_logits, source_cache = model.run_with_cache(source_tokens, names_filter=sorted(set(hooks)))
+    read = metric.read_positions(base_tokens.shape[1])
+    names = hooks + base_names(model.cfg.n_layer)
+    (base_logits, base_cache), (source_logits, source_cache) = cached_runs(
+        model, [base_tokens, source_tokens], names, read, metric.vocab
+    )
     base = BaseRun(base_tokens, base_logits, base_cache, model.cfg.n_layer)
     clean_logits, corrupted_logits = (source_logits, base_logits) if direction == "denoise" else (base_logits, source_logits)
-    clean_value = float(scalar(metric(clean_logits), metric.name))
-    corrupted_value = float(scalar(metric(corrupted_logits), metric.name))
+    clean_value = float(scalar(metric.evaluate(clean_logits), metric.name))
+    corrupted_value = float(scalar(metric.evaluate(corrupted_logits), metric.name))
 
     n_pos, n_head = base_tokens.shape[1], model.cfg.n_head
     dims = target_dims(target)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import pandas as pd
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
 from workbench.errors import InputError
-from workbench.models.tokenizer import EOT_ID
+from workbench.methods.metrics import LogitDiff
+from workbench.models.tokenizer import EOT_ID, gpt2_tokenizer
 
 
 def repeated_tokens(
@@ -34,3 +38,157 @@ def repeated_tokens(
     half = torch.stack(rows)
     parts = [torch.full((n_seqs, 1), EOT_ID)] if prepend_bos else []
     return torch.cat(parts + [half, half], dim=1)
+
+
+# ---------------------------------------------------------------------- IOI (Wang et al. 2022)
+
+# The BABA templates of Wang et al. 2022 ("Interpretability in the Wild"); [A] is the indirect
+# object (the answer), [B] the subject. The ABBA form swaps the first two names.
+IOI_TEMPLATES = (
+    "Then, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to [A]",
+    "Then, [B] and [A] had a lot of fun at the [PLACE]. [B] gave a [OBJECT] to [A]",
+    "Then, [B] and [A] were working at the [PLACE]. [B] decided to give a [OBJECT] to [A]",
+    "Then, [B] and [A] were thinking about going to the [PLACE]. [B] wanted to give a [OBJECT] to [A]",
+    "Then, [B] and [A] had a long argument, and afterwards [B] said to [A]",
+    "After [B] and [A] went to the [PLACE], [B] gave a [OBJECT] to [A]",
+    "When [B] and [A] got a [OBJECT] at the [PLACE], [B] decided to give it to [A]",
+    "When [B] and [A] got a [OBJECT] at the [PLACE], [B] decided to give the [OBJECT] to [A]",
+    "While [B] and [A] were working at the [PLACE], [B] gave a [OBJECT] to [A]",
+    "While [B] and [A] were commuting to the [PLACE], [B] gave a [OBJECT] to [A]",
+    "After the lunch, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to [A]",
+    "Afterwards, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to [A]",
+    "Then, [B] and [A] had a long argument. Afterwards [B] said to [A]",
+    "The [PLACE] [B] and [A] went to had a [OBJECT]. [B] gave it to [A]",
+    "Friends [B] and [A] found a [OBJECT] at the [PLACE]. [B] gave it to [A]",
+)
+# Each is a single GPT-2 token after a space (tests/test_methods_prompts.py checks).
+IOI_NAMES = (
+    "Michael", "Christopher", "Jessica", "Matthew", "Ashley", "Jennifer", "Joshua", "Amanda", "Daniel", "David",
+    "James", "Robert", "John", "Joseph", "Andrew", "Ryan", "Brandon", "Jason", "Justin", "Sarah", "William",
+    "Jonathan", "Stephanie", "Brian", "Nicole", "Nicholas", "Anthony", "Heather", "Eric", "Elizabeth", "Adam",
+    "Megan", "Melissa", "Kevin", "Steven", "Thomas", "Timothy", "Christina", "Kyle", "Rachel", "Laura", "Lauren",
+    "Amber", "Brittany", "Danielle", "Richard", "Kimberly", "Jeffrey", "Amy", "Crystal", "Michelle", "Tiffany",
+    "Jeremy", "Benjamin", "Mark", "Emily", "Aaron", "Charles", "Rebecca", "Jacob", "Stephen", "Patrick", "Sean",
+    "Erin", "Jamie", "Kelly", "Samantha", "Nathan", "Sara", "Dustin", "Paul", "Angela", "Tyler", "Scott",
+    "Katherine", "Andrea", "Gregory", "Erica", "Mary", "Travis", "Lisa", "Kenneth", "Bryan", "Lindsey", "Kristen",
+    "Jose", "Alexander", "Jesse", "Katie", "Lindsay", "Shannon", "Vanessa", "Courtney", "Christine", "Alicia",
+    "Cody", "Allison", "Bradley", "Samuel",
+)
+IOI_PLACES = ("store", "garden", "restaurant", "school", "hospital", "office", "house", "station")
+IOI_OBJECTS = ("ring", "kiss", "bone", "basketball", "computer", "necklace", "drink", "snack")
+IOI_CORRUPTIONS = ("abc", "swap", "s2_io")
+IOI_ORDERS = ("mixed", "ABBA", "BABA")
+
+
+@dataclass
+class IOIPrompts:
+    """IOI prompts ending just before the indirect object, and their corrupted twins.
+
+    clean_tokens, corrupted_tokens: [batch pos], same shape (one template per set, so positions
+    line up across the batch). answer[b] is the indirect object's token id, wrong[b] the
+    subject's: `logit_diff(logits, prompts.answer, prompts.wrong)` is the IOI logit difference.
+    `order[b]` is "ABBA" or "BABA"; `names[b]` is (IO, S) of the clean prompt."""
+
+    clean_tokens: Int[Tensor, "batch pos"]
+    corrupted_tokens: Int[Tensor, "batch pos"]
+    answer: Int[Tensor, "batch"]
+    wrong: Int[Tensor, "batch"]
+    clean_text: list[str]
+    corrupted_text: list[str]
+    order: list[str]
+    names: list[tuple[str, str]]
+    template: str
+    corruption: str
+
+    def metric(self, *, pos: int = -1) -> LogitDiff:
+        """The IOI logit difference as a sweep metric (`LogitDiff(answer, wrong)`)."""
+        return LogitDiff(self.answer, self.wrong, pos=pos)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per prompt: batch, clean/corrupted text, order, io/s names and answer/wrong ids."""
+        return pd.DataFrame({
+            "batch": range(len(self.clean_text)),
+            "clean": self.clean_text,
+            "corrupted": self.corrupted_text,
+            "order": self.order,
+            "io": [io for io, _ in self.names],
+            "s": [s for _, s in self.names],
+            "answer": self.answer.tolist(),
+            "wrong": self.wrong.tolist(),
+            "template": self.template,
+            "corruption": self.corruption,
+        })
+
+
+def ioi_prompts(
+    *,
+    n: int = 8,
+    template: int | str = 0,
+    order: str = "mixed",
+    corruption: str = "abc",
+    seed: int = 0,
+    prepend_bos: bool = True,
+) -> IOIPrompts:
+    """`n` IOI prompts (Wang et al. 2022) from one template, with random single-token names,
+    place and object (seeded), and a corrupted version of each.
+
+    `template`: an index into `IOI_TEMPLATES` or a template string in the same [A]/[B]/[PLACE]/
+    [OBJECT] form (BABA order, ending with [A]). `order`: "ABBA", "BABA" or "mixed" (alternating).
+    `corruption`: "abc" replaces all three names by three other names (Wang et al.'s ABC
+    distribution: no name is repeated, so there is no IO to find); "swap" exchanges IO and S
+    everywhere (the answer becomes the wrong name); "s2_io" replaces the second S by the IO.
+    """
+    if n < 1:
+        raise InputError(f"n must be >= 1, got {n}")
+    if isinstance(template, int):
+        if not 0 <= template < len(IOI_TEMPLATES):
+            raise InputError(f"template index {template} is out of range: there are {len(IOI_TEMPLATES)} templates")
+        template = IOI_TEMPLATES[template]
+    if not template.endswith("[A]") or template.count("[A]") != 2 or template.count("[B]") != 2 \
+            or "[B] and [A]" not in template:
+        raise InputError('an IOI template has "[B] and [A]", then [B] again, and ends with [A], e.g. '
+                         + repr(IOI_TEMPLATES[0]))
+    if order not in IOI_ORDERS:
+        raise InputError(f"order must be one of {IOI_ORDERS}, got {order!r}")
+    if corruption not in IOI_CORRUPTIONS:
+        raise InputError(f"corruption must be one of {IOI_CORRUPTIONS}, got {corruption!r}")
+    enc = gpt2_tokenizer()
+    g = torch.Generator().manual_seed(seed)
+    pick = lambda pool, k: [pool[i] for i in torch.randperm(len(pool), generator=g)[:k].tolist()]  # noqa: E731
+    prompt = template.removesuffix("[A]").rstrip()
+    clean_text, corrupted_text, orders, names = [], [], [], []
+    for i in range(n):
+        io, s, c, d, e = pick(IOI_NAMES, 5)
+        place, obj = pick(IOI_PLACES, 1)[0], pick(IOI_OBJECTS, 1)[0]
+        abba = order == "ABBA" or (order == "mixed" and i % 2 == 0)
+        first_two = ("[A]", "[B]") if abba else ("[B]", "[A]")
+        # name slots in order of appearance: first, second, S2
+        slots = [*first_two, "[B]"]
+        fill = {"[A]": io, "[B]": s}
+        clean_names = [fill[x] for x in slots]
+        if corruption == "abc":
+            bad_names = [c, d, e]
+        elif corruption == "swap":
+            bad_names = [{io: s, s: io}[x] for x in clean_names]
+        else:  # s2_io
+            bad_names = clean_names[:2] + [io]
+        skeleton = prompt.replace("[B] and [A]", "{0} and {1}", 1).replace("[B]", "{2}", 1)
+        skeleton = skeleton.replace("[PLACE]", place).replace("[OBJECT]", obj)
+        clean_text.append(skeleton.format(*clean_names))
+        corrupted_text.append(skeleton.format(*bad_names))
+        orders.append("ABBA" if abba else "BABA")
+        names.append((io, s))
+
+    def encode(texts: list[str]) -> Tensor:
+        ids = [([EOT_ID] if prepend_bos else []) + enc.encode(t) for t in texts]
+        if len({len(x) for x in ids}) != 1:
+            raise InputError("the template's prompts tokenize to different lengths; use single-token fillers")
+        return torch.tensor(ids, dtype=torch.long)
+
+    clean_tokens, corrupted_tokens = encode(clean_text), encode(corrupted_text)
+    if clean_tokens.shape != corrupted_tokens.shape:
+        raise InputError("clean and corrupted IOI prompts tokenize to different lengths")
+    answer = torch.tensor([enc.encode(" " + io)[0] for io, _ in names])
+    wrong = torch.tensor([enc.encode(" " + s)[0] for _, s in names])
+    return IOIPrompts(clean_tokens, corrupted_tokens, answer, wrong, clean_text, corrupted_text, orders, names,
+                      template, corruption)

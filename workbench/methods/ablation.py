@@ -1,0 +1,265 @@
+"""Ablation: knock out heads, attention layers, MLP layers or MLP neurons, and sweep over heads.
+
+One vocabulary, `Ablation`, says what is knocked out and how:
+
+* "zero": the activation is set to 0;
+* "mean": to its mean over a reference batch, position by position (the reference prompts have
+  the prompts' length);
+* "resample": to its value on a reference prompt drawn at random (seeded), one draw per prompt,
+  the same draw for every ablated component.
+
+A head is ablated at its output `hook_z` (so b_O stays), an attention layer at `hook_attn_out`, an
+MLP layer at `hook_mlp_out` and a neuron at `mlp.hook_post`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import einops
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from workbench.errors import InputError
+from workbench.methods._resume import BaseRun, CellGroup, base_names, cached_runs, entry_of, run_cells
+from workbench.methods.metrics import Metric, as_metric, scalar
+
+METHODS = ("zero", "mean", "resample")
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """What to ablate and how: `method` is "zero", "mean" or "resample"; `heads` are (layer, head)
+    pairs, `attn_layers` and `mlp_layers` layer indices, `neurons` (layer, neuron) pairs."""
+
+    method: str = "zero"
+    heads: tuple[tuple[int, int], ...] = ()
+    attn_layers: tuple[int, ...] = ()
+    mlp_layers: tuple[int, ...] = ()
+    neurons: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"unknown ablation method {self.method!r}; allowed: {', '.join(METHODS)}")
+        # Accept lists from callers and configs; store tuples so the ablation is hashable.
+        object.__setattr__(self, "heads", tuple(tuple(int(i) for i in x) for x in self.heads))
+        object.__setattr__(self, "attn_layers", tuple(int(l) for l in self.attn_layers))
+        object.__setattr__(self, "mlp_layers", tuple(int(l) for l in self.mlp_layers))
+        object.__setattr__(self, "neurons", tuple(tuple(int(i) for i in x) for x in self.neurons))
+        for what, pairs in (("heads", self.heads), ("neurons", self.neurons)):
+            for pair in pairs:
+                if len(pair) != 2:
+                    raise InputError(f"each of {what} is a (layer, index) pair, got {pair}")
+        if not (self.heads or self.attn_layers or self.mlp_layers or self.neurons):
+            raise InputError("an Ablation needs something to ablate: heads, attn_layers, mlp_layers or neurons")
+
+    def check(self, model) -> None:
+        """Raise InputError for a layer, head or neuron the model does not have."""
+        n_layer, n_head, d_mlp = model.cfg.n_layer, model.cfg.n_head, model.cfg.d_mlp
+        layers = [l for l, _ in self.heads] + list(self.attn_layers) + list(self.mlp_layers) + [l for l, _ in self.neurons]
+        for l in layers:
+            if not 0 <= l < n_layer:
+                raise InputError(f"layer {l} is out of range: the model has {n_layer} layers (0 to {n_layer - 1})")
+        for l, h in self.heads:
+            if not 0 <= h < n_head:
+                raise InputError(f"head {h} (layer {l}) is out of range: the model has {n_head} heads (0 to {n_head - 1})")
+        for l, n in self.neurons:
+            if not 0 <= n < d_mlp:
+                raise InputError(f"neuron {n} (layer {l}) is out of range: the MLP has {d_mlp} neurons (0 to {d_mlp - 1})")
+
+    def sites(self) -> dict[str, list[int] | None]:
+        """Hook name -> the head / neuron indices ablated there (None: the whole activation)."""
+        out: dict[str, list[int] | None] = {}
+        for l, h in self.heads:
+            out.setdefault(f"blocks.{l}.attn.hook_z", []).append(h)
+        for l in self.attn_layers:
+            out[f"blocks.{l}.hook_attn_out"] = None
+        for l in self.mlp_layers:
+            out[f"blocks.{l}.hook_mlp_out"] = None
+        for l, n in self.neurons:
+            out.setdefault(f"blocks.{l}.mlp.hook_post", []).append(n)
+        return out
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per ablated component: method, component (head / attn / mlp / neuron), layer, index."""
+        rows = [("head", l, h) for l, h in self.heads] + [("attn", l, None) for l in self.attn_layers]
+        rows += [("mlp", l, None) for l in self.mlp_layers] + [("neuron", l, n) for l, n in self.neurons]
+        df = pd.DataFrame(rows, columns=["component", "layer", "index"])
+        df.insert(0, "method", self.method)
+        return df
+
+
+def _replacement(
+    method: str, reference_act: Tensor | None, batch: int, rows: Tensor | None, like: Tensor
+) -> Tensor:
+    """The ablated value of an activation [batch pos ...] (broadcastable)."""
+    if method == "zero":
+        return torch.zeros_like(like)
+    if method == "mean":
+        return einops.reduce(reference_act, "batch pos ... -> 1 pos ...", "mean").expand_as(like)
+    return reference_act[rows]  # resample
+
+
+def _check_reference(model, method: str, tokens: Tensor, reference) -> Tensor | None:
+    if method == "zero":
+        return None
+    if reference is None:
+        return tokens
+    if (isinstance(reference, Tensor) and reference.numel() == 0) or (
+        isinstance(reference, (list, tuple)) and len(reference) == 0
+    ):
+        raise InputError(
+            f"{method} ablation needs a non-empty reference batch, got shape {tuple(reference.shape)}"
+        )
+    reference = model.prepare_tokens(reference)
+    if reference.shape[1] != tokens.shape[1]:
+        raise InputError(
+            f"the reference batch has {reference.shape[1]} positions but the prompts have {tokens.shape[1]}: "
+            f"{method} ablation replaces activations position by position, so they must match"
+        )
+    return reference
+
+
+def _resample_rows(n_reference: int, batch: int, seed: int) -> Tensor:
+    return torch.randint(n_reference, (batch,), generator=torch.Generator().manual_seed(seed))
+
+
+def ablation_hooks(
+    model,
+    ablation: Ablation,
+    tokens: Tensor | str | Sequence[str],
+    *,
+    reference: Tensor | str | Sequence[str] | None = None,
+    seed: int = 0,
+) -> list[tuple[str, Callable]]:
+    """The forward hooks that apply `ablation` to a run on `tokens` (for `model.hooks(...)`).
+
+    `reference`: the prompts whose activations "mean" averages and "resample" draws from
+    (default: `tokens` themselves)."""
+    ablation.check(model)
+    tokens = model.prepare_tokens(tokens)
+    reference = _check_reference(model, ablation.method, tokens, reference)
+    sites = ablation.sites()
+    cache = None
+    rows = None
+    if reference is not None:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(reference, names_filter=list(sites))
+        if ablation.method == "resample":
+            rows = _resample_rows(reference.shape[0], tokens.shape[0], seed).to(tokens.device)
+
+    def make(name: str, index: list[int] | None):
+        def hook(x: Tensor, hook) -> Tensor:
+            value = _replacement(ablation.method, None if cache is None else cache[name], x.shape[0], rows, x)
+            if index is None:
+                return value.to(x.dtype)
+            x = x.clone()
+            idx = torch.tensor(index, device=x.device)
+            x[:, :, idx] = value[:, :, idx].to(x.dtype)
+            return x
+
+        return hook
+
+    return [(name, make(name, index)) for name, index in sites.items()]
+
+
+def ablate(
+    model,
+    tokens: Tensor | str | Sequence[str],
+    ablation: Ablation,
+    *,
+    reference: Tensor | str | Sequence[str] | None = None,
+    seed: int = 0,
+) -> Float[Tensor, "batch pos d_vocab"]:
+    """The logits of `tokens` with `ablation` applied (see `ablation_hooks` for `reference`)."""
+    hooks = ablation_hooks(model, ablation, tokens, reference=reference, seed=seed)
+    with torch.no_grad():
+        return model.run_with_hooks(tokens, fwd_hooks=hooks)
+
+
+@dataclass
+class AblationResult:
+    """values[layer, head] is the metric with that one head ablated; `baseline` without ablation."""
+
+    values: Float[Tensor, "layer head"]
+    baseline: float
+    method: str
+    metric: str
+    seed: int | None = None
+
+    @property
+    def effect(self) -> Float[Tensor, "layer head"]:
+        """values - baseline: how much ablating each head moves the metric."""
+        return self.values - self.baseline
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per head: layer, head, value, effect, method, metric."""
+        n_layer, n_head = self.values.shape
+        return pd.DataFrame({
+            "layer": [l for l in range(n_layer) for _ in range(n_head)],
+            "head": [h for _ in range(n_layer) for h in range(n_head)],
+            "value": self.values.flatten().tolist(),
+            "effect": self.effect.flatten().tolist(),
+            "method": self.method,
+            "metric": self.metric,
+        })
+
+
+def ablation_sweep(
+    model,
+    tokens: Tensor | str | Sequence[str],
+    metric: Metric | Callable[[Tensor], Tensor],
+    *,
+    method: str = "zero",
+    reference: Tensor | str | Sequence[str] | None = None,
+    seed: int = 0,
+    max_batch: int | None = None,
+    progress: bool = True,
+) -> AblationResult:
+    """Ablate each head on its own (`Ablation(method, heads=[(layer, head)])`) and measure `metric`.
+
+    Same numbers as one `ablate` forward per head, but the heads are packed into a few batched
+    forwards, each resumed at the head's layer from cached residuals (`_resume.py`).
+    Returns values[layer, head]."""
+    if method not in METHODS:
+        raise InputError(f"unknown ablation method {method!r}; allowed: {', '.join(METHODS)}")
+    tokens = model.prepare_tokens(tokens)
+    metric = as_metric(metric)
+    reference = _check_reference(model, method, tokens, reference)
+    n_layer, n_head, batch = model.cfg.n_layer, model.cfg.n_head, tokens.shape[0]
+    read = metric.read_positions(tokens.shape[1])
+    z_names = [f"blocks.{l}.attn.hook_z" for l in range(n_layer)]
+    separate = reference is not None and reference is not tokens  # mean / resample over other prompts
+    runs = [tokens, reference] if separate else [tokens]
+    results = cached_runs(model, runs, z_names + base_names(n_layer), read, metric.vocab)
+    base_logits, base_cache = results[0]
+    reference_cache = None if reference is None else results[-1][1]
+    rows = _resample_rows(reference.shape[0], batch, seed).to(tokens.device) if method == "resample" else None
+    base = BaseRun(tokens, base_logits, base_cache, n_layer)
+    baseline = float(scalar(metric.evaluate(base_logits), metric.name))
+
+    values = torch.full((n_layer, n_head), float("nan"))
+    groups = []
+    for l in range(n_layer):
+        z = base_cache["z", l]
+        z_new = _replacement(method, None if reference_cache is None else reference_cache["z", l], batch, rows, z)
+        group = CellGroup(entry_of(l, "mid"), _head_delta(z_new - z, model.blocks[l].attn.W_O.detach()))
+        for h in range(n_head):
+            group.add(h, (l, h), 0)
+        groups.append(group)
+    run_cells(model, base, groups, metric, values, max_batch=max_batch, progress=progress,
+              desc=f"{method}-ablating heads")
+    return AblationResult(values, baseline, method, metric.name, seed if method == "resample" else None)
+
+
+def _head_delta(z_diff: Float[Tensor, "batch pos head d_head"], W_O: Float[Tensor, "head d_head d_model"]):
+    def delta(heads: list[int]) -> Float[Tensor, "cell batch pos d_model"]:
+        idx = torch.tensor(heads)
+        return einops.einsum(
+            z_diff[:, :, idx], W_O[idx], "batch pos cell d_head, cell d_head d_model -> cell batch pos d_model"
+        )
+
+    return delta
