@@ -299,3 +299,11 @@ def test_unwritable_runs_root(experiment_model, tmp_path, capsys):
     assert run_cli("run", "attention_heads", "--model", experiment_model, "--out", tmp_path / "file",
                    *SMALL["attention_heads"]) == 2
     assert "cannot create the runs folder" in capsys.readouterr().err
+
+
+def test_relative_model_path_is_recorded_absolute(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tiny_model_dir.parent)
+    path = small_run("attention_heads", tiny_model_dir.name, tmp_path / "runs")
+    assert load_run(path).config["model"] == str(tiny_model_dir.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("replay", path) == 0

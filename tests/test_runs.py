@@ -201,3 +201,11 @@ def test_compare_tensor_exact_and_within_tolerance():
     assert compare_tensor("ids", ids, flipped, tol).ok  # 0.5% of entries, near-tie swaps
     nan = torch.tensor([1.0, float("nan")])
     assert compare_tensor("nan", nan, nan.clone(), EXACT).ok
+
+
+def test_tensors_sharing_storage_are_recorded(tmp_path):
+    x = torch.randn(3, 4)
+    path = record_run(RunResults(tensors={"all": x, "row": x[1], "t": x.T}), experiment="toy", config={},
+                      root=tmp_path, env={})
+    tensors = load_run(path).tensors()
+    assert torch.equal(tensors["row"], x[1]) and torch.equal(tensors["t"], x.T)

@@ -76,7 +76,7 @@ def weights_sha256(model: torch.nn.Module) -> str:
     for key, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to(device="cpu", dtype=torch.float32).contiguous()
         h.update(f"{key}:{tuple(t.shape)};".encode())
-        h.update(t.numpy().astype("<f4", copy=False).tobytes())
+        h.update(t.numpy().astype("<f4", copy=False).data)  # a view of the bytes, not a copy
     return h.hexdigest()
 
 
@@ -220,7 +220,8 @@ def record_run(
         _write_text(tmp / "env.json", json.dumps(env if env is not None else environment(), indent=1) + "\n")
         _write_text(tmp / "command", command + "\n")
         (tmp / "results").mkdir()
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in results.tensors.items()}
+        # clone: safetensors refuses tensors that share storage (a result and a view of it).
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in results.tensors.items()}
         save_file(tensors, str(tmp / TENSORS_FILE), metadata={"record_version": str(RECORD_VERSION)})
         for key, frame in results.tables.items():
             frame.to_parquet(tmp / "results" / f"{key}.parquet", index=False)

@@ -3,6 +3,8 @@
     from workbench.experiments import run_experiment, replay, AttentionHeadsConfig
     run = run_experiment("attention_heads", AttentionHeadsConfig(seq_len=10), root="runs")
     print(replay(run.path).format())
+
+Experiments: attention_heads, logit_lens, activation_patching, ablate_heads (`EXPERIMENTS`).
 """
 
 from workbench.experiments.core import (
@@ -19,9 +21,15 @@ from workbench.experiments.core import (
     replay,
     run_experiment,
 )
-from workbench.experiments.attention_heads import AttentionHeadsConfig  # noqa: E402  (registers)
+
+# Importing each experiment module registers it.
+from workbench.experiments.ablate_heads import AblateHeadsConfig  # noqa: E402
+from workbench.experiments.activation_patching import ActivationPatchingConfig  # noqa: E402
+from workbench.experiments.attention_heads import AttentionHeadsConfig  # noqa: E402
+from workbench.experiments.logit_lens import LogitLensConfig  # noqa: E402
 
 __all__ = [
     "EXPERIMENTS", "Experiment", "ExperimentConfig", "ReplayReport", "Run", "config_from_dict", "get_experiment",
-    "load_experiment_model", "read_config_file", "register", "replay", "run_experiment", "AttentionHeadsConfig",
+    "load_experiment_model", "read_config_file", "register", "replay", "run_experiment",
+    "AblateHeadsConfig", "ActivationPatchingConfig", "AttentionHeadsConfig", "LogitLensConfig",
 ]

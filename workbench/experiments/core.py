@@ -179,18 +179,14 @@ def read_config_file(path: str | Path, experiment: Experiment) -> dict[str, Any]
 # ----------------------------------------------------------------------------- running
 def load_experiment_model(config: ExperimentConfig):
     """The model a config names, on its device and in its dtype; the default model when it names
-    none (its notice is in `model.notice`). Paths are made absolute so a replay finds them."""
+    none (its notice is in `model.notice`)."""
     from workbench.models.default import load_default_model
     from workbench.models.loading import load_model
 
     check_device(config.device)
     if config.model is None:
         return load_default_model(device=config.device, dtype=config.dtype, verbose=False)
-    name = config.model
-    model = load_model(name, device=config.device, dtype=config.dtype)
-    if Path(name).exists():
-        model.name = str(Path(name).resolve())
-    return model
+    return load_model(config.model, device=config.device, dtype=config.dtype)
 
 
 def check_device(device: str | None) -> None:
@@ -224,8 +220,10 @@ def prepare(experiment: Experiment, config: ExperimentConfig, model) -> Experime
     tokens = {k: model.prepare_tokens(v).cpu().tolist() for k, v in experiment.tokens(config, model).items()}
     if config.token_ids:
         _check_token_ids(config.token_ids, tokens)
+    # A model loaded from a path is recorded by its absolute path, so a replay from elsewhere finds it.
+    name = str(Path(model.name).resolve()) if Path(model.name).exists() else model.name
     return dataclasses.replace(
-        config, model=model.name, model_sha256=sha, device=str(model.device),
+        config, model=name, model_sha256=sha, device=str(model.device),
         dtype=str(model.dtype).removeprefix("torch."), token_ids=tokens,
     )
 
