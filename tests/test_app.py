@@ -7,6 +7,7 @@ fixture), pointed to with WORKBENCH_MODEL; runs go to a temporary WORKBENCH_RUNS
 
 import functools
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,12 @@ import torch
 
 import workbench
 from workbench.experiments import replay
-from workbench.methods import head_detectors, patching, prompts
+from workbench.experiments.ablate_heads import ranked_heads
+from workbench.methods import ablation, attribution, head_detectors, patching, prompts
 from workbench.methods.metrics import LogitDiff
-from workbench.runs import find_runs
+from workbench.runs import find_runs, load_run
+
+logit_lens_module = sys.modules["workbench.methods.logit_lens"]  # workbench.methods.logit_lens is the function
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
@@ -179,21 +183,125 @@ def test_patching_errors_are_messages(app):
     assert any("not one token" in e for e in errors(at)), errors(at)
 
 
-def test_saved_patching_run_replays(app, tmp_path):
-    at = run_patching(app, target="resid_pre")
-    at.button(key="save.patching").click().run()
+def test_patching_attribution_preview_matches_the_library(app, lib_model):
+    at = run_patching(app, target="head_out", method="attribution")
+    assert not errors(at), errors(at)
+    metric = LogitDiff(lib_model.to_single_token(" Mary"), lib_model.to_single_token(" John"))
+    expected = attribution.attribution_patching(lib_model, CLEAN, CORRUPTED, metric, target="head_out")
+    assert_close(z_of(heatmaps(charts(at)[0])[0]), expected.normalized())
+
+
+# ----------------------------------------------------------------------------- logit lens
+def test_logit_lens_page_matches_the_library_and_plot_options_do_not_recompute(app, lib_model, monkeypatch):
+    calls = count_calls(monkeypatch, logit_lens_module, "logit_lens")
+    at = page(app, "logit_lens")
+    assert not errors(at), errors(at)
+    mary = lib_model.to_single_token(" Mary")
+    expected = logit_lens_module.logit_lens(lib_model, CLEAN, targets=mary, top_k=5)
+    fig = charts(at)[0]
+    (trace,) = heatmaps(fig)
+    assert_close(z_of(trace), expected.top_probs[:, 0, :, 0])
+    assert fig["layout"]["yaxis"]["ticktext"] == expected.layers
+    assert len(fig["layout"]["xaxis"]["ticktext"]) == len(expected.str_tokens[0])
+    # Hover: the top-k tokens of each cell; cell text: the top token.
+    last = expected.top_strs[-1][0][-1]
+    assert all(t.replace(" ", "\u2423") in trace["customdata"][-1][-1] for t in last)
+    assert trace["text"][-1][-1] == last[0].replace(" ", "\u2423")
+
+    for show, values in [("target_logprob", expected.log_probs[:, 0, :, mary]), ("target_rank", expected.target_rank[:, 0]),
+                         ("target_prob", expected.target_prob[:, 0])]:
+        at.selectbox(key="p.lens.show").set_value(show).run()
+        assert not at.exception and not errors(at)
+        assert_close(z_of(heatmaps(charts(at)[0])[0]), values)
+    at.checkbox(key="p.lens.cell_text").uncheck().run()
+    assert "text" not in heatmaps(charts(at)[0])[0]
+    assert len(calls) == 2  # the page's one run and the test's own: plot options reuse the cache
+
+
+def test_logit_lens_target_that_is_not_one_token_is_an_error_message(app):
+    at = page(app, "logit_lens")
+    at.text_input(key="p.lens.target").set_value(" Maryland and more").run()
+    assert not at.exception
+    assert any("not one token" in e for e in errors(at)), errors(at)
+
+
+# ----------------------------------------------------------------------------- ablation
+def test_ablation_page_matches_the_library(app, lib_model):
+    at = page(app, "ablation")
+    at.selectbox(key="p.ablate.method").set_value("mean")
+    at.button[0].click().run()  # the form's "Run ablation"
+    assert not at.exception and not errors(at), errors(at)
+    metric = LogitDiff(lib_model.to_single_token(" Mary"), lib_model.to_single_token(" John"))
+    expected = ablation.ablation_sweep(lib_model, CLEAN, metric, method="mean", reference=CORRUPTED, progress=False)
+    assert_close(z_of(heatmaps(charts(at)[0])[0]), expected.effect)
+    assert [m.value for m in at.metric] == [f"{expected.baseline:.3f}"]
+    table = at.dataframe[0].value
+    assert table[["layer", "head"]].values.tolist() == ranked_heads(expected)[["layer", "head"]].values.tolist()
+    assert_close(torch.tensor(table["effect"].to_numpy()), torch.tensor(ranked_heads(expected)["effect"].to_numpy()))
+
+    heads = ((0, 1), (lib_model.cfg.n_layer - 1, 0))
+    at.multiselect(key="p.ablate.heads").set_value([f"L{l}H{h}" for l, h in heads]).run()
+    assert not at.exception and not errors(at), errors(at)
+    before_after = at.dataframe[1].value
+    tokens = lib_model.to_tokens(CLEAN)
+    after = ablation.ablate(lib_model, tokens, ablation.Ablation("mean", heads=heads), reference=CORRUPTED)
+    with torch.no_grad():
+        before = lib_model(tokens)
+    mary, john = lib_model.to_single_token(" Mary"), lib_model.to_single_token(" John")
+    assert_close(torch.tensor(before_after["before"].to_numpy()),
+                 torch.stack([before[0, -1, mary], before[0, -1, john], before[0, -1, mary] - before[0, -1, john]]))
+    assert_close(torch.tensor(before_after["after"].to_numpy()),
+                 torch.stack([after[0, -1, mary], after[0, -1, john], after[0, -1, mary] - after[0, -1, john]]))
+
+
+# ----------------------------------------------------------------------------- save run, runs page
+def open_and_run(at, name: str):
+    at = page(at, name)
+    if name in ("patching", "ablation"):
+        at.button[0].click().run()  # the form's Run button
+    elif name == "attention":
+        at.number_input(key="p.attn.n_seqs").set_value(2)
+        at.number_input(key="p.attn.seq_len").set_value(6).run()
+    assert not at.exception and not errors(at), errors(at)
+    return at
+
+
+@pytest.mark.parametrize("name, experiment, key", [
+    ("logit_lens", "logit_lens", "lens"), ("attention", "attention_heads", "attention"),
+    ("patching", "activation_patching", "patching"), ("ablation", "ablate_heads", "ablation"),
+])
+def test_save_run_writes_a_run_that_replays(app, tmp_path, name, experiment, key):
+    at = open_and_run(app, name)
+    at.text_input(key=f"p.{key}.run_name").set_value("from the app")
+    at.button(key=f"save.{key}").click().run()
     assert not at.exception and not errors(at), errors(at)
     (run,) = find_runs(tmp_path / "runs")
-    assert run.parent.name == "activation_patching"
+    assert run.parent.name == experiment and run.name.endswith("-from-the-app")
     assert any(str(run) in s.value for s in at.success)
-    assert any("python -m workbench run activation_patching" in c.value for c in at.code)
-    assert replay(run).ok
+    assert any(f"python -m workbench run {experiment}" in c.value for c in at.code)
+    assert any("python -m workbench replay" in c.value for c in at.code)
+    report = replay(run)
+    assert report.ok, report.format()
 
+
+def test_runs_page_replots_and_replays(app, tmp_path):
+    at = open_and_run(app, "patching")
+    at.button(key="save.patching").click().run()
+    (run,) = find_runs(tmp_path / "runs")
     at = page(at, "runs")
     assert not errors(at)
     assert at.dataframe[0].value["run"].tolist() == [run.name]
+    assert any(c.value == (run / "command").read_text().strip() for c in at.code)
+    recorded = load_run(run).tables()["patching"]
+    (trace,) = heatmaps(charts(at)[0])  # the recorded values, re-plotted
+    assert_close(z_of(trace).flatten(), torch.tensor(recorded["normalized"].to_numpy()))
     at.button(key="runs.replay").click().run()
     assert not at.exception and not errors(at), errors(at)
     assert any("matches" in s.value for s in at.success)
     assert at.dataframe[1].value["match"].all()
-    assert heatmaps(charts(at)[0])  # the recorded values, re-plotted
+
+
+def test_runs_page_without_runs_says_so(app):
+    at = page(app, "runs")
+    assert not errors(at)
+    assert any("No recorded runs" in i.value for i in at.info)
