@@ -25,6 +25,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
 PLOT = '[data-testid="stPlotlyChart"] .js-plotly-plot .main-svg'
+VIEWPORT = {"width": 1440, "height": 1000}
 SLOW = 240_000  # ms: the first run of a page loads the model on a busy CPU
 
 
@@ -102,7 +103,7 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1440, "height": 1000}, device_scale_factor=1)
+    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
     page = context.new_page()
     page.set_default_timeout(SLOW)
     try:
@@ -136,7 +137,15 @@ def check_page(page, *, plots: int = 0) -> None:
 
 
 def shoot(page, shots: Path, name: str) -> None:
-    page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+    """A screenshot of the whole page. Streamlit scrolls its main area, not the document, so the
+    viewport is made as tall as the content for the shot."""
+    main = '[data-testid="stMain"]'
+    height = page.evaluate(f"() => document.querySelector('{main}').scrollHeight")
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], min(height, 4000))})
+    page.evaluate(f"() => document.querySelector('{main}').scrollTo(0, 0)")
+    page.wait_for_timeout(1500)  # plotly redraws at the new size
+    page.screenshot(path=str(shots / f"{name}.png"))
+    page.set_viewport_size(VIEWPORT)
 
 
 def test_every_page_renders_and_runs(server, page, shots):

@@ -19,13 +19,14 @@ def reference_tokens(method: str, reference: str, corrupted):
     return corrupted if reference == "corrupted" and method != "zero" else None
 
 
-@st.cache_data(show_spinner="Ablating every head ...", max_entries=16)
+@st.cache_data(show_spinner=False, max_entries=16)
 def sweep(key: common.ModelKey, prompts_key: tuple, method: str, reference: str, seed: int):
     """AblationResult: the metric with each head ablated on its own."""
     with common.using_model(key) as model:
         clean, corrupted, metric = common.prompt_set(model, prompts_key)
-        return ablation.ablation_sweep(model, clean, metric, method=method, seed=seed, progress=False,
-                                       reference=reference_tokens(method, reference, corrupted))
+        with common.progress_bar(ablation.ablation_sweep, f"{method}-ablating every head ...") as progress:
+            return ablation.ablation_sweep(model, clean, metric, method=method, seed=seed, progress=progress,
+                                           reference=reference_tokens(method, reference, corrupted))
 
 
 @st.cache_data(show_spinner="Running with the heads ablated ...", max_entries=32)

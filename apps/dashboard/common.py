@@ -205,17 +205,25 @@ def model_card(name: str) -> dict | None:
     return None
 
 
-def progress_arg(method, bar):
-    """What to pass as `progress=` to a library sweep: a callback that moves `bar` when the method
-    takes one, else False (its console progress bar would only reach the server's terminal)."""
+@contextlib.contextmanager
+def progress_bar(method, text: str) -> Iterator[object]:
+    """A progress bar while a library sweep runs; yields what to pass as its `progress=`.
+
+    Call it inside the `st.cache_data` function: st.cache_data replays the elements a cached
+    function drew, and a bar drawn outside it could not be replayed. The bar moves when the method
+    takes a callback `progress(done, total)`; otherwise it just says what is running (the method's
+    console bar would only reach the server's terminal)."""
+    bar = st.progress(0.0, text=text)
     param = inspect.signature(method).parameters.get("progress")
-    if bar is None or param is None or "Callable" not in str(param.annotation):
-        return False
+    takes_callback = param is not None and "Callable" in str(param.annotation)
 
     def report(done: int, total: int) -> None:
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{done} / {total}")
+        bar.progress(min(1.0, done / max(total, 1)), text=f"{text} {done} / {total}")
 
-    return report
+    try:
+        yield report if takes_callback else False
+    finally:
+        bar.empty()
 
 
 # ----------------------------------------------------------------------------- tokens

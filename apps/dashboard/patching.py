@@ -15,8 +15,8 @@ SHOW = {"normalized": "normalised (0 = corrupted, 1 = clean)", "values": "raw lo
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def sweep(key: common.ModelKey, prompts_key: tuple, target: str, direction: str, method: str, _progress=None):
-    """The PatchingResult for these inputs (cached on them; `_progress` is not part of the key)."""
+def sweep(key: common.ModelKey, prompts_key: tuple, target: str, direction: str, method: str):
+    """The PatchingResult for these inputs."""
     with common.using_model(key) as model:
         clean, corrupted, metric = common.prompt_set(model, prompts_key)
         if method == "attribution":
@@ -24,8 +24,9 @@ def sweep(key: common.ModelKey, prompts_key: tuple, target: str, direction: str,
 
             return attribution.attribution_patching(model, clean, corrupted, metric, target=target,
                                                     direction=direction)
-        return patching.activation_patching(model, clean, corrupted, metric, target=target, direction=direction,
-                                            progress=common.progress_arg(patching.activation_patching, _progress))
+        with common.progress_bar(patching.activation_patching, f"Patching {target} ...") as progress:
+            return patching.activation_patching(model, clean, corrupted, metric, target=target,
+                                                direction=direction, progress=progress)
 
 
 s = common.session()
@@ -68,9 +69,7 @@ if request is None:
 prompts_key, target, direction, method = request
 
 with common.guard():
-    bar = st.progress(0.0, text="Patching ...")
-    result = sweep(s.key, prompts_key, target, direction, method, _progress=bar)
-    bar.empty()
+    result = sweep(s.key, prompts_key, target, direction, method)
 
     c1, c2, c3 = st.columns(3)
     c1.metric("clean logit difference", f"{result.clean_value:.3f}")
@@ -91,7 +90,7 @@ with common.guard():
                           zmin=-1 if show == "normalized" else None, zmax=1 if show == "normalized" else None)
     st.plotly_chart(fig, width="stretch", key="patch.chart")
     with st.expander("Largest effects", expanded=True):
-        frame = result.to_frame()
+        frame = result.to_frame().drop(columns=["target", "method", "direction", "metric"])
         st.dataframe(frame.sort_values("effect", key=abs, ascending=False).head(20), hide_index=True, width="stretch")
 
     if method != "activation":
