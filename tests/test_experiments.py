@@ -307,3 +307,49 @@ def test_relative_model_path_is_recorded_absolute(tiny_model_dir, tmp_path, monk
     assert load_run(path).config["model"] == str(tiny_model_dir.resolve())
     monkeypatch.chdir(tmp_path)
     assert run_cli("replay", path) == 0
+
+
+def test_replay_refuses_other_weights_or_other_tokens(tmp_path, capsys):
+    """A record pins the weights (sha256) and the exact token ids: replay refuses anything else."""
+    import workbench
+    from workbench.models.bundled import save_bundled
+
+    def save(seed):
+        torch.manual_seed(seed)
+        save_bundled(workbench.GPT(workbench.GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32)),
+                     tmp_path / "model", card={})
+
+    save(0)
+    path = small_run("attention_heads", tmp_path / "model", tmp_path / "runs")
+    header = json.loads((path / "config.json").read_text())
+    header["config"]["token_ids"]["tokens"][1][3] += 1
+    (path / "config.json").write_text(json.dumps(header))
+    assert run_cli("replay", path) == 2
+    assert "token_ids['tokens'] differ from the prompts' tokenization at row 1, position 3" in capsys.readouterr().err
+    header["config"]["token_ids"]["tokens"][1][3] -= 1
+    (path / "config.json").write_text(json.dumps(header))
+    save(1)  # other weights at the same path
+    assert run_cli("replay", path) == 2
+    assert "not the model the config was run with" in capsys.readouterr().err
+
+
+def test_default_model_notice(tmp_path, monkeypatch, capsys):
+    """Without --model the scripts use the default model and say which (the bundled one, offline)."""
+    from workbench.models import default
+    from workbench.models.bundled import DEFAULT_BUNDLED, bundled_names
+
+    if DEFAULT_BUNDLED not in bundled_names():
+        pytest.skip(f"the bundled model {DEFAULT_BUNDLED} is not in this checkout yet")
+    monkeypatch.setattr(default, "_gpt2_cached", lambda: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert run_cli("run", "attention_heads", "--out", tmp_path, *SMALL["attention_heads"]) == 0
+    assert f"using the bundled model {DEFAULT_BUNDLED!r}" in capsys.readouterr().out
+    (path,) = find_runs(tmp_path)
+    assert load_run(path).config["model"] == DEFAULT_BUNDLED
+
+
+def test_experiments_listing(capsys):
+    assert run_cli("experiments") == 0
+    out = capsys.readouterr().out
+    for name in ("ablate_heads", "activation_patching", "attention_heads", "logit_lens"):
+        assert name in out
