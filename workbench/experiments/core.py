@@ -355,7 +355,8 @@ def replay(
 
     Identical results are required when the device, device name, dtype and torch version are the
     recorded ones; otherwise the results must agree within `tolerance_for` the two dtypes. A
-    recorded CUDA run replays on the CPU (within tolerance) where no GPU is available."""
+    recorded CUDA run replays on the CPU (within tolerance) where no GPU is available. Tensors and
+    tables are compared; figures are drawn from them and are not. Nothing is written."""
     record = load_run(run_dir)
     experiment = get_experiment(record.experiment)
     try:
