@@ -91,7 +91,7 @@ def test_leftover_temporary_folder_is_not_a_run(tmp_path):
     path = write(tmp_path)
     tmp = path.parent / ".tmp-20260102T030405Z-dead-123"
     path.rename(tmp)
-    assert find_runs(tmp_path) == []
+    assert find_runs(tmp_path) == [] and runs.find_unfinished(tmp_path) == [tmp]
     with pytest.raises(RecordError, match="unfinished"):
         load_run(tmp)
 
@@ -209,3 +209,32 @@ def test_tensors_sharing_storage_are_recorded(tmp_path):
                       root=tmp_path, env={})
     tensors = load_run(path).tensors()
     assert torch.equal(tensors["row"], x[1]) and torch.equal(tensors["t"], x.T)
+
+
+def test_hard_kill_mid_write_leaves_only_complete_runs(tmp_path):
+    """SIGKILL a process that keeps recording runs: every folder that looks like a run is complete."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = f"""
+import torch
+from workbench.runs import RunResults, record_run
+big = torch.randn(2_000_000)
+print("ready", flush=True)
+while True:
+    record_run(RunResults(tensors={{"big": big, "small": big[:10]}}), experiment="toy", config={{}},
+               root={str(tmp_path)!r}, env={{}})
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(1.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    for path in find_runs(tmp_path):
+        tensors = load_run(path).tensors()
+        assert tensors["big"].shape == (2_000_000,)
+    assert all(p.name.startswith(".tmp-") for p in runs.find_unfinished(tmp_path))

@@ -109,16 +109,20 @@ def replay_command(args: argparse.Namespace) -> int:
 def runs_command(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from workbench.runs import list_runs
+    from workbench.runs import find_unfinished, list_runs
 
     table = list_runs(args.root)
     if args.experiment:
         table = table[table["experiment"] == args.experiment]
     if table.empty:
         print(f"no recorded runs under {args.root}")
-        return 0
-    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 60):
-        print(table.drop(columns=["path"]).to_string(index=False))
+    else:
+        with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 60):
+            print(table.drop(columns=["path"]).to_string(index=False))
+    unfinished = find_unfinished(args.root)
+    if unfinished:
+        print(f"{len(unfinished)} unfinished run folder(s) left by killed runs (not runs; safe to delete): "
+              + ", ".join(str(p) for p in unfinished[:3]) + (" ..." if len(unfinished) > 3 else ""))
     return 0
 
 

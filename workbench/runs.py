@@ -348,6 +348,12 @@ def find_runs(root: str | os.PathLike = "runs") -> list[Path]:
     return sorted(runs, key=lambda p: (p.name, p.parent.name))
 
 
+def find_unfinished(root: str | os.PathLike = "runs") -> list[Path]:
+    """Temporary folders of runs that were killed while being written (safe to delete)."""
+    root = Path(root)
+    return sorted(root.glob(f"*/{TMP_PREFIX}*")) if root.is_dir() else []
+
+
 def list_runs(root: str | os.PathLike = "runs") -> pd.DataFrame:
     """One row per recorded run: when, which experiment, model, device, dtype, commit, and status
     ("ok", or why the folder cannot be replayed)."""
