@@ -35,6 +35,7 @@ CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 def app(experiment_model, tmp_path, monkeypatch):
     """A fresh session of the explorer (first page run) on the test model, runs under tmp_path."""
     monkeypatch.setenv("WORKBENCH_MODEL", experiment_model)
+    monkeypatch.setenv("WORKBENCH_DEVICE", "cpu")  # the library reference runs on the CPU too
     monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
     st.cache_data.clear()  # computations are cached per process; each test starts cold
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
@@ -109,13 +110,25 @@ def test_prompt_too_long_is_an_error_message(app, lib_model):
 
 def test_unknown_model_path_is_an_error_message(experiment_model, tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_MODEL", str(tmp_path / "no-such-model"))
+    monkeypatch.setenv("WORKBENCH_DEVICE", "cpu")
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception
     assert any("no-such-model" in e for e in errors(at)), errors(at)
     assert at.selectbox(key="p.model").value == "a local path"
-    at.text_input(key="p.model_path").set_value(experiment_model if Path(experiment_model).exists()
-                                                else str(tmp_path)).run()
+    at.text_input(key="p.model_path").set_value(str(tmp_path / "still-not-a-model")).run()
     assert not at.exception
+    assert any("still-not-a-model" in e for e in errors(at)), errors(at)
+
+
+def test_model_from_the_url(experiment_model, tmp_path, monkeypatch):
+    monkeypatch.delenv("WORKBENCH_MODEL", raising=False)
+    monkeypatch.setenv("WORKBENCH_DEVICE", "cpu")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["model"] = experiment_model
+    at.run()
+    assert not at.exception and not errors(at), errors(at)
+    assert at.session_state["_session"].model is not None
+    assert at.session_state["_session"].model_name in (experiment_model, str(Path(experiment_model).resolve()))
 
 
 # ----------------------------------------------------------------------------- attention
@@ -174,6 +187,18 @@ def test_patching_page_matches_the_library_and_plot_options_do_not_recompute(app
     at.radio(key="p.patch.show").set_value("effect").run()
     assert_close(z_of(heatmaps(charts(at)[0])[0]), expected.effect)
     assert len(calls) == 2  # the test's own call: the two plot options reused the cached sweep
+
+
+def test_patching_on_ioi_prompts_matches_the_library(app, lib_model):
+    at = page(app, "patching")
+    at.radio(key="p.patch.source").set_value("IOI prompt set")
+    at.number_input(key="p.patch.n_prompts").set_value(2)
+    at.button[0].click().run()
+    assert not at.exception and not errors(at), errors(at)
+    ioi = prompts.ioi_prompts(n=2, seed=0)
+    expected = patching.activation_patching(lib_model, ioi.clean_tokens, ioi.corrupted_tokens, ioi.metric(),
+                                            progress=False)
+    assert_close(z_of(heatmaps(charts(at)[0])[0]), expected.normalized())
 
 
 def test_patching_errors_are_messages(app):

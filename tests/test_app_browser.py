@@ -42,7 +42,7 @@ def server(experiment_model, tmp_path_factory):
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium; scripts/test.sh does)")
     pytest.importorskip("playwright.sync_api")
     tmp = tmp_path_factory.mktemp("explorer")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WORKBENCH_RUNS": str(tmp / "runs")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WORKBENCH_RUNS": str(tmp / "runs"), "WORKBENCH_DEVICE": "cpu"}
     if Path(experiment_model).exists():  # no bundled model yet: the tiny one, by path
         env["WORKBENCH_MODEL"] = experiment_model
     else:  # the default model: GPT-2 if cached here, else the bundled model
@@ -143,6 +143,7 @@ def shoot(page, shots: Path, name: str) -> None:
     height = page.evaluate(f"() => document.querySelector('{main}').scrollHeight")
     page.set_viewport_size({"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], min(height, 4000))})
     page.evaluate(f"() => document.querySelector('{main}').scrollTo(0, 0)")
+    page.mouse.move(0, 0)  # no hover label or tooltip in the shot
     page.wait_for_timeout(1500)  # plotly redraws at the new size
     page.screenshot(path=str(shots / f"{name}.png"))
     page.set_viewport_size(VIEWPORT)

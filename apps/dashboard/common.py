@@ -152,8 +152,10 @@ def sidebar() -> Session:
     else:
         name = default_name if choice == DEFAULT else choice
     devices = ["cpu"] + [f"cuda:{i}" if i else "cuda" for i in range(torch.cuda.device_count())]
+    wanted_device = os.environ.get("WORKBENCH_DEVICE")
     col1, col2 = bar.columns(2)
-    device = col1.selectbox("Device", devices, index=int(len(devices) > 1), key="p.device")
+    device = col1.selectbox("Device", devices, key="p.device",
+                            index=devices.index(wanted_device) if wanted_device in devices else int(len(devices) > 1))
     dtype = col2.selectbox("Dtype", DTYPES, key="p.dtype")
     prompt = bar.text_area("Prompt", key=state("p.prompt", IOI_CLEAN), height=100,
                            help="Used by the model, logit lens and attention pages (a BOS token is prepended).")
