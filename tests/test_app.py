@@ -206,6 +206,9 @@ def test_patching_errors_are_messages(app):
     assert any("same length" in e for e in errors(at)), errors(at)
     at = run_patching(at, corrupted=CORRUPTED, answer=" Maryland and more")
     assert any("not one token" in e for e in errors(at)), errors(at)
+    at = run_patching(at, corrupted=CLEAN, answer=" Mary")  # nothing to restore: no normalisation
+    assert not errors(at) and any("cannot normalize" in w.value for w in at.warning)
+    assert heatmaps(charts(at)[0])
 
 
 def test_patching_attribution_preview_matches_the_library(app, lib_model):

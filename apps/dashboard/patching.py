@@ -1,14 +1,12 @@
 """Activation patching: restore one clean activation at a time inside the corrupted run (or the
 reverse) and measure the logit difference; attribution patching as a fast linear estimate."""
 
-import importlib.util
-
 import streamlit as st
 
 from dashboard import common, figures
-from workbench.methods import patching
+from workbench.errors import InputError
+from workbench.methods import attribution, patching
 
-HAS_ATTRIBUTION = importlib.util.find_spec("workbench.methods.attribution") is not None
 METHODS = {"activation": "activation patching (full sweep)", "attribution": "attribution patching (fast estimate)"}
 SHOW = {"normalized": "normalised (0 = corrupted, 1 = clean)", "values": "raw logit difference",
         "effect": "change from the unpatched run"}
@@ -20,8 +18,6 @@ def sweep(key: common.ModelKey, prompts_key: tuple, target: str, direction: str,
     with common.using_model(key) as model:
         clean, corrupted, metric = common.prompt_set(model, prompts_key)
         if method == "attribution":
-            from workbench.methods import attribution
-
             return attribution.attribution_patching(model, clean, corrupted, metric, target=target,
                                                     direction=direction)
         with common.progress_bar(patching.activation_patching, f"Patching {target} ...") as progress:
@@ -34,7 +30,8 @@ st.title("Activation patching")
 model = common.require_model(s)
 
 with st.form("patch.form"):
-    source = st.radio("Prompts", ["one pair", "IOI prompt set"], horizontal=True, key=common.state("p.patch.source", "one pair"),
+    source = st.radio("Prompts", ["one pair", "IOI prompt set"], horizontal=True,
+                      key=common.state("p.patch.source", "one pair"),
                       help="One clean/corrupted pair typed here, or IOI prompts sampled from Wang et al.'s "
                            "templates (corrupted: three other names).")
     c1, c2 = st.columns(2)
@@ -54,8 +51,10 @@ with st.form("patch.form"):
                                "or per position with _by_pos).")
     direction = c2.selectbox("Direction", patching.DIRECTIONS, key=common.state("p.patch.direction", "denoise"),
                              help="denoise: clean activations into the corrupted run; noise: the reverse.")
-    methods = list(METHODS) if HAS_ATTRIBUTION else ["activation"]
-    method = c3.selectbox("Method", methods, format_func=METHODS.get, key=common.state("p.patch.method", "activation"))
+    method = c3.selectbox("Method", list(METHODS), format_func=METHODS.get,
+                          key=common.state("p.patch.method", "activation"),
+                          help="Attribution patching estimates every cell from one backward pass: a fast, "
+                               "linear preview of the full sweep.")
     if st.form_submit_button("Run patching", icon=":material/play_arrow:", type="primary"):
         if source == "IOI prompt set":
             st.session_state["patch.request"] = (("ioi", int(n_prompts), int(seed)), target, direction, method)
@@ -76,8 +75,16 @@ with common.guard():
     c2.metric("corrupted logit difference", f"{result.corrupted_value:.3f}")
     c3.metric("cells", f"{result.values.numel()}", help=f"{method} patching of {target}, {direction}")
     c1, c2 = st.columns([2, 1])
-    show = c1.radio("Show", list(SHOW), format_func=SHOW.get, horizontal=True, key=common.state("p.patch.show", "normalized"))
-    values = {"normalized": result.normalized, "values": lambda: result.values, "effect": lambda: result.effect}[show]()
+    show = c1.radio("Show", list(SHOW), format_func=SHOW.get, horizontal=True,
+                    key=common.state("p.patch.show", "normalized"))
+    if show == "normalized":
+        try:
+            values = result.normalized()
+        except InputError as e:  # clean and corrupted agree: there is no scale
+            st.warning(f"{e}; showing the raw logit difference.", icon=":material/warning:")
+            show, values = "values", result.values
+    else:
+        values = result.values if show == "values" else result.effect
     head = None
     if len(result.dims) == 3:
         head = c2.selectbox("head", range(values.shape[2]), key=common.state("p.patch.head", 0))
