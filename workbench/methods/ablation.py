@@ -36,10 +36,10 @@ class Ablation:
     pairs, `attn_layers` and `mlp_layers` layer indices, `neurons` (layer, neuron) pairs."""
 
     method: str = "zero"
-    heads: tuple[tuple[int, int], ...] = ()
-    attn_layers: tuple[int, ...] = ()
-    mlp_layers: tuple[int, ...] = ()
-    neurons: tuple[tuple[int, int], ...] = ()
+    heads: Sequence[Sequence[int]] = ()  # stored as tuple[tuple[int, int], ...]
+    attn_layers: Sequence[int] = ()
+    mlp_layers: Sequence[int] = ()
+    neurons: Sequence[Sequence[int]] = ()
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -88,6 +88,7 @@ class Ablation:
         rows = [("head", l, h) for l, h in self.heads] + [("attn", l, None) for l in self.attn_layers]
         rows += [("mlp", l, None) for l in self.mlp_layers] + [("neuron", l, n) for l, n in self.neurons]
         df = pd.DataFrame(rows, columns=["component", "layer", "index"])
+        df["index"] = df["index"].astype("Int64")  # missing for whole layers
         df.insert(0, "method", self.method)
         return df
 

@@ -86,7 +86,7 @@ def _ids(*tokens: TokenIds) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-def _check_ids(token: TokenIds, what: str) -> TokenIds:
+def _check_ids(token: object, what: str) -> TokenIds:
     if isinstance(token, Tensor):
         if token.ndim != 1 or token.dtype.is_floating_point:
             raise InputError(f"{what} must be an int or a 1-D tensor of token ids, got shape {tuple(token.shape)}")
@@ -212,7 +212,7 @@ def scalar(value: object, name: str = "metric") -> Tensor:
     return value.reshape(())
 
 
-def as_metric(metric: Metric | Callable[[Tensor], Tensor]) -> Metric:
+def as_metric(metric: object) -> Metric:
     """A `Metric` as is; a plain callable wrapped in `CustomMetric` (reads every position)."""
     if isinstance(metric, Metric):
         return metric
