@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import einops
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
@@ -100,7 +101,8 @@ def logit_lens(
         str_tokens=[model.to_str_tokens(row) for row in tokens], top_strs=top_strs,
     )
     if targets is not None:
-        picked = log_probs.gather(-1, targets[None, :, :, None].expand(len(labels), -1, -1, 1))  # [layer batch pos 1]
+        index = einops.repeat(targets, "batch pos -> layer batch pos 1", layer=len(labels))
+        picked = log_probs.gather(-1, index)  # [layer batch pos 1]
         result.targets = targets
         result.target_rank = (log_probs > picked).sum(-1)
         result.target_prob = picked[..., 0].exp()

@@ -13,7 +13,7 @@ Every metric is a mean over the batch.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 import einops
 import torch
@@ -102,6 +102,7 @@ class LogitDiff(Metric):
 
     answer: TokenIds
     wrong: TokenIds
+    _: KW_ONLY
     pos: int = -1
     name: str = "logit_diff"
 
@@ -121,6 +122,7 @@ class TokenLogProb(Metric):
     """Mean over the batch of log p(token) at position `pos`."""
 
     token: TokenIds
+    _: KW_ONLY
     pos: int = -1
     name: str = "token_logprob"
 
@@ -151,6 +153,7 @@ class KLDivergence(Metric):
     `reference_logits` are full logits [batch pos d_vocab] (e.g. the clean run's)."""
 
     reference_logits: Float[Tensor, "batch pos d_vocab"]
+    _: KW_ONLY
     pos: int = -1
     name: str = "kl_divergence"
 
@@ -179,6 +182,7 @@ class CustomMetric(Metric):
     cell."""
 
     fn: Callable[[Tensor], Tensor]
+    _: KW_ONLY
     positions: tuple[int, ...] | None = None
     name: str = "custom"
     batched: bool = False
@@ -192,10 +196,12 @@ class CustomMetric(Metric):
             self.positions = tuple(int(p) for p in self.positions)
 
     def evaluate(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell"]:
-        lead = logits.shape[:-3]
-        flat = logits.reshape(-1, *logits.shape[-3:])  # [cells batch pos d_vocab]
-        values = torch.stack([scalar(self.fn(cell), self.name) for cell in flat])
-        return values.reshape(lead)
+        if logits.ndim == 3:
+            return scalar(self.fn(logits), self.name)
+        if logits.ndim != 4:
+            raise InputError(f"{self.name}: expected logits [batch pos d_vocab] or [cell batch pos d_vocab], "
+                             f"got shape {tuple(logits.shape)}")
+        return torch.stack([scalar(self.fn(cell), self.name) for cell in logits])
 
 
 def scalar(value: object, name: str = "metric") -> Tensor:

@@ -361,7 +361,9 @@ def _k_by_pos(model, layer: int, base, source) -> ZDiff:
         column = einops.einsum(q[:, :, heads], k_source[:, pos, heads],
                                "batch query_pos cell d_head, batch cell d_head -> cell batch query_pos")
         index = einops.repeat(pos, "cell -> cell batch query_pos 1", batch=q.shape[0], query_pos=n_pos)
-        cell_scores = cell_scores.scatter(-1, index.to(q.device), column[..., None])
+        cell_scores = cell_scores.scatter(
+            -1, index.to(q.device), einops.rearrange(column, "cell batch query_pos -> cell batch query_pos 1")
+        )
         pattern = (cell_scores / scale).masked_fill(future, float("-inf")).softmax(-1)
         z_new = einops.einsum(pattern, v[:, :, heads],
                               "cell batch query_pos key_pos, batch key_pos cell d_head -> cell batch query_pos d_head")
