@@ -189,6 +189,17 @@ def test_every_page_renders_and_runs(server, page, shots):
     page.wait_for_selector(PLOT, timeout=SLOW)
     settle(page)
     check_page(page, plots=1)
+    heads = page.get_by_role("combobox", name="Heads")  # ablate two heads together: logits before and after
+    for head in ("L0H1", "L1H0"):
+        heads.click()
+        page.keyboard.type(head)
+        page.get_by_role("option", name=head, exact=True).wait_for()
+        page.keyboard.press("Enter")
+        settle(page)
+    page.keyboard.press("Escape")
+    settle(page)
+    assert page.get_by_text("logit difference (mean over prompts)").count() == 1
+    check_page(page, plots=1)
     shoot(page, shots, "ablation")
 
     page.goto(f"{server}/runs")
