@@ -139,7 +139,8 @@ def test_attention_page_matches_the_head_detectors(app, lib_model):
     assert not at.exception and not errors(at)
     tokens = prompts.repeated_tokens(n_seqs=2, seq_len=6, seed=0, vocab_size=lib_model.cfg.vocab_size)
     grid = heatmaps(charts(at)[0])
-    expected = [head_detectors.induction_scores(lib_model, tokens), head_detectors.previous_token_scores(lib_model, tokens),
+    expected = [head_detectors.induction_scores(lib_model, tokens),
+                head_detectors.previous_token_scores(lib_model, tokens),
                 head_detectors.duplicate_token_scores(lib_model, tokens)]
     assert len(grid) == 3
     for trace, scores in zip(grid, expected):
@@ -236,8 +237,8 @@ def test_logit_lens_page_matches_the_library_and_plot_options_do_not_recompute(a
     assert all(t.replace(" ", "\u2423") in trace["customdata"][-1][-1] for t in last)
     assert trace["text"][-1][-1] == last[0].replace(" ", "\u2423")
 
-    for show, values in [("target_logprob", expected.log_probs[:, 0, :, mary]), ("target_rank", expected.target_rank[:, 0]),
-                         ("target_prob", expected.target_prob[:, 0])]:
+    for show, values in [("target_logprob", expected.log_probs[:, 0, :, mary]),
+                         ("target_rank", expected.target_rank[:, 0]), ("target_prob", expected.target_prob[:, 0])]:
         at.selectbox(key="p.lens.show").set_value(show).run()
         assert not at.exception and not errors(at)
         assert_close(z_of(heatmaps(charts(at)[0])[0]), values)

@@ -125,7 +125,8 @@ def settle(page) -> None:
 
 def check_page(page, *, plots: int = 0) -> None:
     """No exception box, no error message, and at least `plots` rendered plotly charts."""
-    assert page.locator('[data-testid="stException"]').count() == 0, page.locator('[data-testid="stException"]').inner_text()
+    exceptions = page.locator('[data-testid="stException"]')
+    assert exceptions.count() == 0, exceptions.all_inner_texts()
     errors = page.locator('[data-testid="stAlertContentError"]')
     assert errors.count() == 0, errors.all_inner_texts()
     if plots:

@@ -50,7 +50,8 @@ def heatmap(
         bound = max((abs(v) for row in z for v in row if v is not None), default=1.0) or 1.0
         zmin, zmax = (-bound if zmin is None else zmin), (bound if zmax is None else zmax)
     fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(n_cols)), y=list(range(n_rows)), customdata=text, hovertemplate="%{customdata}<extra></extra>",
+        z=z, x=list(range(n_cols)), y=list(range(n_rows)), customdata=text,
+        hovertemplate="%{customdata}<extra></extra>",
         colorscale=colorscale or ("RdBu" if diverging else "Blues"), zmid=0 if diverging else None,
         zmin=zmin, zmax=zmax, colorbar={"title": {"text": colorbar}}, xgap=1, ygap=1,
     ))

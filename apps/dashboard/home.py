@@ -13,9 +13,10 @@ if s.notice:
 model = common.require_model(s)
 
 c = model.cfg
-cols = st.columns(5)
-for col, (label, value) in zip(cols, [("layers", c.n_layer), ("heads", c.n_head), ("d_model", c.d_model),
-                                      ("context", c.block_size), ("parameters", f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M")]):
+n_params = sum(p.numel() for p in model.parameters())
+facts = [("layers", c.n_layer), ("heads", c.n_head), ("d_model", c.d_model), ("context", c.block_size),
+         ("parameters", f"{n_params / 1e6:.1f} M")]
+for col, (label, value) in zip(st.columns(len(facts)), facts):
     col.metric(label, value)
 st.caption(f"{model.name} on {s.device} in {s.dtype}")
 

@@ -45,7 +45,8 @@ with common.guard():
     view = run_lens(s.key, s.prompt, target, int(top_k))
     values = {"top_prob": view.top_probs[:, :, 0], "target_logprob": view.target_logprob,
               "target_prob": view.target_prob, "target_rank": view.target_rank}[show]
-    hover = [[", ".join(f"{common.show_token(t)} {float(p):.3f}" for t, p in zip(view.top_strs[l][pos], view.top_probs[l, pos]))
+    hover = [[", ".join(f"{common.show_token(t)} {float(p):.3f}"
+                        for t, p in zip(view.top_strs[l][pos], view.top_probs[l, pos]))
               for pos in range(len(view.str_tokens))] for l in range(len(view.layers))]
     fig = figures.heatmap(
         values, x=figures.token_ticks(view.str_tokens), y=view.layers, x_title="pos", y_title="layer",
