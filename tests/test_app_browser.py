@@ -42,7 +42,8 @@ def server(experiment_model, tmp_path_factory):
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium; scripts/test.sh does)")
     pytest.importorskip("playwright.sync_api")
     tmp = tmp_path_factory.mktemp("explorer")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WORKBENCH_RUNS": str(tmp / "runs"), "WORKBENCH_DEVICE": "cpu"}
+    # Run from a temporary folder, so the runs folder reads "runs" on the page (and in screenshots).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WORKBENCH_RUNS": "runs", "WORKBENCH_DEVICE": "cpu"}
     if Path(experiment_model).exists():  # no bundled model yet: the tiny one, by path
         env["WORKBENCH_MODEL"] = experiment_model
     else:  # the default model: GPT-2 if cached here, else the bundled model
@@ -51,8 +52,9 @@ def server(experiment_model, tmp_path_factory):
     log = open(tmp / "streamlit.log", "w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(REPO / "apps" / "explorer.py"), "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+         "--client.toolbarMode", "minimal"],
+        cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -166,6 +168,9 @@ def test_every_page_renders_and_runs(server, page, shots):
 
     page.goto(f"{server}/attention")
     page.get_by_role("heading", name="Attention", exact=True).wait_for()
+    settle(page)
+    check_page(page, plots=2)
+    page.get_by_text("repeated random tokens").click()  # the strongest induction head on [BOS] + r + r
     settle(page)
     check_page(page, plots=2)
     shoot(page, shots, "attention")

@@ -53,6 +53,9 @@ with common.guard():
     fig = figures.head_grid({name: sc.values for name, sc in scores.items()}, title="Head detector scores")
     event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="attn.grid",
                             width="stretch")
+    if "p.attn.layer" not in st.session_state:  # start on the strongest induction head
+        top_layer, top_head, _ = scores["induction"].top(1)[0]
+        st.session_state["p.attn.layer"], st.session_state["p.attn.head"] = top_layer, top_head
     points = (event or {}).get("selection", {}).get("points", []) if event else []
     if points:
         clicked = (int(points[0]["y"]), int(points[0]["x"]))
