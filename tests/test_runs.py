@@ -198,7 +198,8 @@ def test_compare_tensor_exact_and_within_tolerance():
     flipped = ids.clone()
     flipped[0] = 7
     assert not compare_tensor("ids", ids, flipped, EXACT).ok
-    assert compare_tensor("ids", ids, flipped, tol).ok  # 0.5% of entries, near-tie swaps
+    near_tie = compare_tensor("ids", ids, flipped, tol)  # ranks and top tokens flip at near-ties elsewhere
+    assert not near_tie.ok and not near_tie.required and "0.5% of entries differ" in near_tie.detail
     nan = torch.tensor([1.0, float("nan")])
     assert compare_tensor("nan", nan, nan.clone(), EXACT).ok
 

@@ -380,30 +380,32 @@ def list_runs(root: str | os.PathLike = "runs") -> pd.DataFrame:
 class Tolerance:
     """How close a replayed result must be to the recorded one.
 
-    Floats: max |replayed - recorded| <= rel * max(1, max |recorded|). Integers, booleans and
-    strings (token ids, ranks, token text): at most `discrete` of the entries may differ
-    (near-ties can swap the order of two tokens on other hardware). rel=0, discrete=0: identical."""
+    Exact (rel=0), on the same device, dtype and torch: every tensor and table identical, bit for
+    bit. Otherwise float tensors must satisfy max |replayed - recorded| <= rel * max(1, max
+    |recorded|). Integer tensors (token ids, ranks) and the tables (tidy views of the tensors) are
+    then compared and reported but not required to match: a rank or a top token flips wherever
+    two logits are closer than the precision, and ratios such as normalized patching scores
+    amplify rounding; the float tensors they come from carry the check."""
 
     rel: float
-    discrete: float
 
     @property
     def exact(self) -> bool:
-        return self.rel == 0 and self.discrete == 0
+        return self.rel == 0
 
     def describe(self) -> str:
         if self.exact:
-            return "identical (bit for bit)"
-        return (f"floats within {self.rel:g} x max(1, max|recorded|), "
-                f"at most {self.discrete:.0%} of discrete entries differing")
+            return "identical, bit for bit (same device, dtype and torch)"
+        return (f"float tensors within {self.rel:g} x max(1, max|recorded|); integer tensors and tables "
+                "reported, not required (near-ties reorder them)")
 
 
-EXACT = Tolerance(rel=0.0, discrete=0.0)
+EXACT = Tolerance(rel=0.0)
 # Keyed by the less precise dtype of the recording and the replay.
 TOLERANCES = {
-    torch.float32: Tolerance(rel=1e-4, discrete=0.01),
-    torch.float16: Tolerance(rel=2e-2, discrete=0.10),
-    torch.bfloat16: Tolerance(rel=1e-1, discrete=0.20),
+    torch.float32: Tolerance(rel=1e-4),
+    torch.float16: Tolerance(rel=2e-2),
+    torch.bfloat16: Tolerance(rel=1e-1),
 }
 
 
@@ -416,12 +418,13 @@ def tolerance_for(dtype_a: torch.dtype, dtype_b: torch.dtype) -> Tolerance:
 
 @dataclass
 class Comparison:
-    """One result compared: `ok`, and in words how far apart the two were."""
+    """One result compared: `ok`, whether it counts (`required`), and in words how far apart."""
 
     kind: str  # "tensor" or "table"
     name: str
     ok: bool
     detail: str
+    required: bool = True
 
 
 def compare_tensor(name: str, recorded: Tensor, replayed: Tensor, tol: Tolerance) -> Comparison:
@@ -445,7 +448,7 @@ def compare_tensor(name: str, recorded: Tensor, replayed: Tensor, tol: Tolerance
         ok = err <= tol.rel * scale
         return Comparison("tensor", name, ok, f"{shape} max abs diff {err:.3g} (allowed {tol.rel * scale:.3g})")
     frac = float((recorded != replayed).double().mean()) if recorded.numel() else 0.0
-    return Comparison("tensor", name, frac <= tol.discrete, f"{shape} {frac:.1%} of entries differ")
+    return Comparison("tensor", name, frac == 0, f"{shape} {frac:.1%} of entries differ", required=False)
 
 
 def _nan_to_sentinel(t: Tensor) -> Tensor:
@@ -462,23 +465,23 @@ def _describe_diff(a: Tensor, b: Tensor) -> str:
 
 
 def compare_table(name: str, recorded: pd.DataFrame, replayed: pd.DataFrame, tol: Tolerance) -> Comparison:
+    required = tol.exact
     if list(recorded.columns) != list(replayed.columns) or len(recorded) != len(replayed):
         return Comparison("table", name, False, f"columns/rows {list(replayed.columns)} x {len(replayed)}, "
-                                                 f"recorded {list(recorded.columns)} x {len(recorded)}")
+                                                 f"recorded {list(recorded.columns)} x {len(recorded)}", required)
     bad = []
     for col in recorded.columns:
         a, b = recorded[col].reset_index(drop=True), replayed[col].reset_index(drop=True)
-        if pd.api.types.is_float_dtype(a) and pd.api.types.is_float_dtype(b):
-            c = compare_tensor(col, torch.tensor(a.to_numpy()), torch.tensor(b.to_numpy()), tol)
-            ok = c.ok
-        elif tol.exact:
+        if tol.exact:
             ok = a.equals(b)
+        elif pd.api.types.is_float_dtype(a) and pd.api.types.is_float_dtype(b):
+            ok = compare_tensor(col, torch.tensor(a.to_numpy()), torch.tensor(b.to_numpy()), tol).ok
         else:
-            ok = float((a.astype(str) != b.astype(str)).mean()) <= tol.discrete if len(a) else True
+            ok = bool((a.astype(str) == b.astype(str)).all())
         if not ok:
             bad.append(col)
     detail = f"{len(recorded)} rows" + (f", columns differ: {', '.join(map(str, bad))}" if bad else " match")
-    return Comparison("table", name, not bad, detail)
+    return Comparison("table", name, not bad, detail, required)
 
 
 def compare_results(

@@ -333,7 +333,8 @@ class ReplayReport:
 
     @property
     def ok(self) -> bool:
-        return bool(self.comparisons) and all(c.ok for c in self.comparisons)
+        required = [c for c in self.comparisons if c.required]
+        return bool(required) and all(c.ok for c in required)
 
     def format(self) -> str:
         lines = [f"Replay of {self.path} ({self.experiment})"]
@@ -341,10 +342,12 @@ class ReplayReport:
         lines.append(f"  tolerance: {self.tolerance.describe()}")
         width = max((len(c.name) for c in self.comparisons), default=0)
         for c in self.comparisons:
-            lines.append(f"  {'ok  ' if c.ok else 'FAIL'} {c.kind:6} {c.name:{width}}  {c.detail}")
-        bad = sum(not c.ok for c in self.comparisons)
-        n = len(self.comparisons)
-        lines.append(f"MATCH: all {n} results reproduced" if self.ok else f"MISMATCH: {bad} of {n} results differ")
+            status = ("ok  " if c.ok else "FAIL") if c.required else ("same" if c.ok else "info")
+            lines.append(f"  {status} {c.kind:6} {c.name:{width}}  {c.detail}")
+        required = [c for c in self.comparisons if c.required]
+        bad, n = sum(not c.ok for c in required), len(required)
+        lines.append(f"MATCH: all {n} compared results reproduced" if self.ok
+                     else f"MISMATCH: {bad} of {n} compared results differ")
         return "\n".join(lines)
 
 
