@@ -77,6 +77,11 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
                                equal_nan=True)
 
 
+def shown(token: str) -> str:
+    """A token as the explorer writes it on axes and in hovers: whitespace made visible."""
+    return token.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "\u2423")
+
+
 def count_calls(monkeypatch, module, name: str) -> list:
     calls = []
     original = getattr(module, name)
@@ -234,8 +239,8 @@ def test_logit_lens_page_matches_the_library_and_plot_options_do_not_recompute(a
     assert len(fig["layout"]["xaxis"]["ticktext"]) == len(expected.str_tokens[0])
     # Hover: the top-k tokens of each cell; cell text: the top token.
     last = expected.top_strs[-1][0][-1]
-    assert all(t.replace(" ", "\u2423") in trace["customdata"][-1][-1] for t in last)
-    assert trace["text"][-1][-1] == last[0].replace(" ", "\u2423")
+    assert all(shown(t) in trace["customdata"][-1][-1] for t in last)
+    assert trace["text"][-1][-1] == shown(last[0])
 
     for show, values in [("target_logprob", expected.log_probs[:, 0, :, mary]),
                          ("target_rank", expected.target_rank[:, 0]), ("target_prob", expected.target_prob[:, 0])]:
