@@ -24,7 +24,8 @@ st.subheader("The prompt as tokens")
 st.caption("Edit the prompt in the sidebar. Position 0 is the BOS token (<|endoftext|>) that the methods prepend.")
 with common.guard():
     table = common.token_table(model, s.prompt)
-    st.dataframe(table, hide_index=True, width="content")
+    # Every token in view up to 40 rows (35 px a row plus the header), then scroll.
+    st.dataframe(table, hide_index=True, width="content", height=38 + 35 * min(len(table), 40))
     st.caption(f"{len(table)} tokens (the model's context is {c.block_size}).")
 
 card = common.model_card(s.model_name)
