@@ -26,7 +26,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from workbench.models import GPT, GPTConfig, gpt2_tokenizer  # noqa: E402
+from workbench.models import GPT, GPTConfig, gpt2_tokenizer, load_model  # noqa: E402
 from workbench.models.bundled import BUNDLED_DIR, save_bundled  # noqa: E402
 from workbench.training import baselines, evaluate_quality  # noqa: E402
 
@@ -48,6 +48,12 @@ class TrainConfig:
     grad_clip: float = 1.0
     # Rows of the form [a passage, the same passage] teach copying (induction) early.
     repeat_fraction: float = 0.25
+    # Rows [r, r] of uniformly random token ids (any of the 50,256 ordinary tokens): they teach
+    # induction on tokens the corpus never shows, which is how induction heads are measured.
+    random_repeat_fraction: float = 0.0
+    # Start from these weights (a directory or bundled model name) instead of from scratch;
+    # the model card then keeps the card of those weights under "parent".
+    init_from: str = ""
     eval_batches: int = 8
     seed: int = 0
     threads: int = 0  # 0 = torch's default
@@ -67,8 +73,12 @@ def get_batch(data: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch
     starts = torch.randint(0, len(data) - cfg.block_size - 1, (cfg.batch_size,), generator=g)
     rows = torch.stack([data[s : s + cfg.block_size + 1] for s in starts.tolist()])
     n_rep = int(round(cfg.repeat_fraction * cfg.batch_size))
+    n_rand = int(round(cfg.random_repeat_fraction * cfg.batch_size))
     half = (cfg.block_size + 1) // 2
     for i in range(n_rep):
+        rows[i, half : 2 * half] = rows[i, :half]
+    for i in range(n_rep, min(cfg.batch_size, n_rep + n_rand)):
+        rows[i, :half] = torch.randint(0, 50256, (half,), generator=g)
         rows[i, half : 2 * half] = rows[i, :half]
     return rows
 
@@ -91,9 +101,19 @@ def main(argv: list[str] | None = None) -> dict:
     n_val = int(len(ids) * cfg.val_fraction)
     train, val = ids[:-n_val], ids[-n_val:]
 
-    model_cfg = GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size)
-    model = GPT(model_cfg)
-    model.reinit_residual_projections()
+    parent = None
+    if cfg.init_from:
+        model = load_model(cfg.init_from, device="cpu").train()
+        model_cfg = model.cfg
+        card_path = Path(str(BUNDLED_DIR / cfg.init_from) if not Path(cfg.init_from).exists() else cfg.init_from)
+        if (card_path / "model_card.json").is_file():
+            parent = json.loads((card_path / "model_card.json").read_text())
+        if cfg.block_size > model_cfg.block_size:
+            raise SystemExit(f"--block-size {cfg.block_size} exceeds the model's context {model_cfg.block_size}")
+    else:
+        model_cfg = GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size)
+        model = GPT(model_cfg)
+        model.reinit_residual_projections()
     # Weight decay on matrices only; embeddings stay undecayed so that tokens the corpus never
     # shows keep distinct random embeddings (induction on random tokens needs to tell them apart).
     decay = [p for n, p in model.named_parameters() if p.ndim == 2 and not n.startswith(("wte", "wpe"))]
@@ -127,8 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
     base = baselines(train, val, vocab_size=model_cfg.vocab_size)
     card = {
         "name": Path(cfg.out).name,
-        "what": f"{cfg.n_layer}-layer GPT-2-architecture model (d_model {cfg.n_embd}, {cfg.n_head} heads, "
-        f"context {cfg.block_size}, GPT-2 vocabulary) trained from scratch on Tiny Shakespeare",
+        "what": f"{model_cfg.n_layer}-layer GPT-2-architecture model (d_model {model_cfg.n_embd}, "
+        f"{model_cfg.n_head} heads, context {model_cfg.block_size}, GPT-2 vocabulary) trained from scratch on "
+        "Tiny Shakespeare" + (f", then further from {cfg.init_from!r} (see parent)" if cfg.init_from else ""),
         "command": command,
         "train_config": dataclasses.asdict(cfg),
         "model_config": model_cfg.to_dict(),
@@ -153,6 +174,10 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": torch.get_num_threads(),
         "dtype_stored": "float16 (loaded as float32)",
     }
+    if parent is not None:
+        card["parent"] = parent
+        card["tokens_seen_total"] = card["tokens_seen"] + parent.get("tokens_seen_total", parent["tokens_seen"])
+        card["wall_time_s_total"] = round(wall + parent.get("wall_time_s_total", parent["wall_time_s"]), 1)
     save_bundled(model, Path(cfg.out), card)
     print(json.dumps({k: card[k] for k in ("val_loss", "baselines", "induction_score", "wall_time_s")}, indent=1))
     print(f"saved to {cfg.out}")
@@ -161,8 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 @torch.no_grad()
 def evaluate_loss(model: GPT, data: torch.Tensor, cfg: TrainConfig) -> float:
-    """Mean next-token loss over consecutive windows of `data` (at most eval_batches batches)."""
-    n = cfg.block_size
+    """Mean next-token loss over consecutive full-context windows of `data` (at most eval_batches batches)."""
+    n = model.cfg.block_size
     windows = [data[i : i + n + 1] for i in range(0, len(data) - n - 1, n)]
     windows = windows[: cfg.eval_batches * cfg.batch_size] or [data]
     total, count = 0.0, 0
