@@ -216,13 +216,17 @@ def test_cache_size_estimate_equals_bytes_held(model, tokens, names):
     names_filter = (lambda n: names in n) if isinstance(names, str) else names
     _, cache = model.run_with_cache(tokens, names_filter=names_filter)
     held = {}
-    for t in cache.values():  # distinct storage, measured independently of ActivationCache.nbytes
+    for t in cache.cache_dict.values():  # distinct storage held, measured independently of nbytes()
         held[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
     assert model.cache_size(tokens, names_filter) == sum(held.values())
 
 
 def test_full_cache_holds_each_activation_once(model, tokens):
     _, cache = model.run_with_cache(tokens)
+    # per-head results are computed from z when read, and equal the ones the model computes when hooked
+    assert "blocks.1.attn.hook_result" in cache and "blocks.1.attn.hook_result" not in cache.cache_dict
+    _, hooked = model.run_with_cache(tokens, names_filter="blocks.1.attn.hook_result")
+    assert torch.allclose(cache["result", 1], hooked["result", 1], atol=1e-6)
     # resid_post of block 0 and resid_pre of block 1 are one tensor, stored once
     assert cache["resid_post", 0].untyped_storage().data_ptr() == cache["resid_pre", 1].untyped_storage().data_ptr()
     assert not any(name.endswith("logits") for name in cache)

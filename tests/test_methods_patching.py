@@ -218,6 +218,17 @@ def test_progress_bar_shows_and_hides(strong, capsys):
     assert "patching resid_pre" in capsys.readouterr().err
 
 
+def test_progress_callback_counts_cells(strong):
+    model, _, clean, corrupted, metric = strong
+    seen = []
+    result = activation_patching(model, clean, corrupted, metric, target="head_out", max_batch=2,
+                                 progress=lambda done, total: seen.append((done, total)))
+    total = seen[0][1]
+    assert seen[0] == (0, total) and seen[-1] == (total, total) and len(seen) > 2
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert total <= result.values.numel()
+
+
 # ---------------------------------------------------------------------- bad input
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import einops
@@ -56,13 +56,21 @@ class ActivationCache(Mapping[str, Tensor]):
     `cache["pattern", 3]` is shorthand for `cache["blocks.3.attn.hook_pattern"]`.
     """
 
-    def __init__(self, cache_dict: dict[str, Tensor], model: GPT) -> None:
+    def __init__(self, cache_dict: dict[str, Tensor], model: GPT, *, derived: Sequence[str] = ()) -> None:
         self.cache_dict = cache_dict
         self.model = model
+        # names computed on access (per-head results, from hook_z), listed among the keys
+        self.derived = [n for n in derived if n not in cache_dict]
 
     # --------------------------------------------------------------- mapping protocol
     def __getitem__(self, key: str | tuple) -> Tensor:
         name = act_name(*key) if isinstance(key, tuple) else act_name(key)
+        if name not in self.cache_dict and name.endswith("attn.hook_result"):
+            z_name = name.replace("hook_result", "hook_z")
+            if z_name in self.cache_dict:
+                z = self.cache_dict[z_name]
+                W_O = self.model.blocks[int(name.split(".")[1])].attn.W_O.detach()
+                return einops.einsum(z, W_O.to(z.device), "batch pos head d_head, head d_head d_model -> batch pos head d_model")
         if name not in self.cache_dict:
             close = difflib.get_close_matches(name, self.cache_dict, n=5, cutoff=0.6)
             hint = f"; close matches: {close}" if close else ""
@@ -70,10 +78,14 @@ class ActivationCache(Mapping[str, Tensor]):
         return self.cache_dict[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.cache_dict)
+        yield from self.cache_dict
+        yield from self.derived
 
     def __len__(self) -> int:
-        return len(self.cache_dict)
+        return len(self.cache_dict) + len(self.derived)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.cache_dict or key in self.derived
 
     def __repr__(self) -> str:
         return f"ActivationCache({len(self)} activations, {self.nbytes() / 2**20:.1f} MiB)"
@@ -81,20 +93,21 @@ class ActivationCache(Mapping[str, Tensor]):
     def nbytes(self) -> int:
         """Bytes of distinct tensor storage held by the cache."""
         seen: dict[int, int] = {}
-        for t in self.cache_dict.values():
+        for t in self.cache_dict.values():  # derived activations hold no memory
             storage = t.untyped_storage()
             seen[storage.data_ptr()] = storage.nbytes()
         return sum(seen.values())
 
     def to(self, device: torch.device | str) -> ActivationCache:
-        return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.model)
+        return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.model, derived=self.derived)
 
     def remove_batch_dim(self) -> ActivationCache:
         """Drop a batch axis of size 1 from every activation."""
         for name, t in self.cache_dict.items():
             if t.shape[0] != 1:
                 raise ValueError(f"remove_batch_dim needs batch size 1, but {name} has shape {tuple(t.shape)}")
-        return ActivationCache({k: v[0] for k, v in self.cache_dict.items()}, self.model)
+        full = {**self.cache_dict, **{n: self[n] for n in self.derived}}
+        return ActivationCache({k: v[0] for k, v in full.items()}, self.model)
 
     # --------------------------------------------------------------- residual stream views
     @property
@@ -178,14 +191,7 @@ class ActivationCache(Mapping[str, Tensor]):
         stop = min(self._layers(layer), self.n_layer)
         parts = []
         for l in range(stop):
-            name = act_name("result", l)
-            if name in self.cache_dict:
-                result = self.cache_dict[name]
-            else:
-                result = einops.einsum(
-                    self["z", l], self.model.blocks[l].attn.W_O.to(self["z", l].device),
-                    "batch pos head d_head, head d_head d_model -> batch pos head d_model",
-                )
+            result = self["result", l]  # stored, or computed from hook_z
             parts.append(einops.rearrange(result, "batch pos head d_model -> head batch pos d_model"))
         stack = torch.cat(parts)
         labels = [f"L{l}H{h}" for l in range(stop) for h in range(self.model.cfg.n_head)]

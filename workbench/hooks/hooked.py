@@ -53,6 +53,10 @@ class HookedRootModule(nn.Module):
     def hook_names(self) -> list[str]:
         return list(self._hook_dict)
 
+    def derivable(self, name: str) -> bool:
+        """Whether a full cache may compute this activation from others on access instead of storing it."""
+        return False
+
     def prepare_tokens(self, tokens) -> Tensor:
         """Check (and, for text, tokenize) a model input; subclasses override."""
         return tokens
@@ -142,13 +146,19 @@ class HookedRootModule(nn.Module):
     ) -> tuple[Tensor, ActivationCache]:
         """Run the model and keep the activations named by `names_filter`.
 
-        Returns (logits, cache). `device` moves cached tensors (e.g. "cpu" to keep GPU memory
+        Returns (logits, cache). A full cache (names_filter=None) holds each activation once:
+        per-head `hook_result` is computed from `hook_z` when read (the same einsum the model runs),
+        not stored. `device` moves cached tensors (e.g. "cpu" to keep GPU memory
         free); `pos_slice` keeps only those positions (query positions for attention patterns).
         With `incl_bwd`, backpropagates `loss_fn(logits)` (default: mean next-token loss) and
         also stores each gradient under `"<name>_grad"`; parameter `.grad`s are not touched.
         `fwd_hooks` run before the cache reads, so the cache shows edited activations.
         """
         names = self.names_matching(names_filter)
+        derived: list[str] = []
+        if names_filter is None:  # a full cache stores each activation once: derivable ones are computed on access
+            derived = [n for n in names if self.derivable(n)]
+            names = [n for n in names if n not in derived]
         tokens = self.prepare_tokens(tokens)
         store: dict[str, Tensor] = {}
         grad_store: dict[str, Tensor] = {}
@@ -180,7 +190,7 @@ class HookedRootModule(nn.Module):
             else:
                 logits = self(tokens, **forward_kwargs)
         store.update(grad_store)
-        return logits, ActivationCache(store, self)
+        return logits, ActivationCache(store, self, derived=derived)
 
 
 def _position_selector(pos_slice) -> Callable[[str, Tensor], Tensor]:

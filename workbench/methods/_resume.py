@@ -143,13 +143,14 @@ def run_cells(
     out: Tensor,
     *,
     max_batch: int | None = None,
-    progress: bool = True,
+    progress: bool | Callable[[int, int], None] = True,
     desc: str = "cells",
 ) -> None:
     """Write metric(patched run) for every cell of `groups` into `out[cell.index]`.
 
     `max_batch` caps the rows (cells x prompts) of one forward; tokens per forward are capped
-    at `TOKEN_BUDGET` either way."""
+    at `TOKEN_BUDGET` either way. `progress` is True for a console bar, False for none, or a
+    callback `progress(cells_done, cells_total)` (the dashboard's bar) called after each forward."""
     batch, n_pos = base.tokens.shape
     read = metric.read_positions(n_pos)
     stop = max(read) + 1
@@ -174,11 +175,18 @@ def run_cells(
         tokens += cost
     if chunk:
         chunks.append(chunk)
+    report = progress if callable(progress) else None
+    done, total = 0, len(todo)
+    if report:
+        report(done, total)
     with torch.no_grad():
-        for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
+        for chunk in tqdm(chunks, desc=desc, disable=progress is not True, leave=False):
             order, values = _run_chunk(model, base, chunk, metric, read, stop)
             for c, v in zip(order, values.tolist()):
                 out[c.index] = v
+            done += len(chunk)
+            if report:
+                report(done, total)
 
 
 @dataclass

@@ -218,7 +218,7 @@ def ablation_sweep(
     reference: Tensor | str | Sequence[str] | None = None,
     seed: int = 0,
     max_batch: int | None = None,
-    progress: bool = True,
+    progress: bool | Callable[[int, int], None] = True,
 ) -> AblationResult:
     """Ablate each head on its own (`Ablation(method, heads=[(layer, head)])`) and measure `metric`.
 

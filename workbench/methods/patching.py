@@ -176,7 +176,7 @@ def activation_patching(
     direction: str = "denoise",
     layers: Sequence[int] | None = None,
     max_batch: int | None = None,
-    progress: bool = True,
+    progress: bool | Callable[[int, int], None] = True,
 ) -> PatchingResult:
     """Run one prompt, restore one activation from the other, and measure `metric`, for every cell.
 
@@ -186,6 +186,8 @@ def activation_patching(
     `direction`: "denoise" patches clean activations into the corrupted run, "noise" the reverse.
     `layers`: sweep only these layers (default all). `max_batch`: most sequences (cells x batch)
     in one forward, the memory budget (default: about 4096 token positions per forward).
+    `progress`: True for a console bar, False for none, or a callback `progress(done, total)`
+    called with the number of cells done after each forward (e.g. to drive a dashboard's bar).
 
     Returns a `PatchingResult` whose values[layer, pos] / [layer, head] / [layer, pos, head] is
     the metric of the patched run (TransformerLens's `get_act_patch_*` numbers).

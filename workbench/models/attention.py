@@ -33,9 +33,9 @@ class Attention(nn.Module):
         self.hook_result = HookPoint()  # [batch pos head d_model], each head's output before b_O
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        qkv: Float[Tensor, "batch pos three_d_model"] = self.c_attn(x)
+        # one matmul for q, k and v, split into heads
         q, k, v = einops.rearrange(
-            qkv, "batch pos (three head d_head) -> three batch pos head d_head", three=3, head=self.n_head
+            self.c_attn(x), "batch pos (three head d_head) -> three batch pos head d_head", three=3, head=self.n_head
         )
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks:

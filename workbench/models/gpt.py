@@ -134,6 +134,9 @@ class GPT(HookedRootModule):
         shapes.update({"ln_final.hook_scale": (batch, pos, 1), "ln_final.hook_normalized": (batch, pos, c.d_model)})
         return shapes
 
+    def derivable(self, name: str) -> bool:
+        return name.endswith("attn.hook_result")  # = einsum(hook_z, W_O), computed when read
+
     def cache_size(self, tokens: Tensor | tuple[int, int], names_filter=None) -> int:
         """Bytes a `run_with_cache(tokens, names_filter=...)` cache will hold, before running it.
 
@@ -142,6 +145,8 @@ class GPT(HookedRootModule):
         batch, pos = tokens if isinstance(tokens, tuple) else self.prepare_tokens(tokens).shape
         shapes = self.activation_shapes(batch, pos)
         names = set(self.names_matching(names_filter))
+        if names_filter is None:
+            names = {n for n in names if not self.derivable(n)}
         size = self.dtype.itemsize
         total = 0
         for name in names:
