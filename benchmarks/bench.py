@@ -54,9 +54,10 @@ def interleaved(fns: dict, *, reps: int, warmup: int, device: str) -> dict[str, 
 
 
 def tensor_bytes(cache) -> tuple[int, int]:
-    """(sum of tensor sizes, distinct storage bytes) of a cache's values."""
+    """(sum of tensor sizes, distinct storage bytes) of the tensors a cache holds."""
     total, storages = 0, {}
-    for t in cache.values():
+    held = getattr(cache, "cache_dict", None)  # workbench computes derivable entries on access
+    for t in (held if held is not None else cache).values():
         total += t.numel() * t.element_size()
         storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
     return total, sum(storages.values())
@@ -159,7 +160,8 @@ def bench_logit_lens(ours, bridge, device: str, reps: int, warmup: int) -> dict:
     def tl_lens():
         _, cache = bridge.run_with_cache(tokens, names_filter=lambda n: "resid" in n or "ln_final" in n)
         stack = cache.accumulated_resid(apply_ln=True)
-        return stack @ bridge.W_U
+        log_probs = (stack @ bridge.W_U).log_softmax(-1)  # the same work as ours: log-probs and top-5
+        return log_probs, log_probs.topk(5, dim=-1)
 
     t = interleaved({"workbench": lambda: logit_lens(ours, tokens), "transformer_lens": tl_lens},
                     reps=reps, warmup=warmup, device=device)
