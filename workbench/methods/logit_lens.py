@@ -16,6 +16,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from workbench.errors import InputError
+from workbench.hooks import ActivationCache
 
 
 @dataclass
@@ -89,10 +90,14 @@ def logit_lens(
         targets = _broadcast_targets(targets, batch, n_pos, model.cfg.d_vocab).to(tokens.device)
     names = [f"blocks.{l}.hook_resid_pre" for l in range(model.cfg.n_layer)]
     names.append(f"blocks.{model.cfg.n_layer - 1}.hook_resid_post")
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=names)
-        resid, labels = cache.accumulated_resid(return_labels=True)
-        log_probs = torch.stack([model.unembed(r).float().log_softmax(-1) for r in resid])
+    store = {}
+    with torch.no_grad(), model.hooks(fwd_hooks=[(n, lambda x, hook: store.__setitem__(hook.name, x)) for n in names]):
+        model.run_blocks(model.embed(tokens))  # the residual streams only: the lens does the unembedding
+        resid, labels = ActivationCache(store, model).accumulated_resid(return_labels=True)
+        # every layer in one matmul: [(layer batch) pos d_model] -> [(layer batch) pos d_vocab]
+        flat = model.unembed(einops.rearrange(resid, "layer batch pos d_model -> (layer batch) pos d_model"))
+        log_probs = einops.rearrange(flat.float().log_softmax(-1), "(layer batch) pos d_vocab -> layer batch pos d_vocab",
+                                     layer=len(labels))
     top = log_probs.topk(top_k, dim=-1)
     top_strs = [[[[model.tokenizer.decode([t]) for t in pos] for pos in row] for row in layer]
                 for layer in top.indices.tolist()]
