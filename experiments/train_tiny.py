@@ -116,8 +116,9 @@ def main(argv: list[str] | None = None) -> dict:
         model.reinit_residual_projections()
     # Weight decay on matrices only; embeddings stay undecayed so that tokens the corpus never
     # shows keep distinct random embeddings (induction on random tokens needs to tell them apart).
-    decay = [p for n, p in model.named_parameters() if p.ndim == 2 and not n.startswith(("wte", "wpe"))]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim == 2 and not n.startswith(("wte", "wpe")))]
+    decayed = {n: p.ndim == 2 and not n.startswith(("wte", "wpe")) for n, p in model.named_parameters()}
+    decay = [p for n, p in model.named_parameters() if decayed[n]]
+    no_decay = [p for n, p in model.named_parameters() if not decayed[n]]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.95),

@@ -111,3 +111,16 @@ def test_wrong_shapes_in_checkpoint(hf_small, tmp_path):
 def test_bad_dtype_name(hf_small_dir):
     with pytest.raises(ValueError, match="allowed: float32, bfloat16, float16"):
         workbench.load_model(hf_small_dir, dtype="int8")
+
+
+def test_untied_unembedding_is_refused_whatever_the_key_order(tmp_path):
+    from test_parity_hf import nanogpt_checkpoint
+    from conftest import random_hf_model
+
+    ckpt = nanogpt_checkpoint(random_hf_model(seed=5, activation_function="gelu"), compiled=False)
+    state = ckpt["model"]
+    lm_head = state.pop("lm_head.weight") + 1.0  # no longer the token embedding
+    ckpt["model"] = {"lm_head.weight": lm_head, **state}  # before wte in the file
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    with pytest.raises(CheckpointError, match="untied unembeddings are not supported"):
+        workbench.load_model(tmp_path / "ckpt.pt")

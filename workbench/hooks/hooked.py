@@ -196,11 +196,12 @@ class HookedRootModule(nn.Module):
 def _position_selector(pos_slice) -> Callable[[str, Tensor], Tensor]:
     if pos_slice is None:
         return lambda name, x: x
-    index = slice(pos_slice, pos_slice + 1) if isinstance(pos_slice, int) and pos_slice != -1 else pos_slice
-    if isinstance(pos_slice, int) and pos_slice == -1:
-        index = slice(-1, None)
-    if not isinstance(index, slice):
-        index = torch.as_tensor(list(index), dtype=torch.long)
+    if isinstance(pos_slice, int):
+        index = slice(pos_slice, pos_slice + 1 or None)  # -1 -> slice(-1, None)
+    elif isinstance(pos_slice, slice):
+        index = pos_slice
+    else:
+        index = torch.as_tensor(list(pos_slice), dtype=torch.long)
 
     def keep(name: str, x: Tensor) -> Tensor:
         # positions are axis 1 ([batch pos ...]) except for attention maps ([batch head query_pos key_pos])

@@ -120,14 +120,11 @@ def build(cfg: GPTConfig, state: dict[str, torch.Tensor], *, dtype: torch.dtype,
 def convert_state_dict(source: dict[str, torch.Tensor], *, conv1d: bool) -> dict[str, torch.Tensor]:
     """Map HF / nanoGPT keys to ours; transpose HF's Conv1D weights (`conv1d=True`)."""
     out: dict[str, torch.Tensor] = {}
-    wte = None
+    lm_head = None
     for key, tensor in source.items():
         key = key.removeprefix("_orig_mod.").removeprefix("transformer.")
-        if key == "wte.weight":
-            wte = tensor
         if IGNORED.fullmatch(key):
-            if key == "lm_head.weight" and wte is not None and not torch.equal(tensor, wte):
-                raise CheckpointError("lm_head.weight differs from wte.weight: untied unembeddings are not supported")
+            lm_head = tensor if key == "lm_head.weight" else lm_head
             continue
         for pattern, target in KEY_TABLE.items():
             if re.fullmatch(pattern, key):
@@ -135,6 +132,8 @@ def convert_state_dict(source: dict[str, torch.Tensor], *, conv1d: bool) -> dict
                 break
         else:
             raise CheckpointError(f"unexpected key {key!r} in checkpoint; expected GPT-2 / nanoGPT parameter names")
+    if lm_head is not None and "wte.weight" in out and not torch.equal(lm_head, out["wte.weight"]):
+        raise CheckpointError("lm_head.weight differs from wte.weight: untied unembeddings are not supported")
     return out
 
 
@@ -172,7 +171,7 @@ def load_directory(path: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
         raise ModelNotFoundError(f"{path} has config.json but no weights: expected one of {', '.join(candidates)}")
     state = read_weights(weights)
     if raw.get("format") == FORMAT:
-        return GPTConfig.from_dict(raw["config"]), {k: v.float() for k, v in state.items()}
+        return GPTConfig.from_dict(raw["config"]), state  # stored fp16; `build` casts to the dtype asked for
     return config_from_hf(raw), convert_state_dict(state, conv1d=True)
 
 
