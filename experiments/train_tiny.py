@@ -28,6 +28,8 @@ sys.path.insert(0, str(REPO))
 
 from workbench.models import GPT, GPTConfig, gpt2_tokenizer, load_model  # noqa: E402
 from workbench.models.bundled import BUNDLED_DIR, save_bundled  # noqa: E402
+from workbench.methods.head_detectors import induction_scores  # noqa: E402
+from workbench.methods.prompts import repeated_tokens  # noqa: E402
 from workbench.training import baselines, evaluate_quality  # noqa: E402
 
 
@@ -46,14 +48,21 @@ class TrainConfig:
     warmup_steps: int = 50
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    # Rows of the form [a passage, the same passage] teach copying (induction) early.
+    # Weight init std; 0 = GPT-2's 0.02. (0.02 * sqrt(768 / n_embd), 0.049 here, scales it to the width.)
+    init_std: float = 0.0
+    # Rows of the form [a passage, the same passage] (copying of corpus text).
     repeat_fraction: float = 0.25
-    # Rows [r, r] of uniformly random token ids (any of the 50,256 ordinary tokens): they teach
-    # induction on tokens the corpus never shows, which is how induction heads are measured.
+    # Rows [r, r, r, ...]: a span r of random token ids (drawn uniformly from the ids that occur in
+    # the training split), of random length in [min_span, max_span], repeated to fill the row. Only
+    # the repeats are predictable, so the first copy is left out of the loss. Meant to teach induction
+    # on arbitrary token sequences; in 1,800 CPU steps (half the rows) they had not (see the README).
     random_repeat_fraction: float = 0.0
+    min_span: int = 4
+    max_span: int = 64
     # Start from these weights (a directory or bundled model name) instead of from scratch;
     # the model card then keeps the card of those weights under "parent".
     init_from: str = ""
+    eval_every: int = 250  # log validation loss and induction score every this many steps (0 = never)
     eval_batches: int = 8
     seed: int = 0
     threads: int = 0  # 0 = torch's default
@@ -68,19 +77,37 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def get_batch(data: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
-    """[batch_size, block_size + 1] windows of the corpus; a fraction repeat their first half."""
+def get_batch(
+    data: torch.Tensor, pool: torch.Tensor, cfg: TrainConfig, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets, [batch_size, block_size] each; target -100 = not in the loss.
+
+    Rows are corpus windows; a fraction repeat their first half, a fraction are repeated random spans."""
     starts = torch.randint(0, len(data) - cfg.block_size - 1, (cfg.batch_size,), generator=g)
     rows = torch.stack([data[s : s + cfg.block_size + 1] for s in starts.tolist()])
+    targets = rows[:, 1:].clone()
     n_rep = int(round(cfg.repeat_fraction * cfg.batch_size))
     n_rand = int(round(cfg.random_repeat_fraction * cfg.batch_size))
     half = (cfg.block_size + 1) // 2
     for i in range(n_rep):
         rows[i, half : 2 * half] = rows[i, :half]
+        targets[i] = rows[i, 1:]
     for i in range(n_rep, min(cfg.batch_size, n_rep + n_rand)):
-        rows[i, :half] = torch.randint(0, 50256, (half,), generator=g)
-        rows[i, half : 2 * half] = rows[i, :half]
-    return rows
+        max_span = max(cfg.min_span, min(cfg.max_span, half))
+        span = int(torch.randint(cfg.min_span, max_span + 1, (1,), generator=g))
+        r = pool[torch.randint(0, len(pool), (span,), generator=g)]
+        rows[i] = r.repeat(math.ceil((cfg.block_size + 1) / span))[: cfg.block_size + 1]
+        targets[i] = rows[i, 1:]
+        targets[i, : span - 1] = -100  # the first copy of r cannot be predicted
+    return rows[:, :-1], targets
+
+
+def lm_loss(model: GPT, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the positions whose target is not -100; only those are unembedded."""
+    resid = model.run_blocks(model.embed(inputs))
+    keep = targets != -100
+    logits = model.unembed(resid[keep][None])[0]
+    return F.cross_entropy(logits, targets[keep])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -100,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     ids = torch.tensor(gpt2_tokenizer().encode_ordinary(raw.decode("utf-8")), dtype=torch.long)
     n_val = int(len(ids) * cfg.val_fraction)
     train, val = ids[:-n_val], ids[-n_val:]
+    pool = torch.unique(train)  # the token ids of the training split
 
     parent = None
     if cfg.init_from:
@@ -113,7 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         model_cfg = GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size)
         model = GPT(model_cfg)
-        model.reinit_residual_projections()
+        if cfg.init_std:
+            model.init_weights(std=cfg.init_std)
     # Weight decay on matrices only; embeddings stay undecayed so that tokens the corpus never
     # shows keep distinct random embeddings (induction on random tokens needs to tell them apart).
     decayed = {n: p.ndim == 2 and not n.startswith(("wte", "wpe")) for n, p in model.named_parameters()}
@@ -126,25 +155,27 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.time()
     losses: list[float] = []
+    history: list[dict] = []
     bar = tqdm(range(cfg.steps), desc="train", dynamic_ncols=True)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        batch = get_batch(train, cfg, g)
-        logits = model.unembed(model.run_blocks(model.embed(batch[:, :-1])))
-        loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+        loss = lm_loss(model, *get_batch(train, pool, cfg, g))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr_at(step, cfg):.1e}")
+        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+            history.append(checkpoint_stats(model, val, pool, cfg, step + 1, losses))
+            bar.write(json.dumps(history[-1]))
     wall = time.time() - t0
 
     model.eval()
     val_loss = evaluate_loss(model, val, cfg)
     train_loss = evaluate_loss(model, train[: len(val)], cfg)
-    quality = evaluate_quality(model, val_tokens=val, seed=cfg.seed)
+    quality = evaluate_quality(model, val_tokens=val, pool=pool, seed=cfg.seed)
     base = baselines(train, val, vocab_size=model_cfg.vocab_size)
     card = {
         "name": Path(cfg.out).name,
@@ -165,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "steps": cfg.steps,
         "tokens_seen": cfg.steps * cfg.batch_size * cfg.block_size,
+        "history": history,
         "final_train_loss_ema": sum(losses[-20:]) / len(losses[-20:]),
         "train_loss": train_loss,
         "val_loss": val_loss,
@@ -183,6 +215,19 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps({k: card[k] for k in ("val_loss", "baselines", "induction_score", "wall_time_s")}, indent=1))
     print(f"saved to {cfg.out}")
     return card
+
+
+@torch.no_grad()
+def checkpoint_stats(model: GPT, val: torch.Tensor, pool: torch.Tensor, cfg: TrainConfig, step: int,
+                     losses: list[float]) -> dict:
+    """Validation loss and the best induction score so far (a few batches, for the training log)."""
+    model.eval()
+    tokens = repeated_tokens(n_seqs=16, seq_len=min(50, (model.cfg.block_size - 1) // 2), seed=cfg.seed, vocab=pool)
+    stats = {"step": step, "train_loss_ema": sum(losses[-20:]) / len(losses[-20:]),
+             "val_loss": evaluate_loss(model, val, dataclasses.replace(cfg, eval_batches=2)),
+             "induction_score": induction_scores(model, tokens).values.max().item()}
+    model.train()
+    return stats
 
 
 @torch.no_grad()

@@ -39,3 +39,45 @@ def test_tiny_training_run_end_to_end(tmp_path):
     subprocess.run([sys.executable, "experiments/train_tiny.py", *args[:-1], str(tmp_path / "again")], cwd=REPO,
                    check=True, capture_output=True)
     assert sha256_file(tmp_path / "again" / "model.safetensors") == card["weights_sha256"]
+
+
+def _train_tiny_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_tiny", REPO / "experiments" / "train_tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_tiny"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_batches_mix_corpus_windows_and_repeated_random_spans():
+    tt = _train_tiny_module()
+    cfg = tt.TrainConfig(batch_size=8, block_size=64, repeat_fraction=0.0, random_repeat_fraction=0.5,
+                         min_span=4, max_span=20)
+    data = torch.arange(1000, 3000)  # a "corpus" whose windows are easy to recognise
+    pool = torch.arange(40000, 40100)
+    inputs, targets = tt.get_batch(data, pool, cfg, torch.Generator().manual_seed(0))
+    assert inputs.shape == targets.shape == (8, 64)
+    for row_in, row_tgt in zip(inputs[:4], targets[:4]):  # random-span rows come first
+        seq = torch.cat([row_in, row_tgt[-1:]])  # the span r repeated
+        assert set(seq.tolist()) <= set(pool.tolist())
+        span = next(p for p in range(4, 21) if torch.equal(seq[p:], seq[:-p]))
+        masked = (row_tgt == -100).nonzero().flatten().tolist()
+        assert masked == list(range(span - 1))  # exactly the first copy is left out of the loss
+        assert torch.equal(row_tgt[span - 1 :], seq[span:])
+    for row_in, row_tgt in zip(inputs[4:], targets[4:]):  # corpus windows, every target in the loss
+        assert torch.equal(row_in, torch.arange(row_in[0], row_in[0] + 64))
+        assert torch.equal(row_tgt, row_in + 1)
+
+
+def test_lm_loss_is_cross_entropy_over_the_kept_targets():
+    tt = _train_tiny_module()
+    torch.manual_seed(0)
+    model = workbench.GPT(workbench.GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16))
+    inputs = torch.randint(0, 50257, (3, 16))
+    targets = torch.randint(0, 50257, (3, 16))
+    targets[0, :5] = -100
+    targets[2, 3:9] = -100
+    expected = torch.nn.functional.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(), ignore_index=-100)
+    assert torch.allclose(tt.lm_loss(model, inputs, targets), expected, atol=1e-5)

@@ -43,20 +43,30 @@ def in_context_losses(model, tokens: Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def evaluate_quality(model, *, val_tokens: Tensor, seed: int = 0) -> dict:
-    """Induction score of the best head, in-context loss on repeated random tokens, and a sample."""
-    tokens = repeated_tokens(n_seqs=16, seq_len=min(50, (model.cfg.block_size - 1) // 2), seed=seed)
+def evaluate_quality(model, *, val_tokens: Tensor, pool: Tensor | None = None, seed: int = 0) -> dict:
+    """Induction score of the best head and in-context loss on [BOS] + r + r for 16 random r drawn from
+    the whole vocabulary; the best induction score when r is drawn from `pool` instead (token ids, e.g.
+    those of the training split); and a sample."""
+    seq_len = min(50, (model.cfg.block_size - 1) // 2)
+    tokens = repeated_tokens(n_seqs=16, seq_len=seq_len, seed=seed)
     scores = induction_scores(model, tokens)
     layer, head, best = scores.top(1)[0]
     first, second = in_context_losses(model, tokens)
+    pooled = {}
+    if pool is not None:
+        pool_tokens = repeated_tokens(n_seqs=16, seq_len=seq_len, seed=seed, vocab=pool)
+        pooled = {"induction_score_pool_tokens": induction_scores(model, pool_tokens).values.max().item(),
+                  "pool_tokens": len(pool)}
     prompt = val_tokens[:32][None]
     sample = model.generate(prompt, max_new_tokens=64, temperature=0.8, top_k=50, seed=seed)
     return {
         "induction_score": best,
         "induction_head": f"L{layer}H{head}",
         "induction_scores": scores.values.tolist(),
+        "induction_tokens": f"[BOS] + r + r, 16 random r of {seq_len} distinct ids of the vocabulary, seed {seed}",
         "repeated_random_loss_first_copy": first,
         "repeated_random_loss_second_copy": second,
+        **pooled,
         "uniform_loss": math.log(model.cfg.vocab_size),
         "sample": {"prompt": model.to_string(prompt[0]), "continuation": model.to_string(sample[0, 32:])},
     }

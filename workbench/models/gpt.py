@@ -56,7 +56,7 @@ class GPT(HookedRootModule):
         self.ln_final = LayerNorm(cfg)
         self.name = "untrained"  # set by load_model
         self.setup_hooks()
-        self.apply(self._init_weights)
+        self.init_weights()
 
     def forward(self, tokens: Tensor | str | Sequence) -> Float[Tensor, "batch pos d_vocab"]:
         """Logits for `tokens` ([batch pos] or [pos] ids, or text, which gets a BOS token)."""
@@ -79,20 +79,17 @@ class GPT(HookedRootModule):
         return self.ln_final(resid) @ self.wte.weight.T  # unembedding tied to the token embedding
 
     # ------------------------------------------------------------------ weights
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        # GPT-2 / nanoGPT initialisation (residual projections are rescaled in `reinit_residual`).
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-    def reinit_residual_projections(self) -> None:
-        """Scale the init of the projections into the residual stream by 1/sqrt(2 n_layer) (GPT-2)."""
-        std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
+    def init_weights(self, *, std: float = 0.02) -> None:
+        """GPT-2 / nanoGPT initialisation: weights ~ N(0, std) (GPT-2 uses 0.02 at d_model 768), biases
+        zero, LayerNorms identity, and the projections into the residual stream scaled by 1/sqrt(2 n_layer)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
         for block in self.blocks:
-            nn.init.normal_(block.attn.c_proj.weight, mean=0.0, std=std)
-            nn.init.normal_(block.mlp.c_proj.weight, mean=0.0, std=std)
+            nn.init.normal_(block.attn.c_proj.weight, mean=0.0, std=std / math.sqrt(2 * self.cfg.n_layer))
+            nn.init.normal_(block.mlp.c_proj.weight, mean=0.0, std=std / math.sqrt(2 * self.cfg.n_layer))
 
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
