@@ -29,8 +29,7 @@ sys.path.insert(0, str(REPO))
 from workbench.models import GPT, GPTConfig, gpt2_tokenizer, load_model  # noqa: E402
 from workbench.models.bundled import BUNDLED_DIR, save_bundled  # noqa: E402
 from workbench.methods.head_detectors import induction_scores  # noqa: E402
-from workbench.methods.prompts import repeated_tokens  # noqa: E402
-from workbench.training import baselines, evaluate_quality  # noqa: E402
+from workbench.training import baselines, evaluate_quality, induction_probe  # noqa: E402
 
 
 @dataclass
@@ -77,6 +76,24 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse options that cannot train, saying what is allowed."""
+    problems = []
+    for name in ("repeat_fraction", "random_repeat_fraction"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            problems.append(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(cfg, name)}")
+    if cfg.repeat_fraction + cfg.random_repeat_fraction > 1:
+        problems.append(f"--repeat-fraction + --random-repeat-fraction must be at most 1, got "
+                        f"{cfg.repeat_fraction} + {cfg.random_repeat_fraction}")
+    if not 1 <= cfg.min_span <= cfg.max_span:
+        problems.append(f"need 1 <= --min-span <= --max-span, got {cfg.min_span} and {cfg.max_span}")
+    if cfg.random_repeat_fraction and cfg.min_span > (cfg.block_size + 1) // 2:
+        problems.append(f"--min-span {cfg.min_span} leaves no repeat in a row of {cfg.block_size + 1} tokens: "
+                        f"at most {(cfg.block_size + 1) // 2}")
+    if problems:
+        raise SystemExit("train_tiny.py: " + "; ".join(problems))
+
+
 def get_batch(
     data: torch.Tensor, pool: torch.Tensor, cfg: TrainConfig, g: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,11 +106,11 @@ def get_batch(
     n_rep = int(round(cfg.repeat_fraction * cfg.batch_size))
     n_rand = int(round(cfg.random_repeat_fraction * cfg.batch_size))
     half = (cfg.block_size + 1) // 2
+    max_span = min(cfg.max_span, half)  # at least two copies of r in a row
     for i in range(n_rep):
         rows[i, half : 2 * half] = rows[i, :half]
         targets[i] = rows[i, 1:]
     for i in range(n_rep, min(cfg.batch_size, n_rep + n_rand)):
-        max_span = max(cfg.min_span, min(cfg.max_span, half))
         span = int(torch.randint(cfg.min_span, max_span + 1, (1,), generator=g))
         r = pool[torch.randint(0, len(pool), (span,), generator=g)]
         rows[i] = r.repeat(math.ceil((cfg.block_size + 1) / span))[: cfg.block_size + 1]
@@ -116,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     args = parser.parse_args(argv)
     cfg = TrainConfig(**vars(args))
+    check_config(cfg)
     command = "python experiments/train_tiny.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -133,9 +151,9 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.init_from:
         model = load_model(cfg.init_from, device="cpu").train()
         model_cfg = model.cfg
-        card_path = Path(str(BUNDLED_DIR / cfg.init_from) if not Path(cfg.init_from).exists() else cfg.init_from)
-        if (card_path / "model_card.json").is_file():
-            parent = json.loads((card_path / "model_card.json").read_text())
+        parent_card = (Path(cfg.init_from) if Path(cfg.init_from).exists() else BUNDLED_DIR / cfg.init_from) / "model_card.json"
+        if parent_card.is_file():
+            parent = json.loads(parent_card.read_text())
         if cfg.block_size > model_cfg.block_size:
             raise SystemExit(f"--block-size {cfg.block_size} exceeds the model's context {model_cfg.block_size}")
     else:
@@ -173,8 +191,8 @@ def main(argv: list[str] | None = None) -> dict:
     wall = time.time() - t0
 
     model.eval()
-    val_loss = evaluate_loss(model, val, cfg)
-    train_loss = evaluate_loss(model, train[: len(val)], cfg)
+    val_loss = evaluate_loss(model, val, batch_size=cfg.batch_size, max_batches=cfg.eval_batches)
+    train_loss = evaluate_loss(model, train[: len(val)], batch_size=cfg.batch_size, max_batches=cfg.eval_batches)
     quality = evaluate_quality(model, val_tokens=val, pool=pool, seed=cfg.seed)
     base = baselines(train, val, vocab_size=model_cfg.vocab_size)
     card = {
@@ -222,23 +240,23 @@ def checkpoint_stats(model: GPT, val: torch.Tensor, pool: torch.Tensor, cfg: Tra
                      losses: list[float]) -> dict:
     """Validation loss and the best induction score so far (a few batches, for the training log)."""
     model.eval()
-    tokens = repeated_tokens(n_seqs=16, seq_len=min(50, (model.cfg.block_size - 1) // 2), seed=cfg.seed, vocab=pool)
+    tokens = induction_probe(model, seed=cfg.seed, pool=pool)
     stats = {"step": step, "train_loss_ema": sum(losses[-20:]) / len(losses[-20:]),
-             "val_loss": evaluate_loss(model, val, dataclasses.replace(cfg, eval_batches=2)),
+             "val_loss": evaluate_loss(model, val, batch_size=cfg.batch_size, max_batches=2),
              "induction_score": induction_scores(model, tokens).values.max().item()}
     model.train()
     return stats
 
 
 @torch.no_grad()
-def evaluate_loss(model: GPT, data: torch.Tensor, cfg: TrainConfig) -> float:
-    """Mean next-token loss over consecutive full-context windows of `data` (at most eval_batches batches)."""
+def evaluate_loss(model: GPT, data: torch.Tensor, *, batch_size: int, max_batches: int) -> float:
+    """Mean next-token loss over consecutive full-context windows of `data` (at most max_batches batches)."""
     n = model.cfg.block_size
     windows = [data[i : i + n + 1] for i in range(0, len(data) - n - 1, n)]
-    windows = windows[: cfg.eval_batches * cfg.batch_size] or [data]
+    windows = windows[: max_batches * batch_size] or [data]
     total, count = 0.0, 0
-    for i in range(0, len(windows), cfg.batch_size):
-        batch = torch.stack(windows[i : i + cfg.batch_size])
+    for i in range(0, len(windows), batch_size):
+        batch = torch.stack(windows[i : i + batch_size])
         logits = model(batch[:, :-1])
         total += F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").item()
         count += batch[:, 1:].numel()

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import workbench
@@ -81,3 +82,38 @@ def test_lm_loss_is_cross_entropy_over_the_kept_targets():
     targets[2, 3:9] = -100
     expected = torch.nn.functional.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(), ignore_index=-100)
     assert torch.allclose(tt.lm_loss(model, inputs, targets), expected, atol=1e-5)
+
+
+def test_options_that_cannot_train_are_refused_with_what_is_allowed():
+    tt = _train_tiny_module()
+    for options, message in [
+        ({"random_repeat_fraction": 1.5}, r"--random-repeat-fraction must be in \[0, 1\], got 1.5"),
+        ({"repeat_fraction": 0.5, "random_repeat_fraction": 0.75}, "must be at most 1, got 0.5 \\+ 0.75"),
+        ({"min_span": 0}, "need 1 <= --min-span <= --max-span, got 0 and 64"),
+        ({"min_span": 30, "max_span": 20}, "got 30 and 20"),
+        ({"random_repeat_fraction": 0.5, "block_size": 32, "min_span": 20}, "at most 16"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            tt.check_config(tt.TrainConfig(**options))
+    tt.check_config(tt.TrainConfig(random_repeat_fraction=0.5, block_size=32, min_span=16))  # the limit itself
+    out = subprocess.run([sys.executable, "experiments/train_tiny.py", "--min-span", "0", "--steps", "1"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "need 1 <= --min-span" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_init_weights_is_gpt2_initialisation_at_the_given_std():
+    torch.manual_seed(0)
+    model = workbench.GPT(workbench.GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=64))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(3.0)  # as after training
+    model.init_weights(std=0.05)
+    for name, p in model.named_parameters():
+        if name.endswith("c_proj.weight"):
+            assert abs(p.std().item() - 0.05 / (2 * 4) ** 0.5) < 0.002, name  # 1/sqrt(2 n_layer), GPT-2
+        elif "ln" in name:
+            assert torch.equal(p, torch.ones_like(p) if name.endswith("weight") else torch.zeros_like(p)), name
+        elif name.endswith("bias"):
+            assert torch.equal(p, torch.zeros_like(p)), name
+        else:
+            assert abs(p.std().item() - 0.05) < 0.002 and abs(p.mean().item()) < 0.002, name

@@ -42,19 +42,24 @@ def in_context_losses(model, tokens: Tensor) -> tuple[float, float]:
     return losses[:, 1:n].mean().item(), losses[:, n + 1 :].mean().item()
 
 
+def induction_probe(model, *, seed: int = 0, pool: Tensor | None = None) -> Tensor:
+    """[BOS] + r + r for 16 random r of min(50, (context - 1) // 2) distinct ids, drawn from `pool`
+    (token ids) or the whole vocabulary: the sequences the model card's induction numbers use."""
+    return repeated_tokens(n_seqs=16, seq_len=min(50, (model.cfg.block_size - 1) // 2), seed=seed, vocab=pool)
+
+
 @torch.no_grad()
 def evaluate_quality(model, *, val_tokens: Tensor, pool: Tensor | None = None, seed: int = 0) -> dict:
     """Induction score of the best head and in-context loss on [BOS] + r + r for 16 random r drawn from
     the whole vocabulary; the best induction score when r is drawn from `pool` instead (token ids, e.g.
     those of the training split); and a sample."""
-    seq_len = min(50, (model.cfg.block_size - 1) // 2)
-    tokens = repeated_tokens(n_seqs=16, seq_len=seq_len, seed=seed)
+    tokens = induction_probe(model, seed=seed)
     scores = induction_scores(model, tokens)
     layer, head, best = scores.top(1)[0]
     first, second = in_context_losses(model, tokens)
     pooled = {}
     if pool is not None:
-        pool_tokens = repeated_tokens(n_seqs=16, seq_len=seq_len, seed=seed, vocab=pool)
+        pool_tokens = induction_probe(model, seed=seed, pool=pool)
         pooled = {"induction_score_pool_tokens": induction_scores(model, pool_tokens).values.max().item(),
                   "pool_tokens": len(pool)}
     prompt = val_tokens[:32][None]
@@ -63,7 +68,8 @@ def evaluate_quality(model, *, val_tokens: Tensor, pool: Tensor | None = None, s
         "induction_score": best,
         "induction_head": f"L{layer}H{head}",
         "induction_scores": scores.values.tolist(),
-        "induction_tokens": f"[BOS] + r + r, 16 random r of {seq_len} distinct ids of the vocabulary, seed {seed}",
+        "induction_tokens": f"[BOS] + r + r, 16 random r of {(tokens.shape[1] - 1) // 2} distinct ids of the "
+        f"vocabulary, seed {seed}",
         "repeated_random_loss_first_copy": first,
         "repeated_random_loss_second_copy": second,
         **pooled,

@@ -87,6 +87,10 @@ class GPT(HookedRootModule):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
+            if isinstance(module, LayerNorm):
+                nn.init.ones_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         for block in self.blocks:
             nn.init.normal_(block.attn.c_proj.weight, mean=0.0, std=std / math.sqrt(2 * self.cfg.n_layer))
             nn.init.normal_(block.mlp.c_proj.weight, mean=0.0, std=std / math.sqrt(2 * self.cfg.n_layer))
