@@ -23,12 +23,15 @@ def test_help():
 
 def test_tiny_training_run_end_to_end(tmp_path):
     out = tmp_path / "tiny"
-    args = ["--steps", "4", "--batch-size", "2", "--block-size", "32", "--n-embd", "32", "--n-head", "2",
-            "--eval-batches", "1", "--warmup-steps", "2", "--out", str(out)]
+    args = ["--steps", "4", "--copy-steps", "3", "--copy-frequent-steps", "2", "--copy-pool", "50",
+            "--batch-size", "2", "--block-size", "32", "--n-embd", "32", "--n-head", "2",
+            "--eval-batches", "1", "--warmup-steps", "2", "--eval-every", "2", "--out", str(out)]
     subprocess.run([sys.executable, "experiments/train_tiny.py", *args], cwd=REPO, check=True,
                    capture_output=True, text=True)
     card = json.loads((out / "model_card.json").read_text())
-    assert card["steps"] == 4 and card["tokens_seen"] == 4 * 2 * 32
+    assert card["steps"] == 4 and card["curriculum_steps"] == 3 and card["tokens_seen"] == (3 + 4) * 2 * 32
+    assert [(h["phase"], h["step"]) for h in card["history"]] == [
+        ("curriculum", 2), ("curriculum", 3), ("corpus", 2), ("corpus", 4)]
     assert card["command"].endswith(" ".join(args))
     assert card["weights_sha256"] == sha256_file(out / "model.safetensors")
     assert card["data"]["sha256"] == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -84,6 +87,34 @@ def test_lm_loss_is_cross_entropy_over_the_kept_targets():
     assert torch.allclose(tt.lm_loss(model, inputs, targets), expected, atol=1e-5)
 
 
+def test_copy_loss_is_cross_entropy_over_the_candidates_only():
+    tt = _train_tiny_module()
+    torch.manual_seed(0)
+    model = workbench.GPT(workbench.GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=24))
+    cfg = tt.TrainConfig(batch_size=3, block_size=24, min_span=3, max_span=10)
+    candidates = torch.randperm(50257)[:40]
+    loss = tt.copy_loss(model, candidates, cfg, torch.Generator().manual_seed(5))
+    # the same rows, scored by hand: full-vocabulary logits, candidate columns, first copies left out
+    index, targets = tt.random_span_rows(3, 40, cfg, torch.Generator().manual_seed(5))
+    logits = model(candidates[index[:, :-1]])[..., candidates]
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    assert torch.allclose(loss, expected, atol=1e-5)
+    assert (targets == -100).any() and (targets != -100).any()
+
+
+def test_copy_candidates_are_frequent_ids_then_fresh_ids_of_the_whole_vocabulary():
+    tt = _train_tiny_module()
+    cfg = tt.TrainConfig(copy_frequent_steps=2, copy_pool=100)
+    frequent = torch.arange(50256, -1, -1)  # "most frequent first"
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(tt.copy_candidates(1, frequent, 50257, cfg, g), frequent[:100])
+    later = [tt.copy_candidates(step, frequent, 50257, cfg, g) for step in (2, 3)]
+    for ids in later:
+        assert len(ids) == len(set(ids.tolist())) == 100 and ids.min() >= 0 and ids.max() < 50257
+    assert not torch.equal(later[0], later[1])  # drawn afresh each step
+    assert min(ids.min() for ids in later) < 50257 - 1000  # not from the frequent head
+
+
 def test_options_that_cannot_train_are_refused_with_what_is_allowed():
     tt = _train_tiny_module()
     for options, message in [
@@ -92,6 +123,8 @@ def test_options_that_cannot_train_are_refused_with_what_is_allowed():
         ({"min_span": 0}, "need 1 <= --min-span <= --max-span, got 0 and 64"),
         ({"min_span": 30, "max_span": 20}, "got 30 and 20"),
         ({"random_repeat_fraction": 0.5, "block_size": 32, "min_span": 20}, "at most 16"),
+        ({"copy_pool": 1}, r"--copy-pool must be in \[2, 50257\], got 1"),
+        ({"span_ids": "words"}, "--span-ids must be 'vocab' or 'train', got 'words'"),
     ]:
         with pytest.raises(SystemExit, match=message):
             tt.check_config(tt.TrainConfig(**options))
