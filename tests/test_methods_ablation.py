@@ -156,3 +156,11 @@ def test_bad_ablation_spec():
         Ablation("zero")
     with pytest.raises(InputError, match=r"\(layer, index\) pair"):
         Ablation(heads=[(0, 1, 2)])
+
+
+def test_sweep_refuses_hooks_left_attached(model):
+    tokens, _ = tokens_and_reference()
+    with model.hooks(fwd_hooks=[("blocks.1.attn.hook_z", lambda z, hook: 0 * z)]):
+        with pytest.raises(InputError, match="detach them first"):
+            ablation_sweep(model, tokens, LogitDiff(1, 2), progress=False)
+    assert not any(point.has_hooks for point in model.hook_dict.values())

@@ -269,3 +269,14 @@ def test_metric_position_out_of_range(model):
     toks = torch.zeros(1, 4, dtype=torch.long)
     with pytest.raises(InputError, match=r"reads position 7, but the prompt has 4 positions"):
         activation_patching(model, toks, toks, LogitDiff(1, 2, pos=7), progress=False)
+
+
+def test_hooks_left_attached_are_refused_not_half_applied(strong):
+    # Packed cells run without hook points: a hook left on the model would change the clean run only.
+    model, _, clean, corrupted, metric = strong
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_mid", lambda x, hook: 2 * x)]):
+        with pytest.raises(InputError, match="attached at: blocks.0.hook_resid_mid"):
+            activation_patching(model, clean, corrupted, metric, target="resid_pre", progress=False)
+    assert not any(point.has_hooks for point in model.hook_dict.values())
+    ours = activation_patching(model, clean, corrupted, metric, target="resid_pre", progress=False)
+    assert (ours.values - loop_patch(model, "resid_pre", clean, corrupted, metric)).abs().max() <= TOL

@@ -31,6 +31,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from workbench.errors import InputError
 from workbench.hooks import ActivationCache
 from workbench.methods.metrics import Metric
 
@@ -71,6 +72,7 @@ def cached_runs(
     """Run several [batch pos] token sets as one batch, caching the activations `names` and
     computing logits only at positions `read` (and tokens `vocab`): a (logits [batch read
     d_vocab], cache) pair per token set."""
+    refuse_attached_hooks(model)
     store: dict[str, Tensor] = {}
 
     def save(x: Tensor, hook) -> None:
@@ -85,6 +87,19 @@ def cached_runs(
         out.append((logits[rows], ActivationCache({k: v[rows] for k, v in store.items()}, model)))
         offset += tokens.shape[0]
     return out
+
+
+def refuse_attached_hooks(model) -> None:
+    """Patched cells run without hook points, so hooks the caller left attached would change the base
+    run but not the cells: refuse rather than return skewed numbers."""
+    attached = [name for name, point in model.hook_dict.items() if point.has_hooks]
+    if attached:
+        shown = ", ".join(attached[:4]) + (f" and {len(attached) - 4} more" if len(attached) > 4 else "")
+        raise InputError(
+            f"patching and ablation sweeps run their patched cells without hook points, so hooks attached "
+            f"to the model would change the clean run only; detach them first (attached at: {shown}). "
+            "To combine your own hooks with a patch, run each patched forward with model.run_with_hooks."
+        )
 
 
 def unembed(
