@@ -1,7 +1,9 @@
 """Train the bundled default model from scratch: a 2-layer GPT-2-architecture model on Tiny Shakespeare,
 after an induction curriculum (repeated random token spans) that gives it induction heads.
 
-    python experiments/train_tiny.py                       # the shipped model (~1 hour on a 2-core CPU)
+    python experiments/train_tiny.py                       # stage 1 of the shipped model (38 min, 2-core CPU)
+    python experiments/train_tiny.py --init-from shakespeare-2l --copy-steps 0 --steps 250 --lr 2e-3 \\
+        --min-lr 2e-4 --warmup-steps 20                    # stage 2 (12 min; see the README)
     python experiments/train_tiny.py --copy-steps 5 --steps 5 --out /tmp/m  # a smoke run
 
 Writes `model.safetensors` (fp16), `config.json` and `model_card.json` to --out.
@@ -270,8 +272,9 @@ def main(argv: list[str] | None = None) -> dict:
         "what": f"{model_cfg.n_layer}-layer GPT-2-architecture model (d_model {model_cfg.n_embd}, "
         f"{model_cfg.n_head} heads, context {model_cfg.block_size}, GPT-2 vocabulary) trained "
         + (f"further from {cfg.init_from!r} (see parent): " if cfg.init_from else "from scratch: ")
-        + f"{cfg.copy_steps} steps of an induction curriculum (repeated random token spans), then "
-        f"{cfg.steps} steps on Tiny Shakespeare",
+        + (f"{cfg.copy_steps} steps of an induction curriculum (repeated random token spans), then "
+           if cfg.copy_steps else "")
+        + f"{cfg.steps} steps on Tiny Shakespeare",
         "command": command,
         "train_config": dataclasses.asdict(cfg),
         "model_config": model_cfg.to_dict(),

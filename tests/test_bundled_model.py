@@ -1,6 +1,7 @@
 """The shipped model loads by name with no network and meets the quality bars of its model card."""
 
 import json
+import math
 import socket
 from pathlib import Path
 
@@ -77,6 +78,37 @@ def test_model_card_reports_what_the_weights_measure(offline_model):
     first, second = in_context_losses(offline_model, tokens)
     assert abs(first - card["repeated_random_loss_first_copy"]) < 0.05
     assert abs(second - card["repeated_random_loss_second_copy"]) < 0.05
+
+
+def induction_stripe_and_losses(model, tokens: torch.Tensor) -> tuple[dict, float, float]:
+    """On [BOS] + r + r ([batch 2n+1]): every head's induction score by hand (from each token of the
+    second copy, the attention to the token just after its first occurrence, n - 1 positions back,
+    averaged over positions and prompts), and the mean loss on the first and on the second copy."""
+    n = (tokens.shape[1] - 1) // 2
+    logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_pattern"))
+    query = torch.arange(n + 1, 2 * n + 1)
+    scores = {
+        (layer, head): cache[f"blocks.{layer}.attn.hook_pattern"][:, head, query, query - n + 1].mean().item()
+        for layer in range(model.cfg.n_layer) for head in range(model.cfg.n_head)
+    }
+    losses = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+    losses = losses.view(tokens.shape[0], -1)  # predicting tokens 2..n (first copy) and n+2..2n (second)
+    return scores, losses[:, 1:n].mean().item(), losses[:, n + 1 :].mean().item()
+
+
+def test_has_an_induction_head(offline_model, corpus_split):
+    # Fresh repeated random sequences (not the card's seed) of 50 tokens from the whole vocabulary ...
+    scores, first, second = induction_stripe_and_losses(offline_model, repeated_tokens(n_seqs=16, seq_len=50, seed=12345))
+    assert max(scores.values()) >= 0.4, scores
+    # ... and the head does its job: the second copy is predicted better than the first (at least 10x
+    # likelier per token; the corpus never shows most of these ids, so their copies stay weak) ...
+    assert second < first - math.log(10), (first, second)
+    # ... and, on ids of the training split, over 6 nats better (400x; the first copy is near chance).
+    train, _ = corpus_split
+    scores, first, second = induction_stripe_and_losses(
+        offline_model, repeated_tokens(n_seqs=16, seq_len=50, seed=12345, vocab=torch.unique(train)))
+    assert max(scores.values()) >= 0.4, scores
+    assert second < first - 6, (first, second)
 
 
 def test_samples_look_like_the_corpus(offline_model):
