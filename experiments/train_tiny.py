@@ -183,6 +183,16 @@ def copy_loss(model: GPT, candidates: torch.Tensor, cfg: TrainConfig, g: torch.G
     return F.cross_entropy(logits, targets[keep])
 
 
+def optimizer_step(model: GPT, opt: torch.optim.Optimizer, loss: torch.Tensor, *, lr: float, cfg: TrainConfig) -> None:
+    """One AdamW step on `loss` at learning rate `lr`, gradients clipped to cfg.grad_clip."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(TrainConfig):
@@ -234,13 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
     span_pool = pool if cfg.span_ids == "train" else torch.arange(model_cfg.vocab_size)
     bar = tqdm(range(cfg.copy_steps), desc="induction curriculum", dynamic_ncols=True)
     for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = cfg.copy_lr * min(1.0, (step + 1) / cfg.warmup_steps)
         loss = copy_loss(model, copy_candidates(step, frequent, model_cfg.vocab_size, cfg, g), cfg, g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        optimizer_step(model, opt, loss, lr=cfg.copy_lr * min(1.0, (step + 1) / cfg.warmup_steps), cfg=cfg)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.copy_steps):
             history.append({"phase": "curriculum", "copy_loss": loss.item(),
@@ -248,13 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
             bar.write(json.dumps(history[-1]))
     bar = tqdm(range(cfg.steps), desc="corpus", dynamic_ncols=True)
     for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
         loss = lm_loss(model, *get_batch(train, span_pool, cfg, g))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        optimizer_step(model, opt, loss, lr=lr_at(step, cfg), cfg=cfg)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr_at(step, cfg):.1e}")
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
