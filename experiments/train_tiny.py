@@ -103,6 +103,11 @@ def check_config(cfg: TrainConfig) -> None:
                         f"{cfg.repeat_fraction} + {cfg.random_repeat_fraction}")
     if not 1 <= cfg.min_span <= cfg.max_span:
         problems.append(f"need 1 <= --min-span <= --max-span, got {cfg.min_span} and {cfg.max_span}")
+    if cfg.steps < 1:  # the card's training loss is the corpus phase's
+        problems.append(f"--steps must be >= 1, got {cfg.steps}")
+    for name in ("copy_steps", "copy_frequent_steps"):
+        if getattr(cfg, name) < 0:
+            problems.append(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     if cfg.span_ids not in ("vocab", "train"):
         problems.append(f"--span-ids must be 'vocab' or 'train', got {cfg.span_ids!r}")
     if not 2 <= cfg.copy_pool <= GPTConfig().vocab_size:

@@ -125,6 +125,8 @@ def test_options_that_cannot_train_are_refused_with_what_is_allowed():
         ({"random_repeat_fraction": 0.5, "block_size": 32, "min_span": 20}, "at most 16"),
         ({"copy_pool": 1}, r"--copy-pool must be in \[2, 50257\], got 1"),
         ({"span_ids": "words"}, "--span-ids must be 'vocab' or 'train', got 'words'"),
+        ({"copy_steps": -1}, "--copy-steps must be >= 0, got -1"),
+        ({"steps": 0, "copy_frequent_steps": -2}, "--steps must be >= 1, got 0; --copy-frequent-steps must be >= 0"),
     ]:
         with pytest.raises(SystemExit, match=message):
             tt.check_config(tt.TrainConfig(**options))
