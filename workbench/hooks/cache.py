@@ -4,72 +4,51 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol, runtime_checkable
 
 import einops
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from workbench.models.gpt import GPT
-
-_ATTN = {"q", "k", "v", "z", "result", "attn_scores", "pattern"}
-_MLP = {"pre", "post"}
-_ALIASES = {
-    "attn": "pattern",
-    "attn_logits": "attn_scores",
-    "query": "q",
-    "key": "k",
-    "value": "v",
-    "mlp_pre": "pre",
-    "mlp_post": "post",
-}
+from workbench.hooks.names import act_name, derivable, derived_from, layer_of
 
 
-def act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
-    """Full hook name from TransformerLens shorthand: ("pattern", 3) -> "blocks.3.attn.hook_pattern".
+@runtime_checkable
+class AttentionLayer(Protocol):
+    """What a cache needs of one of the model's attention layers: its per-head output weights,
+    to compute per-head results from hook_z when they are read."""
 
-    ("resid_pre", 0) -> "blocks.0.hook_resid_pre"; ("scale", 2, "ln1") -> "blocks.2.ln1.hook_scale";
-    ("scale",) -> "ln_final.hook_scale"; ("embed",) -> "hook_embed". A full name passes through.
-    """
-    if "." in name or name.startswith("hook_"):
-        return name
-    name = _ALIASES.get(name, name)
-    if layer is None:
-        if name in ("scale", "normalized"):
-            return f"ln_final.hook_{name}"
-        return f"hook_{name}"
-    if name in _ATTN:
-        return f"blocks.{layer}.attn.hook_{name}"
-    if name in _MLP:
-        return f"blocks.{layer}.mlp.hook_{name}"
-    if name in ("scale", "normalized"):
-        ln = {None: "ln1", "a": "ln1", "attn": "ln1", "m": "ln2", "mlp": "ln2"}.get(layer_type, layer_type)
-        return f"blocks.{layer}.{ln}.hook_{name}"
-    return f"blocks.{layer}.hook_{name}"
+    n_head: int
+
+    @property
+    def W_O(self) -> Float[Tensor, "head d_head d_model"]: ...
 
 
 class ActivationCache(Mapping[str, Tensor]):
     """Activations of one forward pass, keyed by hook name (gradients as "<name>_grad").
 
-    `cache["pattern", 3]` is shorthand for `cache["blocks.3.attn.hook_pattern"]`.
+    `cache["pattern", 3]` is shorthand for `cache["blocks.3.attn.hook_pattern"]`. `attention`:
+    the model's attention layer of every block, in order (`model.attention_layers()`), which gives
+    the cache its n_layer and n_head and computes per-head results when they are read.
     """
 
-    def __init__(self, cache_dict: dict[str, Tensor], model: GPT, *, derived: Sequence[str] = ()) -> None:
+    def __init__(
+        self, cache_dict: dict[str, Tensor], attention: Sequence[AttentionLayer], *, derived: Sequence[str] = ()
+    ) -> None:
         self.cache_dict = cache_dict
-        self.model = model
+        self.attention = list(attention)
         # names computed on access (per-head results, from hook_z), listed among the keys
         self.derived = [n for n in derived if n not in cache_dict]
 
     # --------------------------------------------------------------- mapping protocol
     def __getitem__(self, key: str | tuple) -> Tensor:
         name = act_name(*key) if isinstance(key, tuple) else act_name(key)
-        if name not in self.cache_dict and name.endswith("attn.hook_result"):
-            z_name = name.replace("hook_result", "hook_z")
+        if name not in self.cache_dict and derivable(name):
+            z_name = derived_from(name)
             if z_name in self.cache_dict:
                 z = self.cache_dict[z_name]
-                W_O = self.model.blocks[int(name.split(".")[1])].attn.W_O.detach()
+                W_O = self.attention[layer_of(name)].W_O.detach()
                 return einops.einsum(z, W_O.to(z.device), "batch pos head d_head, head d_head d_model -> batch pos head d_model")
         if name not in self.cache_dict:
             close = difflib.get_close_matches(name, self.cache_dict, n=5, cutoff=0.6)
@@ -99,7 +78,7 @@ class ActivationCache(Mapping[str, Tensor]):
         return sum(seen.values())
 
     def to(self, device: torch.device | str) -> ActivationCache:
-        return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.model, derived=self.derived)
+        return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.attention, derived=self.derived)
 
     def remove_batch_dim(self) -> ActivationCache:
         """Drop a batch axis of size 1 from every activation."""
@@ -107,12 +86,16 @@ class ActivationCache(Mapping[str, Tensor]):
             if t.shape[0] != 1:
                 raise ValueError(f"remove_batch_dim needs batch size 1, but {name} has shape {tuple(t.shape)}")
         full = {**self.cache_dict, **{n: self[n] for n in self.derived}}
-        return ActivationCache({k: v[0] for k, v in full.items()}, self.model)
+        return ActivationCache({k: v[0] for k, v in full.items()}, self.attention)
 
     # --------------------------------------------------------------- residual stream views
     @property
     def n_layer(self) -> int:
-        return self.model.cfg.n_layer
+        return len(self.attention)
+
+    @property
+    def n_head(self) -> int:
+        return self.attention[0].n_head if self.attention else 0
 
     def _layers(self, layer: int | None) -> int:
         if layer is None or layer == -1:
@@ -194,7 +177,7 @@ class ActivationCache(Mapping[str, Tensor]):
             result = self["result", l]  # stored, or computed from hook_z
             parts.append(einops.rearrange(result, "batch pos head d_model -> head batch pos d_model"))
         stack = torch.cat(parts)
-        labels = [f"L{l}H{h}" for l in range(stop) for h in range(self.model.cfg.n_head)]
+        labels = [f"L{l}H{h}" for l in range(stop) for h in range(self.n_head)]
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer)
         return (stack, labels) if return_labels else stack

@@ -84,7 +84,7 @@ def cached_runs(
     out, offset = [], 0
     for tokens in runs:
         rows = slice(offset, offset + tokens.shape[0])
-        out.append((logits[rows], ActivationCache({k: v[rows] for k, v in store.items()}, model)))
+        out.append((logits[rows], ActivationCache({k: v[rows] for k, v in store.items()}, model.attention_layers())))
         offset += tokens.shape[0]
     return out
 
