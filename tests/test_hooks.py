@@ -300,3 +300,25 @@ def test_hook_names_outside_hooks_and_the_model_come_from_act_name():
     found = [f"{p.relative_to(root)}:{i + 1}" for p in root.rglob("*.py") if p.relative_to(root).parts[0] not in own
              for i, line in enumerate(p.read_text().splitlines()) if spelled.search(line.split("#")[0])]
     assert found == []
+
+
+def test_every_axis_name_in_the_code_is_in_the_vocabulary():
+    # the axis vocabulary is written once, in the models package docstring; every annotation and
+    # einops pattern in the library uses only those names
+    import re
+    from pathlib import Path
+
+    import workbench.models
+
+    vocabulary = set(re.findall(r"^    ([a-z_]+) {2,}\S", workbench.models.__doc__, flags=re.M))
+    assert {"batch", "pos", "layer", "component", "cell", "row", "token"} <= vocabulary
+    root = Path(workbench.__file__).parent
+    shapes = re.compile(r"""(?:Float|Int|Bool)\[Tensor, "([^"]*)"\]|"([a-z_ ()*0-9.,]+->[a-z_ ()*0-9.]+)\"""")
+    used = {}
+    for path in root.rglob("*.py"):
+        for match in shapes.finditer(path.read_text()):
+            for axis in re.findall(r"[a-z_][a-z_0-9]*", match.group(1) if match.group(1) is not None else match.group(2)):
+                used.setdefault(axis, str(path.relative_to(root)))
+    assert {"query_pos", "d_vocab", "cell", "row", "token", "layer", "component"} <= set(used)  # the scan finds them
+    unknown = {axis: where for axis, where in used.items() if axis not in vocabulary | {"_"}}
+    assert unknown == {}

@@ -111,9 +111,10 @@ class ActivationCache(Mapping[str, Tensor]):
         incl_mid: bool = False,
         apply_ln: bool = False,
         return_labels: bool = False,
-    ) -> Float[Tensor, "component batch pos d_model"] | tuple[Tensor, list[str]]:
+    ) -> Float[Tensor, "layer batch pos d_model"] | tuple[Tensor, list[str]]:
         """The residual stream before each of the first `layer` blocks (None = all, plus the final
-        resid_post), stacked on a leading axis; with `incl_mid` also each block's resid_mid."""
+        resid_post: n_layer + 1 points, labelled "0_pre" ... "final_post"), stacked on a leading
+        `layer` axis; with `incl_mid` also each block's resid_mid ("0_mid", ...)."""
         stop = self._layers(layer)
         parts, labels = [], []
         for l in range(min(stop, self.n_layer)):
@@ -125,10 +126,7 @@ class ActivationCache(Mapping[str, Tensor]):
         if stop == self.n_layer + 1:
             parts.append(self["resid_post", self.n_layer - 1])
             labels.append("final_post")
-        stack = torch.stack(parts)
-        if apply_ln:
-            stack = self.apply_ln_to_stack(stack, layer)
-        return (stack, labels) if return_labels else stack
+        return self._stacked(parts, labels, layer, apply_ln=apply_ln, return_labels=return_labels)
 
     def decompose_resid(
         self,
@@ -156,10 +154,7 @@ class ActivationCache(Mapping[str, Tensor]):
             if mode in ("all", "mlp"):
                 parts.append(self["mlp_out", l])
                 labels.append(f"{l}_mlp_out")
-        stack = torch.stack(parts)
-        if apply_ln:
-            stack = self.apply_ln_to_stack(stack, layer)
-        return (stack, labels) if return_labels else stack
+        return self._stacked(parts, labels, layer, apply_ln=apply_ln, return_labels=return_labels)
 
     def stack_head_results(
         self,
@@ -175,26 +170,32 @@ class ActivationCache(Mapping[str, Tensor]):
         parts = []
         for l in range(stop):
             result = self["result", l]  # stored, or computed from hook_z
-            parts.append(einops.rearrange(result, "batch pos head d_model -> head batch pos d_model"))
-        stack = torch.cat(parts)
+            parts += einops.rearrange(result, "batch pos head d_model -> head batch pos d_model").unbind(0)
         labels = [f"L{l}H{h}" for l in range(stop) for h in range(self.n_head)]
+        return self._stacked(parts, labels, layer, apply_ln=apply_ln, return_labels=return_labels)
+
+    def _stacked(
+        self, parts: list[Tensor], labels: list[str], layer: int | None, *, apply_ln: bool, return_labels: bool
+    ) -> Tensor | tuple[Tensor, list[str]]:
+        """The parts stacked on a leading axis, LayerNorm-scaled for `layer` with `apply_ln`, with labels if asked."""
+        stack = torch.stack(parts)
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer)
         return (stack, labels) if return_labels else stack
 
     def apply_ln_to_stack(
         self,
-        residual_stack: Float[Tensor, "*component batch pos d_model"],
+        residual_stack: Float[Tensor, "*stack batch pos d_model"],
         layer: int | None = None,
         *,
         mlp_input: bool = False,
-    ) -> Float[Tensor, "*component batch pos d_model"]:
+    ) -> Float[Tensor, "*stack batch pos d_model"]:
         """Centre each component and divide by the cached LayerNorm scale of the full residual
         stream that feeds `ln_final` (layer None or n_layer) or block `layer`'s ln1 (ln2 with
         `mlp_input`). As in TransformerLens the LayerNorm weight and bias are not applied, so the
         components sum to the normalised stream only up to that affine map."""
         if layer is None or layer == -1 or layer == self.n_layer:
-            scale = self["ln_final.hook_scale"]
+            scale = self["scale"]  # ln_final's
         else:
             scale = self["scale", layer, "ln2" if mlp_input else "ln1"]
         centred = residual_stack - residual_stack.mean(-1, keepdim=True)

@@ -13,9 +13,9 @@ module runs many cells in one forward and computes only what can differ from the
 
 What is left is packed as a flat list of (row, position) tokens: every position-wise layer
 (LayerNorm, the projections, the MLP) runs on all of them as one big matrix, and only attention
-pads them back to [row query_pos] to attend over [row key_pos]. Packing axes, besides the model's
-vocabulary: `cell` (one patched run), `row` (one (cell, prompt) pair, `(cell batch)`) and
-`token` (one (row, position) pair that is actually computed).
+pads them back to [row query_pos] to attend over [row key_pos]. Packing axes (defined with the
+rest of the axis vocabulary in workbench/models/__init__.py): `cell` (one patched run), `row` (one
+(cell, prompt) pair, `(cell batch)`) and `token` (one (row, position) pair that is actually computed).
 Cells whose change cannot reach a position the metric reads get the base run's metric.
 """
 

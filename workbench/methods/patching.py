@@ -187,7 +187,8 @@ def activation_patching(
     any callable logits [batch pos d_vocab] -> scalar. `target`: see the module docstring.
     `direction`: "denoise" patches clean activations into the corrupted run, "noise" the reverse.
     `layers`: sweep only these layers (default all). `max_batch`: most sequences (cells x batch)
-    in one forward, the memory budget (default: about 4096 token positions per forward).
+    in one forward (default: as many as fit in `_resume.TOKEN_BUDGET` token positions, the
+    memory budget every forward keeps to).
     `progress`: True for a console bar, False for none, or a callback `progress(done, total)`
     called with the number of cells done after each forward (e.g. to drive a dashboard's bar).
 
