@@ -10,6 +10,7 @@ instead of a table kept beside it. Cached per (model class, config, batch, pos).
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -41,6 +42,9 @@ def cache_bytes(model: nn.Module, batch: int, pos: int, names: Iterable[str], it
     return sum(held.values()) * itemsize
 
 
+_twin_lock = threading.Lock()  # one twin per config, shared: one shape pass on it at a time
+
+
 @functools.lru_cache(maxsize=8)
 def _meta_twin(cls: type, cfg) -> nn.Module:
     with torch.device("meta"):
@@ -56,7 +60,7 @@ def _layout(cls: type, cfg, batch: int, pos: int) -> dict[str, ActivationInfo]:
         seen[hook.name] = x  # kept alive, so storage identities stay distinct until read
 
     tokens = torch.zeros(batch, pos, dtype=torch.long, device="meta")
-    with torch.no_grad(), twin.hooks(fwd_hooks=[(lambda name: True, record)]):
+    with _twin_lock, torch.no_grad(), twin.hooks(fwd_hooks=[(lambda name: True, record)]):
         twin.forward(tokens)  # ids on the meta device: nothing to check, nothing to compute
     buffers: dict[int, int] = {}
     return {
