@@ -16,8 +16,9 @@ from workbench.errors import CheckpointError, ModelNotFoundError
 from workbench.models.bundled import BUNDLED_DIR, FORMAT, bundled_names
 from workbench.models.config import PRESETS, GPTConfig
 from workbench.models.gpt import GPT
+from workbench.models.hub import download, repo_of
 
-HUB_REPOS = {name: f"openai-community/{name}" for name in PRESETS}
+HUB_REPOS = {name: repo_of(name) for name in PRESETS}
 
 # Source key (HF GPT2LMHeadModel and nanoGPT share names, after dropping "transformer.") -> ours.
 KEY_TABLE = {
@@ -67,8 +68,8 @@ def load_model(
 ) -> GPT:
     """Load a GPT by name or path, in eval mode.
 
-    - "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl": the Hugging Face hub (HF cache, works
-      offline once downloaded);
+    - "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl": the local Hugging Face cache (no network), else
+      the hub if it answers within a few seconds (`workbench.models.hub`);
     - a bundled model name (`bundled_names()`, e.g. "shakespeare-2l"): from the package;
     - a directory in Hugging Face format (config.json + model.safetensors or pytorch_model.bin),
       or one written by workbench;
@@ -81,7 +82,7 @@ def load_model(
     if name in bundled_names() and not Path(name).exists():
         cfg, state = load_directory(BUNDLED_DIR / name)
     elif name in HUB_REPOS and not Path(name).exists():
-        cfg, state = load_directory(download_from_hub(name))
+        cfg, state = load_directory(download(name))
     elif Path(name).is_dir():
         cfg, state = load_directory(Path(name))
     elif Path(name).is_file():
@@ -205,23 +206,3 @@ def load_nanogpt(path: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
         bias=args.get("bias", True), activation="gelu",  # nanoGPT's model.py uses exact nn.GELU()
     )
     return cfg, convert_state_dict(ckpt["model"], conv1d=False)
-
-
-def download_from_hub(name: str, *, etag_timeout: float = 5.0) -> Path:
-    """Download (or find in the HF cache) config.json and model.safetensors for a GPT-2 size."""
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-
-    repo = HUB_REPOS[name]
-    files = ("config.json", "model.safetensors")
-    cached = [try_to_load_from_cache(repo, f) for f in files]
-    if all(isinstance(c, str) for c in cached):
-        return Path(cached[0]).parent
-    try:
-        paths = [hf_hub_download(repo, f, etag_timeout=etag_timeout) for f in files]
-    except Exception as e:  # offline, DNS failure, HTTP error: all mean "not available here"
-        raise ModelNotFoundError(
-            f"could not download {name!r} ({repo}) from the Hugging Face hub, and it is not in the local "
-            f"HF cache ({type(e).__name__}). Connect once to download it (it is cached afterwards), or pass a "
-            f"local directory with config.json and model.safetensors: load_model('/path/to/{name}')"
-        ) from None
-    return Path(paths[0]).parent
