@@ -109,7 +109,7 @@ def test_explicit_gpt2_with_a_silent_hub_fails_within_seconds_saying_what_was_tr
     assert isinstance(error, WorkbenchError), error
     message = str(error)
     for part in ("cannot load 'gpt2' (openai-community/gpt2)",  # what
-                 "not in the local Hugging Face cache", f"the hub at {silent_hub} did not answer within 3 s",  # tried
+                 "not in the local HF cache", f"the hub at {silent_hub} did not answer within 3 s",  # tried
                  "run once with network access", "load_model('/path/to/gpt2')", "HF_HUB_OFFLINE=1",  # fixes
                  f"HF_ENDPOINT={silent_hub}"):
         assert part in message, (part, message)

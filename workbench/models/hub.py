@@ -99,7 +99,7 @@ def unavailable(name: str, problem: str) -> str:
         fixes.append("or set HF_HUB_OFFLINE=1 to use only cached and local models without asking the hub")
         if os.environ.get("HF_ENDPOINT"):
             fixes.append(f"and check HF_ENDPOINT={os.environ['HF_ENDPOINT']}")
-    return (f"cannot load {name!r} ({repo_of(name)}): it is not in the local Hugging Face cache ({cache_dir()}), "
+    return (f"cannot load {name!r} ({repo_of(name)}): it is not in the local HF cache ({cache_dir()}), "
             f"and {problem}. To fix: {'; '.join(fixes)}")
 
 
