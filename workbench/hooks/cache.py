@@ -69,8 +69,9 @@ class ActivationCache(Mapping[str, Tensor]):
             z_name = name.replace("hook_result", "hook_z")
             if z_name in self.cache_dict:
                 z = self.cache_dict[z_name]
-                W_O = self.model.blocks[int(name.split(".")[1])].attn.W_O.detach()
-                return einops.einsum(z, W_O.to(z.device), "batch pos head d_head, head d_head d_model -> batch pos head d_model")
+                attn = self.model.blocks[int(name.split(".")[1])].attn
+                with torch.no_grad():  # the model's own per-head outputs, an activation (no graph)
+                    return attn.head_results(z.to(self.model.device)).to(z.device)
         if name not in self.cache_dict:
             close = difflib.get_close_matches(name, self.cache_dict, n=5, cutoff=0.6)
             hint = f"; close matches: {close}" if close else ""
