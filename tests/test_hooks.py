@@ -319,6 +319,6 @@ def test_every_axis_name_in_the_code_is_in_the_vocabulary():
         for match in shapes.finditer(path.read_text()):
             for axis in re.findall(r"[a-z_][a-z_0-9]*", match.group(1) if match.group(1) is not None else match.group(2)):
                 used.setdefault(axis, str(path.relative_to(root)))
-    assert {"query_pos", "d_vocab", "cell", "row", "token", "layer", "component"} <= set(used)  # the scan finds them
+    assert {"query_pos", "d_vocab", "cell", "token", "layer", "component"} <= set(used)  # the scan finds them
     unknown = {axis: where for axis, where in used.items() if axis not in vocabulary | {"_"}}
     assert unknown == {}

@@ -16,13 +16,15 @@ from workbench.hooks.names import act_name, derivable, derived_from, layer_of
 
 @runtime_checkable
 class AttentionLayer(Protocol):
-    """What a cache needs of one of the model's attention layers: its per-head output weights,
-    to compute per-head results from hook_z when they are read."""
+    """What a cache needs of one of the model's attention layers: its head count, and its per-head
+    outputs (z W_O, the model's own maths) to compute `hook_result` from `hook_z` when it is read."""
 
     n_head: int
 
     @property
     def W_O(self) -> Float[Tensor, "head d_head d_model"]: ...
+
+    def head_results(self, z: Float[Tensor, "batch pos head d_head"]) -> Float[Tensor, "batch pos head d_model"]: ...
 
 
 class ActivationCache(Mapping[str, Tensor]):
@@ -48,8 +50,9 @@ class ActivationCache(Mapping[str, Tensor]):
             z_name = derived_from(name)
             if z_name in self.cache_dict:
                 z = self.cache_dict[z_name]
-                W_O = self.attention[layer_of(name)].W_O.detach()
-                return einops.einsum(z, W_O.to(z.device), "batch pos head d_head, head d_head d_model -> batch pos head d_model")
+                attn = self.attention[layer_of(name)]
+                with torch.no_grad():  # the model's own per-head outputs, an activation (no graph)
+                    return attn.head_results(z.to(attn.W_O.device)).to(z.device)
         if name not in self.cache_dict:
             close = difflib.get_close_matches(name, self.cache_dict, n=5, cutoff=0.6)
             hint = f"; close matches: {close}" if close else ""

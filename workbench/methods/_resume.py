@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 import einops
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -223,7 +222,7 @@ class _Tokens:
 
 
 def _run_chunk(
-    model, base: BaseRun, chunk: list[_Cell], metric: Metric, read: list[int], stop: int
+    model: GPT, base: BaseRun, chunk: list[_Cell], metric: Metric, read: list[int], stop: int
 ) -> tuple[list[_Cell], Tensor]:
     """The metric of every cell of `chunk` (sorted by entry), returned with the cells in row order."""
     n_layer = model.cfg.n_layer
@@ -302,8 +301,7 @@ def _attention_half(block, state: _Tokens, base: BaseRun, layer: int, stop: int,
     those positions are computed and kept (the last block)."""
     attn = block.attn
     rows = len(state.start)
-    qkv = attn.c_attn(_tokenwise(block.ln1, state.x))
-    q, k, v = einops.rearrange(qkv, "token (three head d_head) -> three token head d_head", three=3, head=attn.n_head)
+    q, k, v = (t[0] for t in attn.split_qkv(block.ln1(state.x[None])))  # [token head d_head]
     base_rows = torch.arange(rows, device=q.device) % base.tokens.shape[0]
     keys, values = (base.cache[name, layer][base_rows, :stop].clone() for name in ("k", "v"))
     keys[state.row, state.pos] = k  # [row key_pos head d_head]
@@ -316,14 +314,35 @@ def _attention_half(block, state: _Tokens, base: BaseRun, layer: int, stop: int,
     n_slot = int(slot.max()) + 1
     queries = q.new_zeros(rows, n_slot, *q.shape[1:])
     queries[state.row, slot] = q
-    query_pos = state.start[:, None] + torch.arange(n_slot, device=q.device)
-    mask = torch.arange(stop, device=q.device)[None, None, :] <= query_pos[:, :, None]  # causal, [row query_pos key_pos]
-    z = F.scaled_dot_product_attention(
-        einops.rearrange(queries, "row query_pos head d_head -> row head query_pos d_head"),
-        einops.rearrange(keys, "row key_pos head d_head -> row head key_pos d_head"),
-        einops.rearrange(values, "row key_pos head d_head -> row head key_pos d_head"),
-        attn_mask=mask[:, None],
-    )
-    z = einops.rearrange(z, "row head query_pos d_head -> row query_pos head d_head")[state.row, slot]
-    out = attn.c_proj(einops.rearrange(z, "token head d_head -> token (head d_head)"))
-    return state_with(state, state.x + out)
+    query_pos = state.start[:, None] + torch.arange(n_slot, device=q.device)  # [row query_pos]
+    z = attn.attend(queries, keys, values, query_pos=query_pos)[state.row, slot]  # [token head d_head]
+    return state_with(state, state.x + attn.project(z[None])[0])
+
+
+# ---------------------------------------------------------------------- head cells
+# A head cell's key is (pos, head): the change of that head's output z at position pos (None:
+# at every position). A `ZDiff` gives the z changes of a list of cells; `through_W_O` turns them
+# into the residual changes at resid_mid that a `CellGroup` takes.
+ZDiff = Callable[[list[tuple]], Float[Tensor, "cell batch pos d_head"]]
+
+
+def through_W_O(z_diff: ZDiff, attn) -> Callable[[list[tuple]], Float[Tensor, "cell batch pos d_model"]]:
+    """Residual deltas of head cells: each cell's z change through its head's W_O (`attn.head_results`)."""
+
+    def delta(keys: list[tuple]) -> Float[Tensor, "cell batch pos d_model"]:
+        heads = torch.tensor([k[1] for k in keys])
+        z = einops.rearrange(z_diff(keys), "cell batch pos d_head -> batch pos cell d_head")
+        out = attn.head_results(z, heads=heads.to(z.device))
+        return einops.rearrange(out, "batch pos cell d_model -> cell batch pos d_model")
+
+    return delta
+
+
+def all_rows(z_diff: Float[Tensor, "batch pos head d_head"]) -> ZDiff:
+    """Cells that change their head's z at every position by `z_diff`."""
+
+    def take(keys: list[tuple]) -> Float[Tensor, "cell batch pos d_head"]:
+        heads = torch.tensor([k[1] for k in keys])
+        return einops.rearrange(z_diff[:, :, heads], "batch pos cell d_head -> cell batch pos d_head")
+
+    return take

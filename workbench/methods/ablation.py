@@ -25,7 +25,9 @@ from torch import Tensor
 
 from workbench.errors import InputError
 from workbench.hooks import act_name, act_names
-from workbench.methods._resume import BaseRun, CellGroup, base_names, cached_runs, entry_of, run_cells
+from workbench.methods._resume import (
+    BaseRun, CellGroup, all_rows, base_names, cached_runs, entry_of, run_cells, through_W_O,
+)
 from workbench.methods.metrics import Metric, as_metric, scalar
 from workbench.models import GPT
 
@@ -250,20 +252,11 @@ def ablation_sweep(
     for l in range(n_layer):
         z = base_cache["z", l]
         z_new = _replacement(method, None if reference_cache is None else reference_cache["z", l], batch, rows, z)
-        group = CellGroup(entry_of(l, "mid"), _head_delta(z_new - z, model.blocks[l].attn.W_O.detach()))
+        group = CellGroup(entry_of(l, "mid"), through_W_O(all_rows(z_new - z), model.blocks[l].attn))
         for h in range(n_head):
-            group.add(h, (l, h), 0)
+            group.add((None, h), (l, h), 0)
         groups.append(group)
     run_cells(model, base, groups, metric, values, max_batch=max_batch, progress=progress,
               desc=f"{method}-ablating heads")
     return AblationResult(values, baseline, method, metric.name, seed if method == "resample" else None)
 
-
-def _head_delta(z_diff: Float[Tensor, "batch pos head d_head"], W_O: Float[Tensor, "head d_head d_model"]):
-    def delta(heads: list[int]) -> Float[Tensor, "cell batch pos d_model"]:
-        idx = torch.tensor(heads)
-        return einops.einsum(
-            z_diff[:, :, idx], W_O[idx], "batch pos cell d_head, cell d_head d_model -> cell batch pos d_model"
-        )
-
-    return delta

@@ -20,7 +20,6 @@ there (positions before the first differing token) gets the base run's metric wi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -32,7 +31,9 @@ from torch import Tensor
 
 from workbench.errors import InputError
 from workbench.hooks import act_name
-from workbench.methods._resume import BaseRun, CellGroup, base_names, cached_runs, entry_of, run_cells
+from workbench.methods._resume import (
+    BaseRun, CellGroup, ZDiff, all_rows, base_names, cached_runs, entry_of, run_cells, through_W_O,
+)
 from workbench.methods.metrics import Metric, as_metric, normalize, scalar
 from workbench.models import GPT
 
@@ -233,7 +234,7 @@ def activation_patching(
     )
 
 
-def _cell_group(model, target: str, layer: int, i: int, base, source, d: int, n_pos: int) -> CellGroup:
+def _cell_group(model: GPT, target: str, layer: int, i: int, base, source, d: int, n_pos: int) -> CellGroup:
     """The cells of one layer: their entry point, first changed position and residual deltas."""
     noop = n_pos  # a `first` past every position: the cell gets the base metric
     if target in LAYER_POS_TARGETS:
@@ -245,22 +246,17 @@ def _cell_group(model, target: str, layer: int, i: int, base, source, d: int, n_
         return group
 
     kind = target.removesuffix("_by_pos")
-    W_O = model.blocks[layer].attn.W_O.detach()  # [head d_head d_model]
-    z_base = base["z", layer]
+    attn = model.blocks[layer].attn
     if kind == "head_k" and target.endswith("_by_pos"):
-        z_diff = _k_by_pos(model, layer, base, source)
+        z_diff = _k_by_pos(attn, layer, base, source)
     elif kind == "head_v" and target.endswith("_by_pos"):
         z_diff = _v_by_pos(layer, base, source)
     else:
         # The head's output with the patched input, at every position: row p only depends on
         # query p, so by-position q / out / pattern cells take row p of it.
-        z_new = _patched_z(model, kind, layer, base, source)
-        z_diff = z_new - z_base
-        if target.endswith("_by_pos"):
-            z_diff = _row_only(z_diff)
-        else:
-            z_diff = _all_rows(z_diff)
-    group = CellGroup(entry_of(layer, "mid"), _through_W_O(z_diff, W_O))
+        z_diff = _patched_z(attn, kind, layer, base, source) - base["z", layer]
+        z_diff = _row_only(z_diff) if target.endswith("_by_pos") else all_rows(z_diff)
+    group = CellGroup(entry_of(layer, "mid"), through_W_O(z_diff, attn))
     n_head = model.cfg.n_head
     if target.endswith("_by_pos"):
         for p in range(n_pos):
@@ -283,29 +279,6 @@ def _at_positions(diff: Float[Tensor, "batch pos d_model"]):
     return delta
 
 
-# Head cells: a function (keys) -> z change of the cell's head, [cell batch pos d_head], which
-# `_through_W_O` turns into the residual change at resid_mid.
-ZDiff = Callable[[list[tuple]], Float[Tensor, "cell batch pos d_head"]]
-
-
-def _through_W_O(z_diff: ZDiff, W_O: Float[Tensor, "head d_head d_model"]):
-    def delta(keys: list[tuple]) -> Float[Tensor, "cell batch pos d_model"]:
-        heads = torch.tensor([k[1] for k in keys])
-        return einops.einsum(
-            z_diff(keys), W_O[heads], "cell batch pos d_head, cell d_head d_model -> cell batch pos d_model"
-        )
-
-    return delta
-
-
-def _all_rows(z_diff: Float[Tensor, "batch pos head d_head"]) -> ZDiff:
-    def take(keys: list[tuple]) -> Float[Tensor, "cell batch pos d_head"]:
-        heads = torch.tensor([k[1] for k in keys])
-        return einops.rearrange(z_diff[:, :, heads], "batch pos cell d_head -> cell batch pos d_head")
-
-    return take
-
-
 def _row_only(z_diff: Float[Tensor, "batch pos head d_head"]) -> ZDiff:
     def take(keys: list[tuple]) -> Float[Tensor, "cell batch pos d_head"]:
         pos = torch.tensor([k[0] for k in keys])
@@ -318,21 +291,17 @@ def _row_only(z_diff: Float[Tensor, "batch pos head d_head"]) -> ZDiff:
     return take
 
 
-def _patched_z(model, kind: str, layer: int, base, source) -> Float[Tensor, "batch pos head d_head"]:
+def _patched_z(attn, kind: str, layer: int, base, source) -> Float[Tensor, "batch pos head d_head"]:
     """Every head's output at every position when its `kind` input comes from the source run."""
-    attn = model.blocks[layer].attn
-    get = lambda cache, n: cache[n, layer]  # noqa: E731
     if kind == "head_out":
-        return get(source, "z")
-    if kind == "head_q":
-        return attn.explicit_attention(get(source, "q"), get(base, "k"), get(base, "v"))
-    if kind == "head_k":
-        return attn.explicit_attention(get(base, "q"), get(source, "k"), get(base, "v"))
-    if kind == "head_v":
-        return einops.einsum(get(base, "pattern"), get(source, "v"),
-                             "batch head query_pos key_pos, batch key_pos head d_head -> batch query_pos head d_head")
-    return einops.einsum(get(source, "pattern"), get(base, "v"),  # head_pattern
-                         "batch head query_pos key_pos, batch key_pos head d_head -> batch query_pos head d_head")
+        return source["z", layer]
+
+    def get(name: str) -> Tensor:
+        return (source if kind == f"head_{name}" else base)[name, layer]
+
+    if kind in ("head_q", "head_k"):
+        return attn.attend(get("q"), get("k"), get("v"))
+    return attn.mix(get("pattern"), get("v"))  # head_v, head_pattern
 
 
 def _v_by_pos(layer: int, base, source) -> ZDiff:
@@ -350,28 +319,18 @@ def _v_by_pos(layer: int, base, source) -> ZDiff:
     return take
 
 
-def _k_by_pos(model, layer: int, base, source) -> ZDiff:
-    """Patching k at key position p changes one column of the head's scores; recompute its pattern."""
+def _k_by_pos(attn, layer: int, base, source) -> ZDiff:
+    """Patching k at key position p: the head attends again with key p from the source run. Each
+    cell is one head of a batched attention (the head axis indexes cells)."""
     q, k, v, z = (base[n, layer] for n in ("q", "k", "v", "z"))
     k_source = source["k", layer]
-    scale = math.sqrt(q.shape[-1])
-    scores = einops.einsum(q, k, "batch query_pos head d_head, batch key_pos head d_head -> batch head query_pos key_pos")
-    n_pos = q.shape[1]
-    future = torch.ones(n_pos, n_pos, dtype=torch.bool, device=q.device).triu_(1)
 
     def take(keys: list[tuple]) -> Float[Tensor, "cell batch pos d_head"]:
-        pos = torch.tensor([k[0] for k in keys])
-        heads = torch.tensor([k[1] for k in keys])
-        cell_scores = einops.rearrange(scores[:, heads], "batch cell query_pos key_pos -> cell batch query_pos key_pos")
-        column = einops.einsum(q[:, :, heads], k_source[:, pos, heads],
-                               "batch query_pos cell d_head, batch cell d_head -> cell batch query_pos")
-        index = einops.repeat(pos, "cell -> cell batch query_pos 1", batch=q.shape[0], query_pos=n_pos)
-        cell_scores = cell_scores.scatter(
-            -1, index.to(q.device), einops.rearrange(column, "cell batch query_pos -> cell batch query_pos 1")
-        )
-        pattern = (cell_scores / scale).masked_fill(future, float("-inf")).softmax(-1)
-        z_new = einops.einsum(pattern, v[:, :, heads],
-                              "cell batch query_pos key_pos, batch key_pos cell d_head -> cell batch query_pos d_head")
-        return z_new - einops.rearrange(z[:, :, heads], "batch pos cell d_head -> cell batch pos d_head")
+        pos = torch.tensor([key[0] for key in keys])
+        heads = torch.tensor([key[1] for key in keys])
+        cell_k = k[:, :, heads].clone()  # [batch key_pos cell d_head]
+        cell_k[:, pos, torch.arange(len(keys))] = k_source[:, pos, heads]
+        z_diff = attn.attend(q[:, :, heads], cell_k, v[:, :, heads]) - z[:, :, heads]
+        return einops.rearrange(z_diff, "batch pos cell d_head -> cell batch pos d_head")
 
     return take
