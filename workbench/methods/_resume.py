@@ -13,9 +13,9 @@ module runs many cells in one forward and computes only what can differ from the
 
 What is left is packed as a flat list of (row, position) tokens: every position-wise layer
 (LayerNorm, the projections, the MLP) runs on all of them as one big matrix, and only attention
-pads them back to [row query_pos] to attend over [row key_pos]. Packing axes, besides the model's
-vocabulary: `cell` (one patched run), `row` (one (cell, prompt) pair, `(cell batch)`) and
-`token` (one (row, position) pair that is actually computed).
+pads them back to [row query_pos] to attend over [row key_pos]. Packing axes (defined with the
+rest of the axis vocabulary in workbench/models/__init__.py): `cell` (one patched run), `row` (one
+(cell, prompt) pair, `(cell batch)`) and `token` (one (row, position) pair that is actually computed).
 Cells whose change cannot reach a position the metric reads get the base run's metric.
 """
 
@@ -31,8 +31,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.errors import InputError
-from workbench.hooks import ActivationCache
+from workbench.hooks import ActivationCache, act_name
 from workbench.methods.metrics import Metric
+from workbench.models import GPT
 
 # Tokens computed in one forward (the memory budget), and logits kept at once for metrics that
 # are evaluated one cell at a time.
@@ -66,7 +67,7 @@ class BaseRun:
 
 
 def cached_runs(
-    model, runs: Sequence[Tensor], names: Sequence[str], read: Sequence[int], vocab: Sequence[int] | None = None
+    model: GPT, runs: Sequence[Tensor], names: Sequence[str], read: Sequence[int], vocab: Sequence[int] | None = None
 ) -> list[tuple[Tensor, ActivationCache]]:
     """Run several [batch pos] token sets as one batch, caching the activations `names` and
     computing logits only at positions `read` (and tokens `vocab`): a (logits [batch read
@@ -83,12 +84,12 @@ def cached_runs(
     out, offset = [], 0
     for tokens in runs:
         rows = slice(offset, offset + tokens.shape[0])
-        out.append((logits[rows], ActivationCache({k: v[rows] for k, v in store.items()}, model)))
+        out.append((logits[rows], ActivationCache({k: v[rows] for k, v in store.items()}, model.attention_layers())))
         offset += tokens.shape[0]
     return out
 
 
-def refuse_attached_hooks(model) -> None:
+def refuse_attached_hooks(model: GPT) -> None:
     """Patched cells run without hook points, so hooks the caller left attached would change the base
     run but not the cells: refuse rather than return skewed numbers."""
     attached = [name for name, point in model.hook_dict.items() if point.has_hooks]
@@ -102,7 +103,7 @@ def refuse_attached_hooks(model) -> None:
 
 
 def unembed(
-    model, resid: Float[Tensor, "batch pos d_model"], vocab: Sequence[int] | None
+    model: GPT, resid: Float[Tensor, "batch pos d_model"], vocab: Sequence[int] | None
 ) -> Float[Tensor, "batch pos d_vocab"]:
     """The model's logits; with `vocab`, only those token ids are computed and the rest are 0
     (for metrics that read a few tokens: the unembedding is the biggest matrix of the model)."""
@@ -119,9 +120,8 @@ def base_names(n_layer: int) -> list[str]:
     """The hook names a `BaseRun` needs (residuals at every entry point, keys and values)."""
     names = []
     for l in range(n_layer):
-        names += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.attn.hook_k", f"blocks.{l}.attn.hook_v",
-                  f"blocks.{l}.hook_resid_mid"]
-    return names + [f"blocks.{n_layer - 1}.hook_resid_post"]
+        names += [act_name(kind, l) for kind in ("resid_pre", "k", "v", "resid_mid")]
+    return names + [act_name("resid_post", n_layer - 1)]
 
 
 @dataclass(eq=False)
@@ -150,7 +150,7 @@ class _Cell:
 
 
 def run_cells(
-    model,
+    model: GPT,
     base: BaseRun,
     groups: Sequence[CellGroup],
     metric: Metric,

@@ -30,29 +30,30 @@ from jaxtyping import Float
 from torch import Tensor
 
 from workbench.errors import InputError
+from workbench.hooks import act_name
 from workbench.methods._resume import (
     BaseRun, CellGroup, ZDiff, all_rows, base_names, cached_runs, entry_of, run_cells, through_W_O,
 )
 from workbench.methods.metrics import Metric, as_metric, normalize, scalar
+from workbench.models import GPT
 
 LAYER_POS_TARGETS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 HEAD_TARGETS = ("head_out", "head_q", "head_k", "head_v", "head_pattern")
 TARGETS = LAYER_POS_TARGETS + HEAD_TARGETS + tuple(f"{t}_by_pos" for t in HEAD_TARGETS)
 DIRECTIONS = ("denoise", "noise")
 
-# The hook each target patches, and where its change enters the residual stream.
+# The activation each target patches (`act_name` shorthand), and where its change enters the residual stream.
 _HOOK = {
-    "resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post",
-    "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out",
-    "head_out": "attn.hook_z", "head_q": "attn.hook_q", "head_k": "attn.hook_k", "head_v": "attn.hook_v",
-    "head_pattern": "attn.hook_pattern",
+    "resid_pre": "resid_pre", "resid_mid": "resid_mid", "resid_post": "resid_post",
+    "attn_out": "attn_out", "mlp_out": "mlp_out",
+    "head_out": "z", "head_q": "q", "head_k": "k", "head_v": "v", "head_pattern": "pattern",
 }
 _STAGE = {"resid_pre": "pre", "resid_mid": "mid", "attn_out": "mid", "resid_post": "post", "mlp_out": "post"}
 
 
 def target_hook(target: str, layer: int) -> str:
     """The hook name that `target` patches in block `layer` (e.g. head_q -> blocks.l.attn.hook_q)."""
-    return f"blocks.{layer}.{_HOOK[target.removesuffix('_by_pos')]}"
+    return act_name(_HOOK[target.removesuffix("_by_pos")], layer)
 
 
 def target_dims(target: str) -> tuple[str, ...]:
@@ -128,9 +129,10 @@ def check_direction(direction: str) -> str:
     return direction
 
 
-def check_pair(model, clean_tokens, corrupted_tokens) -> tuple[Tensor, Tensor]:
+def check_pair(model: GPT, clean_tokens, corrupted_tokens) -> tuple[Tensor, Tensor]:
     """Both prompts as [batch pos] ids; they must have the same shape."""
-    clean, corrupted = model.prepare_tokens(clean_tokens), model.prepare_tokens(corrupted_tokens)
+    clean = model.prepare_tokens(clean_tokens, name="clean_tokens")
+    corrupted = model.prepare_tokens(corrupted_tokens, name="corrupted_tokens")
     if clean.shape[1] != corrupted.shape[1]:
         raise InputError(
             f"clean and corrupted prompts must have the same length: clean has {clean.shape[1]} tokens, "
@@ -144,7 +146,7 @@ def check_pair(model, clean_tokens, corrupted_tokens) -> tuple[Tensor, Tensor]:
     return clean, corrupted
 
 
-def check_layers(model, layers: Sequence[int] | None) -> list[int]:
+def check_layers(model: GPT, layers: Sequence[int] | None) -> list[int]:
     n_layer = model.cfg.n_layer
     if layers is None:
         return list(range(n_layer))
@@ -168,7 +170,7 @@ def first_difference(clean: Tensor, corrupted: Tensor) -> int:
 
 
 def activation_patching(
-    model,
+    model: GPT,
     clean_tokens: Tensor | str | Sequence[str],
     corrupted_tokens: Tensor | str | Sequence[str],
     metric: Metric | Callable[[Tensor], Tensor],
@@ -186,7 +188,8 @@ def activation_patching(
     any callable logits [batch pos d_vocab] -> scalar. `target`: see the module docstring.
     `direction`: "denoise" patches clean activations into the corrupted run, "noise" the reverse.
     `layers`: sweep only these layers (default all). `max_batch`: most sequences (cells x batch)
-    in one forward, the memory budget (default: about 4096 token positions per forward).
+    in one forward (default: as many as fit in `_resume.TOKEN_BUDGET` token positions, the
+    memory budget every forward keeps to).
     `progress`: True for a console bar, False for none, or a callback `progress(done, total)`
     called with the number of cells done after each forward (e.g. to drive a dashboard's bar).
 
@@ -200,9 +203,9 @@ def activation_patching(
     base_tokens, source_tokens = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
     hooks = [target_hook(target, l) for l in layers]
     if target.startswith(("head_q", "head_k", "head_v", "head_pattern")):  # patched z needs q, k, v, pattern
-        hooks += [f"blocks.{l}.attn.hook_{n}" for l in layers for n in ("q", "k", "v", "z", "pattern")]
+        hooks += [act_name(n, l) for l in layers for n in ("q", "k", "v", "z", "pattern")]
     elif target.startswith("head_out"):
-        hooks += [f"blocks.{l}.attn.hook_z" for l in layers]
+        hooks += [act_name("z", l) for l in layers]
     read = metric.read_positions(base_tokens.shape[1])
     names = hooks + base_names(model.cfg.n_layer)
     (base_logits, base_cache), (source_logits, source_cache) = cached_runs(
