@@ -16,8 +16,8 @@ from workbench.hooks.names import act_name, derivable, derived_from, layer_of
 
 @runtime_checkable
 class AttentionLayer(Protocol):
-    """What a cache needs of one of the model's attention layers: its head count, and its per-head
-    outputs (z W_O, the model's own maths) to compute `hook_result` from `hook_z` when it is read."""
+    """What a cache needs of one of the model's attention layers: its per-head outputs, to
+    compute per-head results from hook_z when they are read."""
 
     n_head: int
 
@@ -51,8 +51,9 @@ class ActivationCache(Mapping[str, Tensor]):
             if z_name in self.cache_dict:
                 z = self.cache_dict[z_name]
                 attn = self.attention[layer_of(name)]
+                device = attn.W_O.device
                 with torch.no_grad():  # the model's own per-head outputs, an activation (no graph)
-                    return attn.head_results(z.to(attn.W_O.device)).to(z.device)
+                    return attn.head_results(z.to(device)).to(z.device)
         if name not in self.cache_dict:
             close = difflib.get_close_matches(name, self.cache_dict, n=5, cutoff=0.6)
             hint = f"; close matches: {close}" if close else ""
