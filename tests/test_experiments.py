@@ -2,6 +2,7 @@
 results fail replay; --config reproduces a run; bad input exits non-zero and writes nothing."""
 
 import json
+import re
 import os
 import shlex
 import subprocess
@@ -71,7 +72,7 @@ def test_script_records_a_run_that_replays(name, experiment_model, tmp_path, cap
         assert (path / f).is_file()
     assert rec.tables() and rec.figures() and rec.tensors()
     config = rec.config
-    assert len(config["model_sha256"]) == 64 and config["device"] == "cpu" and config["dtype"] == "float32"
+    assert len(config["model_state_sha256"]) == 64 and config["device"] == "cpu" and config["dtype"] == "float32"
     prompts = [rows for rows in config["token_ids"].values() if len(rows[0]) > 1]  # not the answer ids
     assert prompts and all(row[0] == 50256 for rows in prompts for row in rows)  # BOS included
     assert rec.env["deterministic_algorithms"] is True and "git_commit" in rec.env
@@ -192,19 +193,20 @@ def test_bad_input_exits_non_zero_and_writes_nothing(experiment_model, tmp_path,
 
 
 def test_replay_bad_run_folders(experiment_model, tmp_path, capsys):
-    assert run_cli("replay", tmp_path / "nope") == 2
+    """A record that cannot be read: exit status 3 (not 1, a mismatch) and a one-line message."""
+    assert run_cli("replay", tmp_path / "nope") == 3
     assert "no run folder" in capsys.readouterr().err
     path = small_run("attention_heads", experiment_model, tmp_path / "runs")
     header = json.loads((path / "config.json").read_text())
     header["record_version"] = RECORD_VERSION + 1
     (path / "config.json").write_text(json.dumps(header))
-    assert run_cli("replay", path) == 2
+    assert run_cli("replay", path) == 3
     err = capsys.readouterr().err
     assert f"record format version {RECORD_VERSION + 1}" in err and "workbench version that wrote it" in err
     header["record_version"] = RECORD_VERSION
     header["config"]["top_k"] = "many"
     (path / "config.json").write_text(json.dumps(header))
-    assert run_cli("replay", path) == 2
+    assert run_cli("replay", path) == 3
     assert "top_k must be int" in capsys.readouterr().err
 
 
@@ -358,3 +360,50 @@ def test_experiments_listing(capsys):
     out = capsys.readouterr().out
     for name in ("ablate_heads", "activation_patching", "attention_heads", "logit_lens"):
         assert name in out
+
+
+def _truncate(path, n_bytes):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - n_bytes])
+
+
+UNREADABLE = {
+    "truncated parquet": lambda p: _truncate(sorted((p / "results").glob("*.parquet"))[0], 1),
+    "truncated safetensors": lambda p: _truncate(p / "results" / "tensors.safetensors", 1),
+    "corrupt config": lambda p: _truncate(p / "config.json", 30),
+    "missing config": lambda p: (p / "config.json").unlink(),
+}
+
+
+@pytest.mark.parametrize("damage", UNREADABLE)
+def test_replay_of_an_unreadable_record(damage, experiment_model, tmp_path, capsys, monkeypatch):
+    """Exit status 3 and one line on stderr, before anything runs; `workbench runs` marks it."""
+    from workbench.experiments import replaying
+
+    path = small_run("attention_heads", experiment_model, tmp_path)
+    UNREADABLE[damage](path)
+    capsys.readouterr()
+    monkeypatch.setattr(replaying, "run_experiment", lambda *a, **k: pytest.fail("ran an unreadable record"))
+    assert run_cli("replay", path) == 3
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: unreadable record: ")
+    assert len(captured.err.strip().splitlines()) == 1, captured.err
+    assert run_cli("runs", "--root", tmp_path) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if path.name in line]
+    assert "unreadable" in row and " ok" not in row
+
+
+def test_replay_of_a_truncated_record_as_a_user_runs_it(experiment_model, tmp_path):
+    """The real process: no traceback, its own exit status, documented in --help."""
+    path = small_run("attention_heads", experiment_model, tmp_path)
+    _truncate(sorted((path / "results").glob("*.parquet"))[0], 200)
+    proc = subprocess.run([PY, "-m", "workbench", "replay", str(path)], capture_output=True, text=True,
+                          env=env_without_network(), timeout=300)
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "corrupt or truncated" in proc.stderr
+    help_text = subprocess.run([PY, "-m", "workbench", "replay", "--help"], capture_output=True, text=True,
+                               env=env_without_network(), timeout=120).stdout
+    for code, meaning in (("0", "MATCH"), ("1", "MISMATCH"), ("3", "cannot be read")):
+        assert re.search(rf"^\s+{code}\s+{meaning}", help_text, re.M) or re.search(
+            rf"^\s+{code}\s+.*{meaning}", help_text, re.M), help_text
