@@ -407,3 +407,75 @@ def test_replay_of_a_truncated_record_as_a_user_runs_it(experiment_model, tmp_pa
     for code, meaning in (("0", "MATCH"), ("1", "MISMATCH"), ("3", "cannot be read")):
         assert re.search(rf"^\s+{code}\s+{meaning}", help_text, re.M) or re.search(
             rf"^\s+{code}\s+.*{meaning}", help_text, re.M), help_text
+
+
+def test_model_hashes_are_recorded_and_named(tiny_model_dir, tmp_path, capsys):
+    """The record names both weights hashes: the file's (what sha256sum and the model card say)
+    and the state dict's (what replay checks); the replay report says which is which."""
+    import hashlib
+
+    path = small_run("attention_heads", tiny_model_dir, tmp_path)
+    config = load_run(path).config
+    weights = tiny_model_dir / "model.safetensors"
+    assert config["model_file_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    card = json.loads((tiny_model_dir / "model_card.json").read_text())
+    assert config["model_file_sha256"] == card["weights_sha256"]
+    assert len(config["model_state_sha256"]) == 64 and config["model_state_sha256"] != config["model_file_sha256"]
+    assert "model_sha256" not in config
+    assert "model-file-sha256" not in load_run(path).command  # recorded, not an option
+    capsys.readouterr()
+    assert run_cli("replay", path) == 0
+    report = capsys.readouterr().out
+    assert f"state sha256 {config['model_state_sha256'][:16]}" in report and "state dict" in report
+    assert f"file sha256 {config['model_file_sha256'][:16]}" in report and "sha256sum" in report
+
+
+def test_nanogpt_checkpoint_file_hash(tmp_path):
+    import hashlib
+
+    from test_parity_hf import nanogpt_checkpoint
+
+    from conftest import random_hf_model
+
+    torch.save(nanogpt_checkpoint(random_hf_model(seed=3), compiled=False), tmp_path / "ckpt.pt")
+    path = small_run("attention_heads", tmp_path / "ckpt.pt", tmp_path / "runs")
+    assert load_run(path).config["model_file_sha256"] == hashlib.sha256((tmp_path / "ckpt.pt").read_bytes()).hexdigest()
+
+
+def test_records_with_the_old_hash_field_still_replay(experiment_model, tmp_path, capsys):
+    """Records written before model_sha256 was renamed model_state_sha256 read, check and re-run."""
+    path = small_run("attention_heads", experiment_model, tmp_path / "runs")
+    header = json.loads((path / "config.json").read_text())
+    config = header["config"]
+    config["model_sha256"] = config.pop("model_state_sha256")
+    config.pop("model_file_sha256")
+    (path / "config.json").write_text(json.dumps(header))
+    assert run_cli("replay", path) == 0
+    config["model_sha256"] = "0" * 64
+    (path / "config.json").write_text(json.dumps(header))
+    assert run_cli("replay", path) == 2
+    assert "not the model the config was run with" in capsys.readouterr().err
+    old_command = shlex.split(load_run(path).command.replace("--model-state-sha256", "--model-sha256"))
+    assert "--model-sha256" in old_command
+    assert run_cli(*old_command[3:], "--out", tmp_path / "again") == 0
+
+
+def test_rerun_command_writes_only_the_options_that_apply(experiment_model, tmp_path):
+    """A custom prompt set records no IOI options (an IOI run no custom ones), zero ablation no
+    reference; the command still re-runs the same experiment to the same numbers."""
+    pair = ["--prompt-set", "custom", "--answers", " Mary", "--wrong-answers", " John",
+            "--clean-prompts", "When Mary and John went to the store, John gave a drink to",
+            "--corrupted-prompts", "When Mary and John went to the store, Mary gave a drink to"]
+    custom = load_run(small_run("activation_patching", experiment_model, tmp_path / "a", *pair))
+    argv = shlex.split(custom.command)
+    assert not [a for a in argv if a.startswith(("--n-prompts", "--ioi-"))], custom.command
+    assert "--clean-prompts" in argv and "--target" in argv and "--model-state-sha256" in argv
+    assert run_cli(*argv[3:], "--out", tmp_path / "b") == 0
+    (again,) = find_runs(tmp_path / "b")
+    assert torch.equal(load_run(again).tensors()["values"], custom.tensors()["values"])
+
+    ioi = load_run(small_run("activation_patching", experiment_model, tmp_path / "c"))
+    assert "--n-prompts" in ioi.command and "--ioi-template" in ioi.command and "--clean-prompts" not in ioi.command
+    zero = load_run(small_run("ablate_heads", experiment_model, tmp_path / "d", "--method", "zero"))
+    mean = load_run(small_run("ablate_heads", experiment_model, tmp_path / "e"))
+    assert "--reference" not in zero.command and "--reference prompts" in mean.command

@@ -273,3 +273,19 @@ def test_unreadable_records_are_refused_and_marked(tmp_path, damage):
     assert table[good.name] == "ok"
     assert table[bad.name].startswith("unreadable: ") and message.split(": ")[-1] in table[bad.name], table[bad.name]
     assert load_run(good).results().tables["scores"].shape == (6, 3)
+
+
+def test_default_runs_root(tmp_path, monkeypatch):
+    """$WORKBENCH_RUNS; else the checkout's runs/ from anywhere inside it (notebooks/ included); else ./runs."""
+    from pathlib import Path
+
+    checkout = Path(runs.__file__).resolve().parents[1]
+    monkeypatch.delenv("WORKBENCH_RUNS", raising=False)
+    for where in (checkout, checkout / "notebooks", checkout / "workbench" / "experiments"):
+        monkeypatch.chdir(where)
+        assert runs.default_runs_root() == checkout / "runs"
+    monkeypatch.chdir(tmp_path)
+    assert runs.default_runs_root().resolve() == tmp_path / "runs"
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "mine"))
+    monkeypatch.chdir(checkout / "notebooks")
+    assert runs.default_runs_root() == tmp_path / "mine"

@@ -43,6 +43,14 @@ class PromptSetOptions:
         "help": "custom: the wrong next token of each prompt (e.g. ' John'); the metric is answer - wrong"})
     prepend_bos: bool = field(default=True, metadata={"help": "start each prompt with the BOS token"})
 
+    def applies(self, name: str) -> bool:
+        """The IOI options only with the IOI set, the custom prompts only with the custom set."""
+        if name in ("n_prompts", "ioi_template", "ioi_order", "ioi_corruption"):
+            return self.prompt_set == "ioi"
+        if name in ("clean_prompts", "corrupted_prompts", "answers", "wrong_answers"):
+            return self.prompt_set == "custom"
+        return super().applies(name)
+
 
 def prompt_set_tokens(config: PromptSetOptions, model) -> dict[str, Tensor]:
     """{"clean", "corrupted": [batch pos], "answers", "wrong_answers": [batch 1]} token ids."""
