@@ -12,7 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from workbench.errors import CheckpointError, ModelNotFoundError
+from workbench.errors import CheckpointError, InputError, ModelNotFoundError
 from workbench.models.bundled import BUNDLED_DIR, FORMAT, bundled_names
 from workbench.models.config import PRESETS, GPTConfig
 from workbench.models.gpt import GPT
@@ -50,7 +50,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
         return dtype
     if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in DTYPES:
         return DTYPES[dtype.lower().removeprefix("torch.")]
-    raise ValueError(f"unsupported dtype {dtype!r}; allowed: float32, bfloat16, float16")
+    raise InputError(f"unsupported dtype {dtype!r}; allowed: float32, bfloat16, float16")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
