@@ -28,7 +28,6 @@ import datetime as dt
 import functools
 import hashlib
 import json
-import math
 import os
 import platform
 import re
@@ -351,7 +350,7 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     try:
         return pd.read_parquet(path)
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... for a truncated or corrupt file
-        raise RecordError(f"cannot read {path}: corrupt or truncated ({type(e).__name__}: {e})") from None
+        raise RecordError(f"cannot read {path}: corrupt or truncated ({type(e).__name__})") from None
 
 
 def _read_json(path: Path) -> dict:
@@ -426,7 +425,7 @@ def check_results_readable(path: str | os.PathLike) -> None:
         try:
             pq.read_metadata(table)
         except Exception as e:  # ArrowInvalid for a missing footer, OSError, ...
-            raise RecordError(f"cannot read {table}: corrupt or truncated ({type(e).__name__}: {e})") from None
+            raise RecordError(f"cannot read {table}: corrupt or truncated ({type(e).__name__})") from None
 
 
 def _check_safetensors(path: Path) -> None:
