@@ -479,3 +479,23 @@ def test_rerun_command_writes_only_the_options_that_apply(experiment_model, tmp_
     zero = load_run(small_run("ablate_heads", experiment_model, tmp_path / "d", "--method", "zero"))
     mean = load_run(small_run("ablate_heads", experiment_model, tmp_path / "e"))
     assert "--reference" not in zero.command and "--reference prompts" in mean.command
+
+
+def test_no_file_hash_for_a_file_replaced_after_loading(tiny_model_dir, tmp_path):
+    """A long-lived model (the dashboard caches them) whose file was replaced since: the file's
+    hash would describe other weights, so none is recorded; the state hash still is."""
+    import os
+    import shutil
+
+    import workbench
+    from workbench.experiments import AttentionHeadsConfig, run_experiment
+
+    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    model = workbench.load_model(tmp_path / "model", device="cpu")
+    weights = tmp_path / "model" / "model.safetensors"
+    config = AttentionHeadsConfig(n_seqs=2, seq_len=6)
+    assert run_experiment("attention_heads", config, model=model, root=None).config.model_file_sha256
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    run = run_experiment("attention_heads", config, model=model, root=None)
+    assert run.config.model_file_sha256 is None and len(run.config.model_state_sha256) == 64

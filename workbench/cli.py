@@ -178,7 +178,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="re-run a recorded run and compare every result with the record",
                        description="Re-run a recorded run from its config.json and compare every result with "
                        "the record.", epilog=REPLAY_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/ablate_heads/<UTC time>-<id>")
     p.add_argument("--device", help="replay on this device (default: the recorded one; the CPU if it was CUDA "
                    "and there is none)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="replay in this dtype "

@@ -241,6 +241,8 @@ def prepare(experiment: Experiment, config: ExperimentConfig, model) -> Experime
             "remove model_state_sha256 from the config to run anyway"
         )
     weights_file = getattr(model, "weights_file", None)
+    if weights_file is not None and weights_file.stat().st_mtime_ns != getattr(model, "weights_file_mtime_ns", None):
+        weights_file = None  # replaced since the model was loaded: its hash would not describe these weights
     tokens = {k: model.prepare_tokens(v).cpu().tolist() for k, v in experiment.tokens(config, model).items()}
     if config.token_ids:
         _check_token_ids(config.token_ids, tokens)

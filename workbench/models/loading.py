@@ -96,6 +96,7 @@ def load_model(
     # The one file the weights were read from (runs record its sha256); None for sharded weights.
     weights = weights_path(source) if source.is_dir() else source
     model.weights_file = None if weights.name.endswith(".index.json") else weights.resolve()
+    model.weights_file_mtime_ns = weights.stat().st_mtime_ns  # a file replaced after loading is not these weights
     return model
 
 
