@@ -1,6 +1,7 @@
 """notebooks/quickstart.ipynb executes top to bottom (nbclient), on the bundled or a tiny model."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,11 @@ def test_quickstart_notebook_executes(experiment_model, tmp_path, monkeypatch):
     client.execute()  # raises CellExecutionError, with the cell and traceback, if any cell fails
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "MATCH" in outputs
+    from workbench.models.bundled import DEFAULT_BUNDLED
+
+    if experiment_model == DEFAULT_BUNDLED:  # the demo is a task the bundled model does: induction
+        clean, corrupted = map(float, re.search(r"clean (\S+), corrupted (\S+)", outputs).groups())
+        assert clean > 2 and corrupted < -2, (clean, corrupted)
     (run,) = find_runs(tmp_path / "runs")
     record = load_run(run)
     assert record.experiment == "activation_patching"
