@@ -111,12 +111,12 @@ def tl_ablation(bridge, clean, metric, n_layer, n_head):
     out = torch.zeros(n_layer, n_head)
     for l in range(n_layer):
         for h in range(n_head):
-            out[l, h] = metric(bridge.run_with_hooks(clean, fwd_hooks=[(f"blocks.{l}.attn.hook_z", zero_head(h))]))
+            out[l, h] = metric(bridge.run_with_hooks(clean, fwd_hooks=[(workbench.act_name("z", l), zero_head(h))]))
     return out
 
 
 def loop_resid_pre(model, clean, corrupted, metric):
-    _, cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_resid_pre"))
+    _, cache = model.run_with_cache(clean, names_filter=workbench.hooks.act_names("resid_pre", range(model.cfg.n_layer)))
     n_layer, n_pos = model.cfg.n_layer, clean.shape[1]
     out = torch.zeros(n_layer, n_pos)
     for l in range(n_layer):
@@ -125,12 +125,12 @@ def loop_resid_pre(model, clean, corrupted, metric):
                 x = x.clone()
                 x[:, p] = cache[hook.name][:, p]
                 return x
-            out[l, p] = metric(model.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{l}.hook_resid_pre", hook)]))
+            out[l, p] = metric(model.run_with_hooks(corrupted, fwd_hooks=[(workbench.act_name("resid_pre", l), hook)]))
     return out
 
 
 def loop_head_out(model, clean, corrupted, metric):
-    _, cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_z"))
+    _, cache = model.run_with_cache(clean, names_filter=workbench.hooks.act_names("z", range(model.cfg.n_layer)))
     out = torch.zeros(model.cfg.n_layer, model.cfg.n_head)
     for l in range(model.cfg.n_layer):
         for h in range(model.cfg.n_head):
@@ -138,7 +138,7 @@ def loop_head_out(model, clean, corrupted, metric):
                 z = z.clone()
                 z[:, :, h] = cache[hook.name][:, :, h]
                 return z
-            out[l, h] = metric(model.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{l}.attn.hook_z", hook)]))
+            out[l, h] = metric(model.run_with_hooks(corrupted, fwd_hooks=[(workbench.act_name("z", l), hook)]))
     return out
 
 
@@ -146,7 +146,7 @@ def loop_ablation(model, clean, metric):
     out = torch.zeros(model.cfg.n_layer, model.cfg.n_head)
     for l in range(model.cfg.n_layer):
         for h in range(model.cfg.n_head):
-            out[l, h] = metric(model.run_with_hooks(clean, fwd_hooks=[(f"blocks.{l}.attn.hook_z", zero_head(h))]))
+            out[l, h] = metric(model.run_with_hooks(clean, fwd_hooks=[(workbench.act_name("z", l), zero_head(h))]))
     return out
 
 

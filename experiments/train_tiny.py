@@ -1,12 +1,18 @@
 """Train the bundled default model from scratch: a 2-layer GPT-2-architecture model on Tiny Shakespeare,
 after an induction curriculum (repeated random token spans) that gives it induction heads.
 
-    python experiments/train_tiny.py                       # stage 1 of the shipped model (38 min, 2-core CPU)
-    python experiments/train_tiny.py --init-from shakespeare-2l --copy-steps 0 --steps 250 --lr 2e-3 \\
-        --min-lr 2e-4 --warmup-steps 20                    # stage 2 (12 min; see the README)
-    python experiments/train_tiny.py --copy-steps 5 --steps 5 --out /tmp/m  # a smoke run
+    python experiments/train_tiny.py                       # 1,600 curriculum + 500 corpus steps (38 min, 2-core CPU)
+    python experiments/train_tiny.py --steps 5             # a smoke run: 16 curriculum + 5 corpus steps
+    python experiments/train_tiny.py --init-from models/shakespeare-2l-<time> --copy-steps 0 --steps 250 \\
+        --lr 2e-3 --min-lr 2e-4 --warmup-steps 20          # train further, corpus only
 
-Writes `model.safetensors` (fp16), `config.json` and `model_card.json` to --out.
+Run length: --steps corpus steps, after --copy-steps curriculum steps, which default to 3.2 x --steps
+(1,600 at the default 500; the first 5/8 of them, --copy-frequent-steps, on frequent ids). So --steps N
+runs about 4.2 N steps in all; pass --copy-steps explicitly (0 = none) to set the curriculum on its own.
+
+Writes `model.safetensors` (fp16), `config.json` and `model_card.json` to --out, by default a new folder
+models/shakespeare-<n_layer>l-<UTC time> under the current directory. An --out that already holds a
+model is refused unless --force is given. The shipped model's exact commands are in the README.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from workbench.models import GPT, GPTConfig, gpt2_tokenizer, load_model  # noqa: E402
-from workbench.models.bundled import BUNDLED_DIR, save_bundled  # noqa: E402
+from workbench.errors import InputError, WorkbenchError  # noqa: E402
+from workbench.models.bundled import BUNDLED_DIR, MODEL_FILES, save_bundled  # noqa: E402
 from workbench.methods.head_detectors import induction_scores  # noqa: E402
 from workbench.training import baselines, evaluate_quality, induction_probe  # noqa: E402
 
@@ -70,8 +77,9 @@ class TrainConfig:
     # from the copy_pool most frequent training ids (induction heads form there in ~600 steps); the rest
     # draw copy_pool fresh ids from the whole vocabulary each step, so the heads work on any token.
     # Without it, 1,800 corpus steps with random-span rows did not form an induction head (README).
-    copy_steps: int = 1600
-    copy_frequent_steps: int = 1000
+    # None: scale with --steps (CURRICULUM_PER_STEP and FREQUENT_FRACTION below), 1,600 and 1,000 at 500.
+    copy_steps: int | None = None
+    copy_frequent_steps: int | None = None
     copy_pool: int = 1000
     copy_lr: float = 1e-3
     # Start from these weights (a directory or bundled model name) instead of from scratch;
@@ -81,7 +89,41 @@ class TrainConfig:
     eval_batches: int = 8
     seed: int = 0
     threads: int = 0  # 0 = torch's default
-    out: str = str(BUNDLED_DIR / "shakespeare-2l")
+    out: str = ""  # "": models/shakespeare-<n_layer>l-<UTC time> under the current directory
+
+
+CURRICULUM_PER_STEP = 3.2  # default curriculum steps per corpus step: 1,600 for the default 500
+FREQUENT_FRACTION = 0.625  # of the curriculum on the most frequent training ids: 1,000 of 1,600
+HELP = {
+    "steps": "corpus steps (default 500); the curriculum scales with it unless --copy-steps is given",
+    "copy_steps": f"induction-curriculum steps before the corpus (default {CURRICULUM_PER_STEP} x --steps, "
+                  "1,600 at the default 500; 0 = none)",
+    "copy_frequent_steps": f"curriculum steps drawing from the most frequent training ids (default "
+                           f"{FREQUENT_FRACTION} x --copy-steps, 1,000 of 1,600)",
+    "init_from": "start from these weights (a model directory or bundled model name) instead of from scratch",
+    "out": "folder to write the model to (default: a new models/shakespeare-<n_layer>l-<UTC time> under the "
+           "current directory); one that already holds a model is refused unless --force",
+}
+
+
+def with_defaults(cfg: TrainConfig, *, n_layer: int | None = None, now: float | None = None) -> TrainConfig:
+    """`cfg` with the options left to scale filled in: the curriculum from --steps, --out from the time."""
+    copy_steps = round(CURRICULUM_PER_STEP * cfg.steps) if cfg.copy_steps is None else cfg.copy_steps
+    frequent = round(FREQUENT_FRACTION * copy_steps) if cfg.copy_frequent_steps is None else cfg.copy_frequent_steps
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    out = cfg.out or f"models/shakespeare-{n_layer or cfg.n_layer}l-{stamp}"
+    return dataclasses.replace(cfg, copy_steps=copy_steps, copy_frequent_steps=frequent, out=out)
+
+
+def check_out(out: str, *, force: bool) -> None:
+    """Refuse to write over a model (or into a file) unless `force`."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
+    existing = [f for f in MODEL_FILES if (path / f).exists()]
+    if existing and not force:
+        raise InputError(f"--out {out} already holds a model ({', '.join(existing)}); pass --force to replace it, "
+                         "or choose another --out (the default is a new timestamped folder)")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -106,13 +148,13 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.steps < 1:  # the card's training loss is the corpus phase's
         problems.append(f"--steps must be >= 1, got {cfg.steps}")
     for name in ("copy_steps", "copy_frequent_steps"):
-        if getattr(cfg, name) < 0:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             problems.append(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     if cfg.span_ids not in ("vocab", "train"):
         problems.append(f"--span-ids must be 'vocab' or 'train', got {cfg.span_ids!r}")
     if not 2 <= cfg.copy_pool <= GPTConfig().vocab_size:
         problems.append(f"--copy-pool must be in [2, {GPTConfig().vocab_size}], got {cfg.copy_pool}")
-    if (cfg.random_repeat_fraction or cfg.copy_steps) and cfg.min_span > (cfg.block_size + 1) // 2:
+    if (cfg.random_repeat_fraction or cfg.copy_steps != 0) and cfg.min_span > (cfg.block_size + 1) // 2:
         problems.append(f"--min-span {cfg.min_span} leaves no repeat in a row of {cfg.block_size + 1} tokens: "
                         f"at most {(cfg.block_size + 1) // 2}")
     if problems:
@@ -198,13 +240,30 @@ def optimizer_step(model: GPT, opt: torch.optim.Optimizer, loss: torch.Tensor, *
     opt.step()
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
+    """(config, --force) from the command line; options left to scale stay None (`with_defaults`)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(TrainConfig):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    args = parser.parse_args(argv)
-    cfg = TrainConfig(**vars(args))
+        parser.add_argument("--" + f.name.replace("_", "-"), type=int if f.default is None else type(f.default),
+                            default=f.default, help=HELP.get(f.name))
+    parser.add_argument("--force", action="store_true", help="replace the model already in --out")
+    args = vars(parser.parse_args(argv))
+    force = args.pop("force")
+    return TrainConfig(**args), force
+
+
+def main(argv: list[str] | None = None) -> dict:
+    try:
+        return train(argv)
+    except WorkbenchError as e:
+        raise SystemExit(f"train_tiny.py: {e}") from None
+
+
+def train(argv: list[str] | None = None) -> dict:
+    cfg, force = parse_args(argv)
     check_config(cfg)
+    if cfg.out:
+        check_out(cfg.out, force=force)  # before any training
     command = "python experiments/train_tiny.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -224,7 +283,10 @@ def main(argv: list[str] | None = None) -> dict:
         model_cfg = model.cfg
         parent_card = (Path(cfg.init_from) if Path(cfg.init_from).exists() else BUNDLED_DIR / cfg.init_from) / "model_card.json"
         if parent_card.is_file():
-            parent = json.loads(parent_card.read_text())
+            try:
+                parent = json.loads(parent_card.read_text())
+            except ValueError as e:
+                raise InputError(f"{parent_card} (the model card of --init-from) is not valid JSON: {e}") from None
         if cfg.block_size > model_cfg.block_size:
             raise SystemExit(f"--block-size {cfg.block_size} exceeds the model's context {model_cfg.block_size}")
     else:
@@ -232,6 +294,8 @@ def main(argv: list[str] | None = None) -> dict:
         model = GPT(model_cfg)
         if cfg.init_std:
             model.init_weights(std=cfg.init_std)
+    cfg = with_defaults(cfg, n_layer=model_cfg.n_layer)
+    check_out(cfg.out, force=force)
     # Weight decay on matrices only; embeddings stay undecayed so that tokens the corpus never
     # shows keep distinct random embeddings (induction on random tokens needs to tell them apart).
     decayed = {n: p.ndim == 2 and not n.startswith(("wte", "wpe")) for n, p in model.named_parameters()}
@@ -310,6 +374,7 @@ def main(argv: list[str] | None = None) -> dict:
         card["parent"] = parent
         card["tokens_seen_total"] = card["tokens_seen"] + parent.get("tokens_seen_total", parent["tokens_seen"])
         card["wall_time_s_total"] = round(wall + parent.get("wall_time_s_total", parent["wall_time_s"]), 1)
+    check_out(cfg.out, force=force)  # again: something may have been written there while this trained
     save_bundled(model, Path(cfg.out), card)
     print(json.dumps({k: card[k] for k in ("val_loss", "baselines", "induction_score", "wall_time_s")}, indent=1))
     print(f"saved to {cfg.out}")

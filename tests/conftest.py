@@ -5,27 +5,25 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never touch the network
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import importlib  # noqa: E402
+import pkgutil  # noqa: E402
+
 from jaxtyping import install_import_hook  # noqa: E402
 
+# Every module of the package, found by walking it, so a new module is checked without being listed.
+# One is not imported: workbench.__main__ runs the CLI when imported (`python -m workbench`); it is
+# two lines that call workbench.cli.main, and workbench.cli is checked.
+UNCHECKED = {"workbench.__main__": "runs the CLI on import; its only code is a call of workbench.cli.main"}
+
 with install_import_hook("workbench", "beartype.beartype"):
-    import workbench  # noqa: F401,E402  (imports every submodule that workbench/__init__ pulls in)
-    import workbench.methods.head_detectors  # noqa: F401,E402
-    import workbench.methods.prompts  # noqa: F401,E402
-    import workbench.methods.metrics  # noqa: F401,E402
-    import workbench.methods._resume  # noqa: F401,E402
-    import workbench.methods.patching  # noqa: F401,E402
-    import workbench.methods.attribution  # noqa: F401,E402
-    import workbench.methods.ablation  # noqa: F401,E402
-    import workbench.methods.logit_lens  # noqa: F401,E402
-    import workbench.runs  # noqa: F401,E402
-    import workbench.experiments  # noqa: F401,E402  (and every registered experiment)
-    import workbench.experiments.core  # noqa: F401,E402
-    import workbench.experiments.prompt_sets  # noqa: F401,E402
-    import workbench.experiments.attention_heads  # noqa: F401,E402
-    import workbench.experiments.logit_lens  # noqa: F401,E402
-    import workbench.experiments.activation_patching  # noqa: F401,E402
-    import workbench.experiments.ablate_heads  # noqa: F401,E402
-    import workbench.cli  # noqa: F401,E402
+    import workbench  # noqa: E402
+
+    CHECKED_MODULES = ["workbench"] + [
+        info.name for info in pkgutil.walk_packages(workbench.__path__, prefix="workbench.")
+        if info.name not in UNCHECKED
+    ]
+    for _name in CHECKED_MODULES:
+        importlib.import_module(_name)
 
 from pathlib import Path  # noqa: E402
 

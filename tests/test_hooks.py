@@ -138,11 +138,17 @@ def test_backward_hooks_see_autograd_gradients_and_can_replace_them(model, token
     assert no_hooks_attached(model)
 
 
-def test_sdpa_and_explicit_paths_agree(model, tokens):
+@pytest.mark.parametrize("hooked", ["hook_attn_scores", "hook_pattern"])
+def test_sdpa_and_explicit_paths_agree(model, tokens, hooked):
+    # README (hooks): hooking scores or pattern switches attention to the explicit path, same numbers to 1e-5
     with torch.no_grad():
         fused = model(tokens)
-        explicit = model.run_with_hooks(tokens, fwd_hooks=[(lambda n: n.endswith("hook_pattern"), lambda a, hook: None)])
+        explicit = model.run_with_hooks(tokens, fwd_hooks=[(lambda n: n.endswith(hooked), lambda a, hook: None)])
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("hook_z", hooked)))
+        _, fused_cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_z"))
     assert (fused - explicit).abs().max() <= 1e-5
+    for l in range(model.cfg.n_layer):  # the heads' outputs too, not only the logits
+        assert (cache["z", l] - fused_cache["z", l]).abs().max() <= 1e-5
 
 
 def test_pattern_hook_switches_attention_path(model, tokens):
@@ -230,3 +236,89 @@ def test_full_cache_holds_each_activation_once(model, tokens):
     # resid_post of block 0 and resid_pre of block 1 are one tensor, stored once
     assert cache["resid_post", 0].untyped_storage().data_ptr() == cache["resid_pre", 1].untyped_storage().data_ptr()
     assert not any(name.endswith("logits") for name in cache)
+
+
+def test_every_workbench_module_is_type_checked():
+    # conftest walks the package under jaxtyping's import hook; a module imported outside it would
+    # have plain (unchecked) functions. Reference: the .py files on disk.
+    import inspect
+    import sys
+    from pathlib import Path
+
+    from jaxtyping import TypeCheckError
+    from conftest import CHECKED_MODULES, UNCHECKED
+
+    root = Path(workbench.__file__).parent
+    on_disk = {".".join(("workbench",) + p.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+               for p in root.rglob("*.py")}
+    assert on_disk == set(CHECKED_MODULES) | set(UNCHECKED)
+    for name in CHECKED_MODULES:
+        module = sys.modules[name]
+        for fn_name, fn in vars(module).items():
+            if inspect.isfunction(fn) and fn.__module__ == name and fn.__annotations__:
+                assert hasattr(fn, "__wrapped__"), f"{name}.{fn_name} is not checked"
+    with pytest.raises(TypeCheckError):
+        workbench.training.baselines([1, 2, 3], torch.tensor([1, 2]))  # a list where a Tensor is annotated
+
+
+def test_activation_shapes_are_those_of_a_real_forward(model):
+    # the shapes come from a meta-device forward; the reference is a real run caching every hook point
+    tokens = torch.randint(0, 50257, (2, 7), generator=torch.Generator().manual_seed(3))
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: True)  # per-head results stored too
+    shapes = model.activation_shapes(2, 7)
+    assert list(shapes) == model.hook_names()
+    assert shapes == {name: tuple(cache[name].shape) for name in model.hook_names()}
+    assert model.activation_shapes(1, 3)["blocks.1.attn.hook_pattern"] == (1, model.cfg.n_head, 3, 3)
+
+
+def test_inputs_are_checked_once_per_call(model, tokens, monkeypatch):
+    # forward runs on checked ids: no per-step check (and host synchronisation) in generate or caching
+    calls = []
+    check = type(model).prepare_tokens
+
+    def counting(self, tokens, **kwargs):
+        calls.append(1)
+        return check(self, tokens, **kwargs)
+
+    monkeypatch.setattr(type(model), "prepare_tokens", counting)
+    for run in (lambda: model(tokens), lambda: model.run_with_cache(tokens), lambda: model.run_with_hooks(tokens),
+                lambda: model.generate(tokens[:1, :4], max_new_tokens=5), lambda: model("some text")):
+        calls.clear()
+        run()
+        assert len(calls) == 1
+    assert model.forward(tokens).shape == (*tokens.shape, model.cfg.d_vocab)
+
+
+def test_hook_names_outside_hooks_and_the_model_come_from_act_name():
+    # no hook name is spelled by hand in the library outside workbench/hooks and the model's modules
+    import re
+    from pathlib import Path
+
+    root = Path(workbench.__file__).parent
+    own = {"hooks", "models"}
+    spelled = re.compile(r"""f?["']blocks\.(\{|\d)|["'](ln_final\.)?hook_[a-z_]+["']""")
+    found = [f"{p.relative_to(root)}:{i + 1}" for p in root.rglob("*.py") if p.relative_to(root).parts[0] not in own
+             for i, line in enumerate(p.read_text().splitlines()) if spelled.search(line.split("#")[0])]
+    assert found == []
+
+
+def test_every_axis_name_in_the_code_is_in_the_vocabulary():
+    # the axis vocabulary is written once, in the models package docstring; every annotation and
+    # einops pattern in the library uses only those names
+    import re
+    from pathlib import Path
+
+    import workbench.models
+
+    vocabulary = set(re.findall(r"^    ([a-z_]+) {2,}\S", workbench.models.__doc__, flags=re.M))
+    assert {"batch", "pos", "layer", "component", "cell", "row", "token"} <= vocabulary
+    root = Path(workbench.__file__).parent
+    shapes = re.compile(r"""(?:Float|Int|Bool)\[Tensor, "([^"]*)"\]|"([a-z_ ()*0-9.,]+->[a-z_ ()*0-9.]+)\"""")
+    used = {}
+    for path in root.rglob("*.py"):
+        for match in shapes.finditer(path.read_text()):
+            for axis in re.findall(r"[a-z_][a-z_0-9]*", match.group(1) if match.group(1) is not None else match.group(2)):
+                used.setdefault(axis, str(path.relative_to(root)))
+    assert {"query_pos", "d_vocab", "cell", "token", "layer", "component"} <= set(used)  # the scan finds them
+    unknown = {axis: where for axis, where in used.items() if axis not in vocabulary | {"_"}}
+    assert unknown == {}

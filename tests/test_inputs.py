@@ -21,6 +21,45 @@ def test_empty_prompt(model):
         model.to_tokens("", prepend_bos=False)
 
 
+EMPTY = "the prompt is empty \\(no text\\)"
+
+
+def test_prompt_with_no_text_is_refused_not_run_as_bos_alone(model):
+    # Empty text used to become [BOS] and run; ids that are BOS alone stay allowed on purpose.
+    for call in (lambda t: model(t), lambda t: model.run_with_cache(t), lambda t: model.run_with_hooks(t),
+                 lambda t: model.generate(t, max_new_tokens=1), lambda t: model.to_str_tokens(t)):
+        with pytest.raises(InputError, match=EMPTY):
+            call("")
+    with pytest.raises(InputError, match=f"^tokens\\[1\\]: {EMPTY}"):
+        model(["some text", ""])
+    with pytest.raises(InputError, match=f"^text: {EMPTY}"):
+        model.to_tokens("")
+    bos = torch.tensor([[50256]])
+    assert model(bos).shape == (1, 1, model.cfg.d_vocab)
+    assert model.to_tokens(" ").tolist() == [[50256, 220]]  # a space is text
+
+
+def test_methods_name_the_empty_prompt(model):
+    from workbench.methods import Ablation, TokenLogProb, ablate, ablation_sweep, activation_patching, logit_lens
+
+    metric = TokenLogProb(11)
+    with pytest.raises(InputError, match=f"^tokens: {EMPTY}"):
+        logit_lens(model, "")
+    with pytest.raises(InputError, match=f"^clean_tokens: {EMPTY}"):
+        activation_patching(model, "", "John", metric, progress=False)
+    with pytest.raises(InputError, match=f"^corrupted_tokens: {EMPTY}"):
+        activation_patching(model, "Mary", "", metric, progress=False)
+    with pytest.raises(InputError, match=f"^tokens: {EMPTY}"):
+        ablation_sweep(model, "", metric, progress=False)
+    with pytest.raises(InputError, match=f"^tokens: {EMPTY}"):
+        ablate(model, "", Ablation("zero", heads=[(0, 0)]))
+    with pytest.raises(InputError, match=f"^reference: {EMPTY}"):
+        ablate(model, "Mary", Ablation("mean", heads=[(0, 0)]), reference="")
+    bos = torch.tensor([[50256]])  # BOS alone, as ids: allowed
+    assert logit_lens(model, bos).log_probs.shape == (model.cfg.n_layer + 1, 1, 1, model.cfg.d_vocab)
+    assert ablation_sweep(model, bos, metric, progress=False).values.shape == (model.cfg.n_layer, model.cfg.n_head)
+
+
 @pytest.mark.parametrize("bad", [torch.zeros(1, 4), torch.zeros(1, 4, dtype=torch.bool)])
 def test_tokens_of_wrong_dtype(model, bad):
     with pytest.raises(InputError, match="integer tensor of token ids, got dtype"):

@@ -1,15 +1,19 @@
 """experiments/train_tiny.py works end to end (a few steps) and documents itself."""
 
+import dataclasses
 import json
+import re
+import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import workbench
-from workbench.models.bundled import sha256_file
+from workbench.models.bundled import BUNDLED_DIR, MODEL_FILES, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,3 +156,81 @@ def test_init_weights_is_gpt2_initialisation_at_the_given_std():
             assert torch.equal(p, torch.zeros_like(p)), name
         else:
             assert abs(p.std().item() - 0.05) < 0.002 and abs(p.mean().item()) < 0.002, name
+
+
+TINY = ["--batch-size", "2", "--block-size", "32", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
+        "--copy-pool", "50", "--eval-batches", "1", "--warmup-steps", "2", "--eval-every", "0"]
+
+
+def test_default_out_is_a_new_folder_under_the_current_directory_not_the_package(tmp_path, monkeypatch):
+    tt = _train_tiny_module()
+    shipped = {f: sha256_file(BUNDLED_DIR / "shakespeare-2l" / f) for f in MODEL_FILES}
+    monkeypatch.chdir(tmp_path)
+    card = tt.main(["--steps", "2", *TINY])
+    (out,) = (tmp_path / "models").iterdir()
+    assert re.fullmatch(r"shakespeare-1l-\d{8}T\d{6}Z", out.name) and card["name"] == out.name
+    assert card["train_config"]["out"] == f"models/{out.name}"
+    assert sorted(p.name for p in out.iterdir()) == sorted(MODEL_FILES)
+    assert {f: sha256_file(BUNDLED_DIR / "shakespeare-2l" / f) for f in MODEL_FILES} == shipped
+    assert workbench.load_model(out, device="cpu").cfg.n_layer == 1
+
+
+def test_a_short_run_is_short_the_curriculum_scales_with_steps(tmp_path):
+    tt = _train_tiny_module()
+    card = tt.main(["--steps", "3", *TINY, "--out", str(tmp_path / "m")])
+    assert card["steps"] == 3 and card["curriculum_steps"] == 10  # round(3.2 * 3)
+    assert card["train_config"]["copy_frequent_steps"] == 6  # round(0.625 * 10)
+    assert card["tokens_seen"] == (10 + 3) * 2 * 32
+    explicit = tt.with_defaults(tt.parse_args(["--steps", "3", "--copy-steps", "0"])[0])
+    assert (explicit.copy_steps, explicit.copy_frequent_steps) == (0, 0)
+    out = subprocess.run([sys.executable, "experiments/train_tiny.py", "--help"], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    assert "the curriculum scales with it unless --copy-steps is given" in " ".join(out.split())
+
+
+def test_an_existing_model_is_not_replaced_without_force(tmp_path):
+    tt = _train_tiny_module()
+    out = tmp_path / "m"
+    tt.main(["--steps", "1", *TINY, "--out", str(out)])
+    first = sha256_file(out / "model.safetensors")
+    before = {f: (out / f).read_bytes() for f in MODEL_FILES}
+    t = time.perf_counter()
+    with pytest.raises(SystemExit, match=rf"train_tiny.py: --out {re.escape(str(out))} already holds a model "
+                                         r"\(model.safetensors, config.json, model_card.json\); pass --force"):
+        tt.main(["--steps", "1", *TINY, "--seed", "1", "--out", str(out)])
+    assert time.perf_counter() - t < 2  # refused before loading data or training
+    assert {f: (out / f).read_bytes() for f in MODEL_FILES} == before
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match="is a file, not a folder"):
+        tt.main(["--steps", "1", *TINY, "--out", str(tmp_path / "file")])
+    tt.main(["--steps", "1", *TINY, "--seed", "1", "--out", str(out), "--force"])
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["weights_sha256"] == sha256_file(out / "model.safetensors") != first
+    assert card["train_config"]["seed"] == 1
+    cli = subprocess.run([sys.executable, "experiments/train_tiny.py", "--steps", "1", "--out", str(out)], cwd=REPO,
+                         capture_output=True, text=True)
+    assert cli.returncode != 0 and "already holds a model" in cli.stderr and "Traceback" not in cli.stderr
+
+
+def readme_commands() -> list[list[str]]:
+    """The train_tiny.py commands in the README's "The bundled model" section, as argument lists."""
+    section = (REPO / "README.md").read_text().split("## The bundled model")[1].split("\n## ")[0]
+    block = section.split("```bash\n")[1].split("```")[0]
+    return [shlex.split(line.split("#")[0])[2:] for line in block.splitlines() if "train_tiny.py" in line]
+
+
+def test_readme_commands_are_what_made_the_shipped_weights():
+    """The README's two commands, parsed by today's script, give the configs the model card recorded for
+    the two runs that made the shipped weights (the card kept the absolute --out each run wrote to)."""
+    tt = _train_tiny_module()
+    card = json.loads((BUNDLED_DIR / "shakespeare-2l" / "model_card.json").read_text())
+    stage1, stage2 = readme_commands()
+    for argv, recorded in ((stage1, card["parent"]["train_config"]), (stage2, card["train_config"])):
+        cfg, force = tt.parse_args(argv)
+        cfg = dataclasses.asdict(tt.with_defaults(cfg))
+        assert force and cfg.pop("out") == "workbench/data/models/shakespeare-2l"
+        assert recorded.pop("out").endswith("workbench/data/models/shakespeare-2l")
+        if cfg["copy_steps"] == recorded["copy_steps"] == 0:  # no curriculum: its share on frequent ids is moot
+            assert (cfg.pop("copy_frequent_steps"), recorded.pop("copy_frequent_steps")) == (0, 1000)
+        assert cfg == recorded
+    assert tt.with_defaults(tt.TrainConfig()).copy_steps == card["parent"]["curriculum_steps"] == 1600

@@ -27,7 +27,8 @@ class AblateHeadsConfig(PromptSetOptions, ExperimentConfig):
     metric: Literal["logit_diff"] = field(default="logit_diff", metadata={
         "help": "logit[answer] - logit[wrong answer] at the last position, mean over prompts"})
     max_batch: int | None = field(default=None, metadata={
-        "help": "most sequences per forward pass (default: ~4096 token positions); part of the numerics"})
+        "help": "most sequences per forward pass (default: as many as fit in the sweep budget, "
+                "workbench.methods._resume.TOKEN_BUDGET token positions); part of the numerics"})
     top_k: int = field(default=10, metadata={"help": "heads listed in the summary"})
 
     def applies(self, name: str) -> bool:

@@ -28,7 +28,8 @@ class ActivationPatchingConfig(PromptSetOptions, ExperimentConfig):
         "help": "denoise: clean activations into the corrupted run; noise: the reverse"})
     layers: list[int] | None = field(default=None, metadata={"help": "layers to sweep (default: all)"})
     max_batch: int | None = field(default=None, metadata={
-        "help": "most sequences per forward pass (default: ~4096 token positions); part of the numerics"})
+        "help": "most sequences per forward pass (default: as many as fit in the sweep budget, "
+                "workbench.methods._resume.TOKEN_BUDGET token positions); part of the numerics"})
 
     def validate(self) -> None:
         if self.n_prompts < 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol, runtime_checkable
 
 import einops
 import torch
@@ -12,67 +12,49 @@ from jaxtyping import Float
 from torch import Tensor
 
 from workbench.errors import InputError, NotCachedError
-
-if TYPE_CHECKING:
-    from workbench.models.gpt import GPT
-
-_ATTN = {"q", "k", "v", "z", "result", "attn_scores", "pattern"}
-_MLP = {"pre", "post"}
-_ALIASES = {
-    "attn": "pattern",
-    "attn_logits": "attn_scores",
-    "query": "q",
-    "key": "k",
-    "value": "v",
-    "mlp_pre": "pre",
-    "mlp_post": "post",
-}
+from workbench.hooks.names import act_name, derivable, derived_from, layer_of
 
 
-def act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
-    """Full hook name from TransformerLens shorthand: ("pattern", 3) -> "blocks.3.attn.hook_pattern".
+@runtime_checkable
+class AttentionLayer(Protocol):
+    """What a cache needs of one of the model's attention layers: its per-head outputs, to
+    compute per-head results from hook_z when they are read."""
 
-    ("resid_pre", 0) -> "blocks.0.hook_resid_pre"; ("scale", 2, "ln1") -> "blocks.2.ln1.hook_scale";
-    ("scale",) -> "ln_final.hook_scale"; ("embed",) -> "hook_embed". A full name passes through.
-    """
-    if "." in name or name.startswith("hook_"):
-        return name
-    name = _ALIASES.get(name, name)
-    if layer is None:
-        if name in ("scale", "normalized"):
-            return f"ln_final.hook_{name}"
-        return f"hook_{name}"
-    if name in _ATTN:
-        return f"blocks.{layer}.attn.hook_{name}"
-    if name in _MLP:
-        return f"blocks.{layer}.mlp.hook_{name}"
-    if name in ("scale", "normalized"):
-        ln = {None: "ln1", "a": "ln1", "attn": "ln1", "m": "ln2", "mlp": "ln2"}.get(layer_type, layer_type)
-        return f"blocks.{layer}.{ln}.hook_{name}"
-    return f"blocks.{layer}.hook_{name}"
+    n_head: int
+
+    @property
+    def W_O(self) -> Float[Tensor, "head d_head d_model"]: ...
+
+    def head_results(self, z: Float[Tensor, "batch pos head d_head"]) -> Float[Tensor, "batch pos head d_model"]: ...
 
 
 class ActivationCache(Mapping[str, Tensor]):
     """Activations of one forward pass, keyed by hook name (gradients as "<name>_grad").
 
-    `cache["pattern", 3]` is shorthand for `cache["blocks.3.attn.hook_pattern"]`.
+    `cache["pattern", 3]` is shorthand for `cache["blocks.3.attn.hook_pattern"]`. `attention`:
+    the model's attention layer of every block, in order (`model.attention_layers()`), which gives
+    the cache its n_layer and n_head and computes per-head results when they are read.
     """
 
-    def __init__(self, cache_dict: dict[str, Tensor], model: GPT, *, derived: Sequence[str] = ()) -> None:
+    def __init__(
+        self, cache_dict: dict[str, Tensor], attention: Sequence[AttentionLayer], *, derived: Sequence[str] = ()
+    ) -> None:
         self.cache_dict = cache_dict
-        self.model = model
+        self.attention = list(attention)
         # names computed on access (per-head results, from hook_z), listed among the keys
         self.derived = [n for n in derived if n not in cache_dict]
 
     # --------------------------------------------------------------- mapping protocol
     def __getitem__(self, key: str | tuple) -> Tensor:
         name = act_name(*key) if isinstance(key, tuple) else act_name(key)
-        if name not in self.cache_dict and name.endswith("attn.hook_result"):
-            z_name = name.replace("hook_result", "hook_z")
+        if name not in self.cache_dict and derivable(name):
+            z_name = derived_from(name)
             if z_name in self.cache_dict:
                 z = self.cache_dict[z_name]
-                W_O = self.model.blocks[int(name.split(".")[1])].attn.W_O.detach()
-                return einops.einsum(z, W_O.to(z.device), "batch pos head d_head, head d_head d_model -> batch pos head d_model")
+                attn = self.attention[layer_of(name)]
+                device = attn.W_O.device
+                with torch.no_grad():  # the model's own per-head outputs, an activation (no graph)
+                    return attn.head_results(z.to(device)).to(z.device)
         if name not in self.cache_dict:
             close = difflib.get_close_matches(name, self.cache_dict, n=5, cutoff=0.6)
             hint = f"; close matches: {close}" if close else ""
@@ -101,7 +83,7 @@ class ActivationCache(Mapping[str, Tensor]):
         return sum(seen.values())
 
     def to(self, device: torch.device | str) -> ActivationCache:
-        return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.model, derived=self.derived)
+        return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.attention, derived=self.derived)
 
     def remove_batch_dim(self) -> ActivationCache:
         """Drop a batch axis of size 1 from every activation."""
@@ -109,12 +91,16 @@ class ActivationCache(Mapping[str, Tensor]):
             if t.shape[0] != 1:
                 raise InputError(f"remove_batch_dim needs batch size 1, but {name} has shape {tuple(t.shape)}")
         full = {**self.cache_dict, **{n: self[n] for n in self.derived}}
-        return ActivationCache({k: v[0] for k, v in full.items()}, self.model)
+        return ActivationCache({k: v[0] for k, v in full.items()}, self.attention)
 
     # --------------------------------------------------------------- residual stream views
     @property
     def n_layer(self) -> int:
-        return self.model.cfg.n_layer
+        return len(self.attention)
+
+    @property
+    def n_head(self) -> int:
+        return self.attention[0].n_head if self.attention else 0
 
     def _layers(self, layer: int | None) -> int:
         if layer is None or layer == -1:
@@ -130,9 +116,10 @@ class ActivationCache(Mapping[str, Tensor]):
         incl_mid: bool = False,
         apply_ln: bool = False,
         return_labels: bool = False,
-    ) -> Float[Tensor, "component batch pos d_model"] | tuple[Tensor, list[str]]:
+    ) -> Float[Tensor, "layer batch pos d_model"] | tuple[Tensor, list[str]]:
         """The residual stream before each of the first `layer` blocks (None = all, plus the final
-        resid_post), stacked on a leading axis; with `incl_mid` also each block's resid_mid."""
+        resid_post: n_layer + 1 points, labelled "0_pre" ... "final_post"), stacked on a leading
+        `layer` axis; with `incl_mid` also each block's resid_mid ("0_mid", ...)."""
         stop = self._layers(layer)
         parts, labels = [], []
         for l in range(min(stop, self.n_layer)):
@@ -144,10 +131,7 @@ class ActivationCache(Mapping[str, Tensor]):
         if stop == self.n_layer + 1:
             parts.append(self["resid_post", self.n_layer - 1])
             labels.append("final_post")
-        stack = torch.stack(parts)
-        if apply_ln:
-            stack = self.apply_ln_to_stack(stack, layer)
-        return (stack, labels) if return_labels else stack
+        return self._stacked(parts, labels, layer, apply_ln=apply_ln, return_labels=return_labels)
 
     def decompose_resid(
         self,
@@ -175,10 +159,7 @@ class ActivationCache(Mapping[str, Tensor]):
             if mode in ("all", "mlp"):
                 parts.append(self["mlp_out", l])
                 labels.append(f"{l}_mlp_out")
-        stack = torch.stack(parts)
-        if apply_ln:
-            stack = self.apply_ln_to_stack(stack, layer)
-        return (stack, labels) if return_labels else stack
+        return self._stacked(parts, labels, layer, apply_ln=apply_ln, return_labels=return_labels)
 
     def stack_head_results(
         self,
@@ -194,26 +175,32 @@ class ActivationCache(Mapping[str, Tensor]):
         parts = []
         for l in range(stop):
             result = self["result", l]  # stored, or computed from hook_z
-            parts.append(einops.rearrange(result, "batch pos head d_model -> head batch pos d_model"))
-        stack = torch.cat(parts)
-        labels = [f"L{l}H{h}" for l in range(stop) for h in range(self.model.cfg.n_head)]
+            parts += einops.rearrange(result, "batch pos head d_model -> head batch pos d_model").unbind(0)
+        labels = [f"L{l}H{h}" for l in range(stop) for h in range(self.n_head)]
+        return self._stacked(parts, labels, layer, apply_ln=apply_ln, return_labels=return_labels)
+
+    def _stacked(
+        self, parts: list[Tensor], labels: list[str], layer: int | None, *, apply_ln: bool, return_labels: bool
+    ) -> Tensor | tuple[Tensor, list[str]]:
+        """The parts stacked on a leading axis, LayerNorm-scaled for `layer` with `apply_ln`, with labels if asked."""
+        stack = torch.stack(parts)
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer)
         return (stack, labels) if return_labels else stack
 
     def apply_ln_to_stack(
         self,
-        residual_stack: Float[Tensor, "*component batch pos d_model"],
+        residual_stack: Float[Tensor, "*stack batch pos d_model"],
         layer: int | None = None,
         *,
         mlp_input: bool = False,
-    ) -> Float[Tensor, "*component batch pos d_model"]:
+    ) -> Float[Tensor, "*stack batch pos d_model"]:
         """Centre each component and divide by the cached LayerNorm scale of the full residual
         stream that feeds `ln_final` (layer None or n_layer) or block `layer`'s ln1 (ln2 with
         `mlp_input`). As in TransformerLens the LayerNorm weight and bias are not applied, so the
         components sum to the normalised stream only up to that affine map."""
         if layer is None or layer == -1 or layer == self.n_layer:
-            scale = self["ln_final.hook_scale"]
+            scale = self["scale"]  # ln_final's
         else:
             scale = self["scale", layer, "ln2" if mlp_input else "ln1"]
         centred = residual_stack - residual_stack.mean(-1, keepdim=True)

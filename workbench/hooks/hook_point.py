@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from workbench.errors import HookShapeError, HookTypeError, HookUsageError
+from workbench.hooks.names import layer_of
 
 HookFn = Callable[..., "Tensor | None"]
 Direction = Literal["fwd", "bwd"]
@@ -58,8 +59,7 @@ class HookPoint(nn.Module):
 
     def layer(self) -> int | None:
         """The block index this hook point lives in (None outside the blocks)."""
-        parts = self.name.split(".")
-        return int(parts[1]) if len(parts) > 1 and parts[0] == "blocks" else None
+        return layer_of(self.name)
 
     def forward(self, x: Tensor) -> Tensor:
         for fn in self.fwd_hooks:

@@ -11,8 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from workbench.errors import HookTypeError, HookUsageError, UnknownHookError
-from workbench.hooks.cache import ActivationCache
+from workbench.hooks.accounting import activation_layout, cache_bytes
+from workbench.hooks.cache import ActivationCache, AttentionLayer
 from workbench.hooks.hook_point import Direction, HookFn, HookPoint
+from workbench.hooks.names import derivable, pos_axis
 
 NameOrPredicate = Union[str, Callable[[str], bool]]
 HookSpec = Sequence[tuple[NameOrPredicate, HookFn]]
@@ -27,7 +29,12 @@ def _next_token_loss(logits: Tensor, tokens: Tensor) -> Tensor:
 class HookedRootModule(nn.Module):
     """Give every `HookPoint` submodule its dotted name and add hook and cache methods.
 
-    Subclasses call `self.setup_hooks()` at the end of `__init__`.
+    Subclasses call `self.setup_hooks()` at the end of `__init__`, can be built from their config
+    alone (`type(model)(model.cfg)`, for the meta-device shape pass), check inputs in
+    `prepare_tokens` and list their attention layers in `attention_layers` (for the cache).
+
+    Inputs are checked once, at the entry points (`model(...)`, `run_with_hooks`,
+    `run_with_cache`); `forward` takes checked ids and never synchronises with the host.
     """
 
     _hook_dict: dict[str, HookPoint]
@@ -47,13 +54,38 @@ class HookedRootModule(nn.Module):
     def hook_names(self) -> list[str]:
         return list(self._hook_dict)
 
-    def derivable(self, name: str) -> bool:
-        """Whether a full cache may compute this activation from others on access instead of storing it."""
-        return False
-
-    def prepare_tokens(self, tokens) -> Tensor:
+    def prepare_tokens(self, tokens, *, name: str = "tokens") -> Tensor:
         """Check (and, for text, tokenize) a model input; subclasses override."""
         return tokens
+
+    def attention_layers(self) -> list[AttentionLayer]:
+        """The attention layer of every block, in order (what a cache needs for per-head results)."""
+        return []
+
+    def __call__(self, tokens, *args, **kwargs) -> Tensor:
+        """Check the input once (text is tokenized), then run `forward` on the ids."""
+        return self._forward_checked(self.prepare_tokens(tokens), *args, **kwargs)
+
+    def _forward_checked(self, tokens: Tensor, *args, **kwargs) -> Tensor:
+        # nn.Module's own __call__ (torch's module hooks included) on ids already checked
+        return super().__call__(tokens, *args, **kwargs)
+
+    # ----------------------------------------------------------------- shapes and cache sizes
+    def activation_shapes(self, batch: int, pos: int) -> dict[str, tuple[int, ...]]:
+        """The shape of every hook point's activation for a [batch pos] input (from a meta-device forward)."""
+        return {name: info.shape for name, info in activation_layout(self, batch, pos).items()}
+
+    def cache_size(self, tokens: Tensor | tuple[int, int], names_filter: NamesFilter = None) -> int:
+        """Bytes a `run_with_cache(tokens, names_filter=...)` cache will hold, before running it.
+
+        Counts distinct storage: q, k and v share one buffer, and resid_pre of block l+1 is
+        resid_post of block l, so those are counted once; a full cache stores no derivable
+        activation (per-head results)."""
+        batch, pos = tokens if isinstance(tokens, tuple) else self.prepare_tokens(tokens).shape
+        names = self.names_matching(names_filter)
+        if names_filter is None:
+            names = [n for n in names if not derivable(n)]
+        return cache_bytes(self, batch, pos, names, self.dtype.itemsize)
 
     # ----------------------------------------------------------------- resolving names
     def unknown_hook_error(self, name: str) -> UnknownHookError:
@@ -122,8 +154,9 @@ class HookedRootModule(nn.Module):
         self, tokens, *, fwd_hooks: HookSpec = (), bwd_hooks: HookSpec = (), **forward_kwargs
     ) -> Tensor:
         """Run the forward pass with hooks attached; returns what `forward` returns."""
+        tokens = self.prepare_tokens(tokens)
         with self.hooks(fwd_hooks=fwd_hooks, bwd_hooks=bwd_hooks):
-            return self(tokens, **forward_kwargs)
+            return self._forward_checked(tokens, **forward_kwargs)
 
     # ----------------------------------------------------------------- caching
     def run_with_cache(
@@ -151,7 +184,7 @@ class HookedRootModule(nn.Module):
         names = self.names_matching(names_filter)
         derived: list[str] = []
         if names_filter is None:  # a full cache stores each activation once: derivable ones are computed on access
-            derived = [n for n in names if self.derivable(n)]
+            derived = [n for n in names if derivable(n)]
             names = [n for n in names if n not in derived]
         tokens = self.prepare_tokens(tokens)
         store: dict[str, Tensor] = {}
@@ -173,7 +206,7 @@ class HookedRootModule(nn.Module):
         with self.hooks(fwd_hooks=[*fwd_hooks, *cache_fwd], bwd_hooks=cache_bwd):
             if incl_bwd:
                 with torch.enable_grad():
-                    logits = self(tokens, **forward_kwargs)
+                    logits = self._forward_checked(tokens, **forward_kwargs)
                     loss = loss_fn(logits) if loss_fn else _next_token_loss(logits, tokens)
                     if loss.ndim != 0:
                         raise HookUsageError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
@@ -183,9 +216,9 @@ class HookedRootModule(nn.Module):
                     torch.autograd.grad(loss, grad_roots, allow_unused=True)
                 logits = logits.detach()
             else:
-                logits = self(tokens, **forward_kwargs)
+                logits = self._forward_checked(tokens, **forward_kwargs)
         store.update(grad_store)
-        return logits, ActivationCache(store, self, derived=derived)
+        return logits, ActivationCache(store, self.attention_layers(), derived=derived)
 
 
 def _position_selector(pos_slice) -> Callable[[str, Tensor], Tensor]:
@@ -199,8 +232,7 @@ def _position_selector(pos_slice) -> Callable[[str, Tensor], Tensor]:
         index = torch.as_tensor(list(pos_slice), dtype=torch.long)
 
     def keep(name: str, x: Tensor) -> Tensor:
-        # positions are axis 1 ([batch pos ...]) except for attention maps ([batch head query_pos key_pos])
-        axis = 2 if name.endswith(("hook_attn_scores", "hook_pattern")) else 1
+        axis = pos_axis(name)
         if x.ndim <= axis:
             return x
         idx = index.to(x.device) if isinstance(index, Tensor) else index

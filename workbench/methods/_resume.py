@@ -13,9 +13,9 @@ module runs many cells in one forward and computes only what can differ from the
 
 What is left is packed as a flat list of (row, position) tokens: every position-wise layer
 (LayerNorm, the projections, the MLP) runs on all of them as one big matrix, and only attention
-pads them back to [row query_pos] to attend over [row key_pos]. Packing axes, besides the model's
-vocabulary: `cell` (one patched run), `row` (one (cell, prompt) pair, `(cell batch)`) and
-`token` (one (row, position) pair that is actually computed).
+pads them back to [row query_pos] to attend over [row key_pos]. Packing axes (defined with the
+rest of the axis vocabulary in workbench/models/__init__.py): `cell` (one patched run), `row` (one
+(cell, prompt) pair, `(cell batch)`) and `token` (one (row, position) pair that is actually computed).
 Cells whose change cannot reach a position the metric reads get the base run's metric.
 """
 
@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 
 import einops
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.errors import InputError
-from workbench.hooks import ActivationCache
+from workbench.hooks import ActivationCache, act_name
 from workbench.methods.metrics import Metric
+from workbench.models import GPT
 
 # Tokens computed in one forward (the memory budget), and logits kept at once for metrics that
 # are evaluated one cell at a time.
@@ -67,7 +67,7 @@ class BaseRun:
 
 
 def cached_runs(
-    model, runs: Sequence[Tensor], names: Sequence[str], read: Sequence[int], vocab: Sequence[int] | None = None
+    model: GPT, runs: Sequence[Tensor], names: Sequence[str], read: Sequence[int], vocab: Sequence[int] | None = None
 ) -> list[tuple[Tensor, ActivationCache]]:
     """Run several [batch pos] token sets as one batch, caching the activations `names` and
     computing logits only at positions `read` (and tokens `vocab`): a (logits [batch read
@@ -84,12 +84,12 @@ def cached_runs(
     out, offset = [], 0
     for tokens in runs:
         rows = slice(offset, offset + tokens.shape[0])
-        out.append((logits[rows], ActivationCache({k: v[rows] for k, v in store.items()}, model)))
+        out.append((logits[rows], ActivationCache({k: v[rows] for k, v in store.items()}, model.attention_layers())))
         offset += tokens.shape[0]
     return out
 
 
-def refuse_attached_hooks(model) -> None:
+def refuse_attached_hooks(model: GPT) -> None:
     """Patched cells run without hook points, so hooks the caller left attached would change the base
     run but not the cells: refuse rather than return skewed numbers."""
     attached = [name for name, point in model.hook_dict.items() if point.has_hooks]
@@ -103,7 +103,7 @@ def refuse_attached_hooks(model) -> None:
 
 
 def unembed(
-    model, resid: Float[Tensor, "batch pos d_model"], vocab: Sequence[int] | None
+    model: GPT, resid: Float[Tensor, "batch pos d_model"], vocab: Sequence[int] | None
 ) -> Float[Tensor, "batch pos d_vocab"]:
     """The model's logits; with `vocab`, only those token ids are computed and the rest are 0
     (for metrics that read a few tokens: the unembedding is the biggest matrix of the model)."""
@@ -120,9 +120,8 @@ def base_names(n_layer: int) -> list[str]:
     """The hook names a `BaseRun` needs (residuals at every entry point, keys and values)."""
     names = []
     for l in range(n_layer):
-        names += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.attn.hook_k", f"blocks.{l}.attn.hook_v",
-                  f"blocks.{l}.hook_resid_mid"]
-    return names + [f"blocks.{n_layer - 1}.hook_resid_post"]
+        names += [act_name(kind, l) for kind in ("resid_pre", "k", "v", "resid_mid")]
+    return names + [act_name("resid_post", n_layer - 1)]
 
 
 @dataclass(eq=False)
@@ -151,7 +150,7 @@ class _Cell:
 
 
 def run_cells(
-    model,
+    model: GPT,
     base: BaseRun,
     groups: Sequence[CellGroup],
     metric: Metric,
@@ -302,8 +301,7 @@ def _attention_half(block, state: _Tokens, base: BaseRun, layer: int, stop: int,
     those positions are computed and kept (the last block)."""
     attn = block.attn
     rows = len(state.start)
-    qkv = attn.c_attn(_tokenwise(block.ln1, state.x))
-    q, k, v = einops.rearrange(qkv, "token (three head d_head) -> three token head d_head", three=3, head=attn.n_head)
+    q, k, v = (t[0] for t in attn.split_qkv(block.ln1(state.x[None])))  # [token head d_head]
     base_rows = torch.arange(rows, device=q.device) % base.tokens.shape[0]
     keys, values = (base.cache[name, layer][base_rows, :stop].clone() for name in ("k", "v"))
     keys[state.row, state.pos] = k  # [row key_pos head d_head]
@@ -316,14 +314,35 @@ def _attention_half(block, state: _Tokens, base: BaseRun, layer: int, stop: int,
     n_slot = int(slot.max()) + 1
     queries = q.new_zeros(rows, n_slot, *q.shape[1:])
     queries[state.row, slot] = q
-    query_pos = state.start[:, None] + torch.arange(n_slot, device=q.device)
-    mask = torch.arange(stop, device=q.device)[None, None, :] <= query_pos[:, :, None]  # causal, [row query_pos key_pos]
-    z = F.scaled_dot_product_attention(
-        einops.rearrange(queries, "row query_pos head d_head -> row head query_pos d_head"),
-        einops.rearrange(keys, "row key_pos head d_head -> row head key_pos d_head"),
-        einops.rearrange(values, "row key_pos head d_head -> row head key_pos d_head"),
-        attn_mask=mask[:, None],
-    )
-    z = einops.rearrange(z, "row head query_pos d_head -> row query_pos head d_head")[state.row, slot]
-    out = attn.c_proj(einops.rearrange(z, "token head d_head -> token (head d_head)"))
-    return state_with(state, state.x + out)
+    query_pos = state.start[:, None] + torch.arange(n_slot, device=q.device)  # [row query_pos]
+    z = attn.attend(queries, keys, values, query_pos=query_pos)[state.row, slot]  # [token head d_head]
+    return state_with(state, state.x + attn.project(z[None])[0])
+
+
+# ---------------------------------------------------------------------- head cells
+# A head cell's key is (pos, head): the change of that head's output z at position pos (None:
+# at every position). A `ZDiff` gives the z changes of a list of cells; `through_W_O` turns them
+# into the residual changes at resid_mid that a `CellGroup` takes.
+ZDiff = Callable[[list[tuple]], Float[Tensor, "cell batch pos d_head"]]
+
+
+def through_W_O(z_diff: ZDiff, attn) -> Callable[[list[tuple]], Float[Tensor, "cell batch pos d_model"]]:
+    """Residual deltas of head cells: each cell's z change through its head's W_O (`attn.head_results`)."""
+
+    def delta(keys: list[tuple]) -> Float[Tensor, "cell batch pos d_model"]:
+        heads = torch.tensor([k[1] for k in keys])
+        z = einops.rearrange(z_diff(keys), "cell batch pos d_head -> batch pos cell d_head")
+        out = attn.head_results(z, heads=heads.to(z.device))
+        return einops.rearrange(out, "batch pos cell d_model -> cell batch pos d_model")
+
+    return delta
+
+
+def all_rows(z_diff: Float[Tensor, "batch pos head d_head"]) -> ZDiff:
+    """Cells that change their head's z at every position by `z_diff`."""
+
+    def take(keys: list[tuple]) -> Float[Tensor, "cell batch pos d_head"]:
+        heads = torch.tensor([k[1] for k in keys])
+        return einops.rearrange(z_diff[:, :, heads], "batch pos cell d_head -> cell batch pos d_head")
+
+    return take

@@ -24,8 +24,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from workbench.errors import InputError
-from workbench.methods._resume import BaseRun, CellGroup, base_names, cached_runs, entry_of, run_cells
+from workbench.hooks import act_name, act_names
+from workbench.methods._resume import (
+    BaseRun, CellGroup, all_rows, base_names, cached_runs, entry_of, run_cells, through_W_O,
+)
 from workbench.methods.metrics import Metric, as_metric, scalar
+from workbench.models import GPT
 
 METHODS = ("zero", "mean", "resample")
 
@@ -56,7 +60,7 @@ class Ablation:
         if not (self.heads or self.attn_layers or self.mlp_layers or self.neurons):
             raise InputError("an Ablation needs something to ablate: heads, attn_layers, mlp_layers or neurons")
 
-    def check(self, model) -> None:
+    def check(self, model: GPT) -> None:
         """Raise InputError for a layer, head or neuron the model does not have."""
         n_layer, n_head, d_mlp = model.cfg.n_layer, model.cfg.n_head, model.cfg.d_mlp
         layers = [l for l, _ in self.heads] + list(self.attn_layers) + list(self.mlp_layers) + [l for l, _ in self.neurons]
@@ -74,13 +78,13 @@ class Ablation:
         """Hook name -> the head / neuron indices ablated there (None: the whole activation)."""
         out: dict[str, list[int] | None] = {}
         for l, h in self.heads:
-            out.setdefault(f"blocks.{l}.attn.hook_z", []).append(h)
+            out.setdefault(act_name("z", l), []).append(h)
         for l in self.attn_layers:
-            out[f"blocks.{l}.hook_attn_out"] = None
+            out[act_name("attn_out", l)] = None
         for l in self.mlp_layers:
-            out[f"blocks.{l}.hook_mlp_out"] = None
+            out[act_name("mlp_out", l)] = None
         for l, n in self.neurons:
-            out.setdefault(f"blocks.{l}.mlp.hook_post", []).append(n)
+            out.setdefault(act_name("post", l), []).append(n)
         return out
 
     def to_frame(self) -> pd.DataFrame:
@@ -104,7 +108,7 @@ def _replacement(
     return reference_act[rows]  # resample
 
 
-def _check_reference(model, method: str, tokens: Tensor, reference) -> Tensor | None:
+def _check_reference(model: GPT, method: str, tokens: Tensor, reference) -> Tensor | None:
     if method == "zero":
         return None
     if reference is None:
@@ -115,7 +119,7 @@ def _check_reference(model, method: str, tokens: Tensor, reference) -> Tensor | 
         raise InputError(
             f"{method} ablation needs a non-empty reference batch, got shape {tuple(reference.shape)}"
         )
-    reference = model.prepare_tokens(reference)
+    reference = model.prepare_tokens(reference, name="reference")
     if reference.shape[1] != tokens.shape[1]:
         raise InputError(
             f"the reference batch has {reference.shape[1]} positions but the prompts have {tokens.shape[1]}: "
@@ -129,7 +133,7 @@ def _resample_rows(n_reference: int, batch: int, seed: int) -> Tensor:
 
 
 def ablation_hooks(
-    model,
+    model: GPT,
     ablation: Ablation,
     tokens: Tensor | str | Sequence[str],
     *,
@@ -141,7 +145,7 @@ def ablation_hooks(
     `reference`: the prompts whose activations "mean" averages and "resample" draws from
     (default: `tokens` themselves)."""
     ablation.check(model)
-    tokens = model.prepare_tokens(tokens)
+    tokens = model.prepare_tokens(tokens, name="tokens")
     reference = _check_reference(model, ablation.method, tokens, reference)
     sites = ablation.sites()
     cache = None
@@ -168,7 +172,7 @@ def ablation_hooks(
 
 
 def ablate(
-    model,
+    model: GPT,
     tokens: Tensor | str | Sequence[str],
     ablation: Ablation,
     *,
@@ -176,6 +180,7 @@ def ablate(
     seed: int = 0,
 ) -> Float[Tensor, "batch pos d_vocab"]:
     """The logits of `tokens` with `ablation` applied (see `ablation_hooks` for `reference`)."""
+    tokens = model.prepare_tokens(tokens, name="tokens")
     hooks = ablation_hooks(model, ablation, tokens, reference=reference, seed=seed)
     with torch.no_grad():
         return model.run_with_hooks(tokens, fwd_hooks=hooks)
@@ -210,7 +215,7 @@ class AblationResult:
 
 
 def ablation_sweep(
-    model,
+    model: GPT,
     tokens: Tensor | str | Sequence[str],
     metric: Metric | Callable[[Tensor], Tensor],
     *,
@@ -227,12 +232,12 @@ def ablation_sweep(
     Returns values[layer, head]."""
     if method not in METHODS:
         raise InputError(f"unknown ablation method {method!r}; allowed: {', '.join(METHODS)}")
-    tokens = model.prepare_tokens(tokens)
+    tokens = model.prepare_tokens(tokens, name="tokens")
     metric = as_metric(metric)
     reference = _check_reference(model, method, tokens, reference)
     n_layer, n_head, batch = model.cfg.n_layer, model.cfg.n_head, tokens.shape[0]
     read = metric.read_positions(tokens.shape[1])
-    z_names = [f"blocks.{l}.attn.hook_z" for l in range(n_layer)]
+    z_names = act_names("z", range(n_layer))
     separate = reference is not None and reference is not tokens  # mean / resample over other prompts
     runs = [tokens, reference] if separate else [tokens]
     results = cached_runs(model, runs, z_names + base_names(n_layer), read, metric.vocab)
@@ -247,20 +252,11 @@ def ablation_sweep(
     for l in range(n_layer):
         z = base_cache["z", l]
         z_new = _replacement(method, None if reference_cache is None else reference_cache["z", l], batch, rows, z)
-        group = CellGroup(entry_of(l, "mid"), _head_delta(z_new - z, model.blocks[l].attn.W_O.detach()))
+        group = CellGroup(entry_of(l, "mid"), through_W_O(all_rows(z_new - z), model.blocks[l].attn))
         for h in range(n_head):
-            group.add(h, (l, h), 0)
+            group.add((None, h), (l, h), 0)
         groups.append(group)
     run_cells(model, base, groups, metric, values, max_batch=max_batch, progress=progress,
               desc=f"{method}-ablating heads")
     return AblationResult(values, baseline, method, metric.name, seed if method == "resample" else None)
 
-
-def _head_delta(z_diff: Float[Tensor, "batch pos head d_head"], W_O: Float[Tensor, "head d_head d_model"]):
-    def delta(heads: list[int]) -> Float[Tensor, "cell batch pos d_model"]:
-        idx = torch.tensor(heads)
-        return einops.einsum(
-            z_diff[:, :, idx], W_O[idx], "batch pos cell d_head, cell d_head d_model -> cell batch pos d_model"
-        )
-
-    return delta

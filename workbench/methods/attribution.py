@@ -14,6 +14,7 @@ import einops
 import torch
 from torch import Tensor
 
+from workbench.hooks import act_name
 from workbench.methods.metrics import Metric, as_metric, scalar
 from workbench.methods.patching import (
     LAYER_POS_TARGETS,
@@ -25,6 +26,7 @@ from workbench.methods.patching import (
     target_dims,
     target_hook,
 )
+from workbench.models import GPT
 
 # How g * (a' - a) is summed down to the target's axes, by activation layout.
 _REDUCE = {
@@ -37,7 +39,7 @@ _REDUCE = {
 
 
 def attribution_patching(
-    model,
+    model: GPT,
     clean_tokens: Tensor | str | Sequence[str],
     corrupted_tokens: Tensor | str | Sequence[str],
     metric: Metric | Callable[[Tensor], Tensor],
@@ -68,7 +70,7 @@ def attribution_patching(
         incl_bwd=True,
         loss_fn=lambda logits: scalar(metric(logits), metric.name),
         # Gradients flow even when the model's parameters are frozen.
-        fwd_hooks=[("hook_embed", _requires_grad)],
+        fwd_hooks=[(act_name("embed"), _requires_grad)],
     )
     base_value = float(metric(base_logits))
     source_value = float(scalar(metric(source_logits), metric.name))

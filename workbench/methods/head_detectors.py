@@ -10,7 +10,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from workbench.hooks import act_names
 from workbench.methods.prompts import repeated_tokens
+from workbench.models import GPT
 
 DETECTORS = ("induction", "previous_token", "duplicate_token")
 
@@ -42,8 +44,8 @@ class HeadScores:
         return [(int(i) // n_head, int(i) % n_head, float(flat[i])) for i in idx]
 
 
-def _patterns(model, tokens: Tensor) -> Float[Tensor, "layer batch head query_pos key_pos"]:
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layer)]
+def _patterns(model: GPT, tokens: Tensor) -> Float[Tensor, "layer batch head query_pos key_pos"]:
+    names = act_names("pattern", range(model.cfg.n_layer))
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=names)
     return torch.stack([cache[n] for n in names]).float()
@@ -61,7 +63,7 @@ def _stripe_score(
     return total / mask.sum()
 
 
-def induction_scores(model, tokens: Tensor | None = None, *, seq_len: int = 20, n_seqs: int = 8,
+def induction_scores(model: GPT, tokens: Tensor | None = None, *, seq_len: int = 20, n_seqs: int = 8,
                      seed: int = 0, vocab: Tensor | None = None) -> HeadScores:
     """Induction score: on [BOS] + r + r, the mean attention from each token of the second copy to
     the token just after its earlier occurrence (TransformerLens's definition).
@@ -86,7 +88,7 @@ def _induction_targets(tokens: Tensor) -> tuple[Tensor, Tensor]:
     return last + 1, last >= 0
 
 
-def previous_token_scores(model, tokens: Tensor) -> HeadScores:
+def previous_token_scores(model: GPT, tokens: Tensor) -> HeadScores:
     """Mean attention from each position (but the first) to the one before it."""
     tokens = model.prepare_tokens(tokens)
     batch, n = tokens.shape
@@ -94,7 +96,7 @@ def previous_token_scores(model, tokens: Tensor) -> HeadScores:
     return HeadScores(_stripe_score(_patterns(model, tokens), pos - 1, pos >= 1), "previous_token")
 
 
-def duplicate_token_scores(model, tokens: Tensor) -> HeadScores:
+def duplicate_token_scores(model: GPT, tokens: Tensor) -> HeadScores:
     """Mean attention from each repeated token to its most recent earlier copy."""
     tokens = model.prepare_tokens(tokens)
     targets, valid = _induction_targets(tokens)

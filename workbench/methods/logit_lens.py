@@ -16,7 +16,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from workbench.errors import InputError
-from workbench.hooks import ActivationCache
+from workbench.hooks import ActivationCache, act_name, act_names
+from workbench.models import GPT
 
 
 @dataclass
@@ -71,7 +72,7 @@ class LogitLensResult:
 
 
 def logit_lens(
-    model,
+    model: GPT,
     tokens: Tensor | str | Sequence[str],
     *,
     targets: int | Tensor | None = None,
@@ -82,18 +83,17 @@ def logit_lens(
     `tokens`: [batch pos] ids or text. `targets`: token ids whose rank and probability to track,
     one id for every position, a [pos] or a [batch pos] tensor. Holds [layer batch pos d_vocab]
     log-probs: (n_layer + 1) x batch x pos x 50257 floats, so keep prompts short."""
-    tokens = model.prepare_tokens(tokens)
+    tokens = model.prepare_tokens(tokens, name="tokens")
     batch, n_pos = tokens.shape
     if not 1 <= top_k <= model.cfg.d_vocab:
         raise InputError(f"top_k must be in [1, {model.cfg.d_vocab}], got {top_k}")
     if targets is not None:
         targets = _broadcast_targets(targets, batch, n_pos, model.cfg.d_vocab).to(tokens.device)
-    names = [f"blocks.{l}.hook_resid_pre" for l in range(model.cfg.n_layer)]
-    names.append(f"blocks.{model.cfg.n_layer - 1}.hook_resid_post")
+    names = act_names("resid_pre", range(model.cfg.n_layer)) + [act_name("resid_post", model.cfg.n_layer - 1)]
     store = {}
     with torch.no_grad(), model.hooks(fwd_hooks=[(n, lambda x, hook: store.__setitem__(hook.name, x)) for n in names]):
         model.run_blocks(model.embed(tokens))  # the residual streams only: the lens does the unembedding
-        resid, labels = ActivationCache(store, model).accumulated_resid(return_labels=True)
+        resid, labels = ActivationCache(store, model.attention_layers()).accumulated_resid(return_labels=True)
         # every layer in one matmul: [(layer batch) pos d_model] -> [(layer batch) pos d_vocab]
         flat = model.unembed(einops.rearrange(resid, "layer batch pos d_model -> (layer batch) pos d_model"))
         log_probs = einops.rearrange(flat.float().log_softmax(-1), "(layer batch) pos d_vocab -> layer batch pos d_vocab",

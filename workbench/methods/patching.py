@@ -20,7 +20,6 @@ there (positions before the first differing token) gets the base run's metric wi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,27 +30,30 @@ from jaxtyping import Float
 from torch import Tensor
 
 from workbench.errors import InputError
-from workbench.methods._resume import BaseRun, CellGroup, base_names, cached_runs, entry_of, run_cells
+from workbench.hooks import act_name
+from workbench.methods._resume import (
+    BaseRun, CellGroup, ZDiff, all_rows, base_names, cached_runs, entry_of, run_cells, through_W_O,
+)
 from workbench.methods.metrics import Metric, as_metric, normalize, scalar
+from workbench.models import GPT
 
 LAYER_POS_TARGETS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 HEAD_TARGETS = ("head_out", "head_q", "head_k", "head_v", "head_pattern")
 TARGETS = LAYER_POS_TARGETS + HEAD_TARGETS + tuple(f"{t}_by_pos" for t in HEAD_TARGETS)
 DIRECTIONS = ("denoise", "noise")
 
-# The hook each target patches, and where its change enters the residual stream.
+# The activation each target patches (`act_name` shorthand), and where its change enters the residual stream.
 _HOOK = {
-    "resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post",
-    "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out",
-    "head_out": "attn.hook_z", "head_q": "attn.hook_q", "head_k": "attn.hook_k", "head_v": "attn.hook_v",
-    "head_pattern": "attn.hook_pattern",
+    "resid_pre": "resid_pre", "resid_mid": "resid_mid", "resid_post": "resid_post",
+    "attn_out": "attn_out", "mlp_out": "mlp_out",
+    "head_out": "z", "head_q": "q", "head_k": "k", "head_v": "v", "head_pattern": "pattern",
 }
 _STAGE = {"resid_pre": "pre", "resid_mid": "mid", "attn_out": "mid", "resid_post": "post", "mlp_out": "post"}
 
 
 def target_hook(target: str, layer: int) -> str:
     """The hook name that `target` patches in block `layer` (e.g. head_q -> blocks.l.attn.hook_q)."""
-    return f"blocks.{layer}.{_HOOK[target.removesuffix('_by_pos')]}"
+    return act_name(_HOOK[target.removesuffix("_by_pos")], layer)
 
 
 def target_dims(target: str) -> tuple[str, ...]:
@@ -127,9 +129,10 @@ def check_direction(direction: str) -> str:
     return direction
 
 
-def check_pair(model, clean_tokens, corrupted_tokens) -> tuple[Tensor, Tensor]:
+def check_pair(model: GPT, clean_tokens, corrupted_tokens) -> tuple[Tensor, Tensor]:
     """Both prompts as [batch pos] ids; they must have the same shape."""
-    clean, corrupted = model.prepare_tokens(clean_tokens), model.prepare_tokens(corrupted_tokens)
+    clean = model.prepare_tokens(clean_tokens, name="clean_tokens")
+    corrupted = model.prepare_tokens(corrupted_tokens, name="corrupted_tokens")
     if clean.shape[1] != corrupted.shape[1]:
         raise InputError(
             f"clean and corrupted prompts must have the same length: clean has {clean.shape[1]} tokens, "
@@ -143,7 +146,7 @@ def check_pair(model, clean_tokens, corrupted_tokens) -> tuple[Tensor, Tensor]:
     return clean, corrupted
 
 
-def check_layers(model, layers: Sequence[int] | None) -> list[int]:
+def check_layers(model: GPT, layers: Sequence[int] | None) -> list[int]:
     n_layer = model.cfg.n_layer
     if layers is None:
         return list(range(n_layer))
@@ -167,7 +170,7 @@ def first_difference(clean: Tensor, corrupted: Tensor) -> int:
 
 
 def activation_patching(
-    model,
+    model: GPT,
     clean_tokens: Tensor | str | Sequence[str],
     corrupted_tokens: Tensor | str | Sequence[str],
     metric: Metric | Callable[[Tensor], Tensor],
@@ -185,7 +188,8 @@ def activation_patching(
     any callable logits [batch pos d_vocab] -> scalar. `target`: see the module docstring.
     `direction`: "denoise" patches clean activations into the corrupted run, "noise" the reverse.
     `layers`: sweep only these layers (default all). `max_batch`: most sequences (cells x batch)
-    in one forward, the memory budget (default: about 4096 token positions per forward).
+    in one forward (default: as many as fit in `_resume.TOKEN_BUDGET` token positions, the
+    memory budget every forward keeps to).
     `progress`: True for a console bar, False for none, or a callback `progress(done, total)`
     called with the number of cells done after each forward (e.g. to drive a dashboard's bar).
 
@@ -199,9 +203,9 @@ def activation_patching(
     base_tokens, source_tokens = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
     hooks = [target_hook(target, l) for l in layers]
     if target.startswith(("head_q", "head_k", "head_v", "head_pattern")):  # patched z needs q, k, v, pattern
-        hooks += [f"blocks.{l}.attn.hook_{n}" for l in layers for n in ("q", "k", "v", "z", "pattern")]
+        hooks += [act_name(n, l) for l in layers for n in ("q", "k", "v", "z", "pattern")]
     elif target.startswith("head_out"):
-        hooks += [f"blocks.{l}.attn.hook_z" for l in layers]
+        hooks += [act_name("z", l) for l in layers]
     read = metric.read_positions(base_tokens.shape[1])
     names = hooks + base_names(model.cfg.n_layer)
     (base_logits, base_cache), (source_logits, source_cache) = cached_runs(
@@ -242,22 +246,17 @@ def _cell_group(model, target: str, layer: int, i: int, base, source, d: int, n_
         return group
 
     kind = target.removesuffix("_by_pos")
-    W_O = model.blocks[layer].attn.W_O.detach()  # [head d_head d_model]
-    z_base = base["z", layer]
+    attn = model.blocks[layer].attn
     if kind == "head_k" and target.endswith("_by_pos"):
-        z_diff = _k_by_pos(model, layer, base, source)
+        z_diff = _k_by_pos(attn, layer, base, source)
     elif kind == "head_v" and target.endswith("_by_pos"):
         z_diff = _v_by_pos(layer, base, source)
     else:
         # The head's output with the patched input, at every position: row p only depends on
         # query p, so by-position q / out / pattern cells take row p of it.
-        z_new = _patched_z(model, kind, layer, base, source)
-        z_diff = z_new - z_base
-        if target.endswith("_by_pos"):
-            z_diff = _row_only(z_diff)
-        else:
-            z_diff = _all_rows(z_diff)
-    group = CellGroup(entry_of(layer, "mid"), _through_W_O(z_diff, W_O))
+        z_diff = _patched_z(attn, kind, layer, base, source) - base["z", layer]
+        z_diff = _row_only(z_diff) if target.endswith("_by_pos") else all_rows(z_diff)
+    group = CellGroup(entry_of(layer, "mid"), through_W_O(z_diff, attn))
     n_head = model.cfg.n_head
     if target.endswith("_by_pos"):
         for p in range(n_pos):
@@ -280,29 +279,6 @@ def _at_positions(diff: Float[Tensor, "batch pos d_model"]):
     return delta
 
 
-# Head cells: a function (keys) -> z change of the cell's head, [cell batch pos d_head], which
-# `_through_W_O` turns into the residual change at resid_mid.
-ZDiff = Callable[[list[tuple]], Float[Tensor, "cell batch pos d_head"]]
-
-
-def _through_W_O(z_diff: ZDiff, W_O: Float[Tensor, "head d_head d_model"]):
-    def delta(keys: list[tuple]) -> Float[Tensor, "cell batch pos d_model"]:
-        heads = torch.tensor([k[1] for k in keys])
-        return einops.einsum(
-            z_diff(keys), W_O[heads], "cell batch pos d_head, cell d_head d_model -> cell batch pos d_model"
-        )
-
-    return delta
-
-
-def _all_rows(z_diff: Float[Tensor, "batch pos head d_head"]) -> ZDiff:
-    def take(keys: list[tuple]) -> Float[Tensor, "cell batch pos d_head"]:
-        heads = torch.tensor([k[1] for k in keys])
-        return einops.rearrange(z_diff[:, :, heads], "batch pos cell d_head -> cell batch pos d_head")
-
-    return take
-
-
 def _row_only(z_diff: Float[Tensor, "batch pos head d_head"]) -> ZDiff:
     def take(keys: list[tuple]) -> Float[Tensor, "cell batch pos d_head"]:
         pos = torch.tensor([k[0] for k in keys])
@@ -315,21 +291,17 @@ def _row_only(z_diff: Float[Tensor, "batch pos head d_head"]) -> ZDiff:
     return take
 
 
-def _patched_z(model, kind: str, layer: int, base, source) -> Float[Tensor, "batch pos head d_head"]:
+def _patched_z(attn, kind: str, layer: int, base, source) -> Float[Tensor, "batch pos head d_head"]:
     """Every head's output at every position when its `kind` input comes from the source run."""
-    attn = model.blocks[layer].attn
-    get = lambda cache, n: cache[n, layer]  # noqa: E731
     if kind == "head_out":
-        return get(source, "z")
-    if kind == "head_q":
-        return attn.explicit_attention(get(source, "q"), get(base, "k"), get(base, "v"))
-    if kind == "head_k":
-        return attn.explicit_attention(get(base, "q"), get(source, "k"), get(base, "v"))
-    if kind == "head_v":
-        return einops.einsum(get(base, "pattern"), get(source, "v"),
-                             "batch head query_pos key_pos, batch key_pos head d_head -> batch query_pos head d_head")
-    return einops.einsum(get(source, "pattern"), get(base, "v"),  # head_pattern
-                         "batch head query_pos key_pos, batch key_pos head d_head -> batch query_pos head d_head")
+        return source["z", layer]
+
+    def get(name: str) -> Tensor:
+        return (source if kind == f"head_{name}" else base)[name, layer]
+
+    if kind in ("head_q", "head_k"):
+        return attn.attend(get("q"), get("k"), get("v"))
+    return attn.mix(get("pattern"), get("v"))  # head_v, head_pattern
 
 
 def _v_by_pos(layer: int, base, source) -> ZDiff:
@@ -347,28 +319,18 @@ def _v_by_pos(layer: int, base, source) -> ZDiff:
     return take
 
 
-def _k_by_pos(model, layer: int, base, source) -> ZDiff:
-    """Patching k at key position p changes one column of the head's scores; recompute its pattern."""
+def _k_by_pos(attn, layer: int, base, source) -> ZDiff:
+    """Patching k at key position p: the head attends again with key p from the source run. Each
+    cell is one head of a batched attention (the head axis indexes cells)."""
     q, k, v, z = (base[n, layer] for n in ("q", "k", "v", "z"))
     k_source = source["k", layer]
-    scale = math.sqrt(q.shape[-1])
-    scores = einops.einsum(q, k, "batch query_pos head d_head, batch key_pos head d_head -> batch head query_pos key_pos")
-    n_pos = q.shape[1]
-    future = torch.ones(n_pos, n_pos, dtype=torch.bool, device=q.device).triu_(1)
 
     def take(keys: list[tuple]) -> Float[Tensor, "cell batch pos d_head"]:
-        pos = torch.tensor([k[0] for k in keys])
-        heads = torch.tensor([k[1] for k in keys])
-        cell_scores = einops.rearrange(scores[:, heads], "batch cell query_pos key_pos -> cell batch query_pos key_pos")
-        column = einops.einsum(q[:, :, heads], k_source[:, pos, heads],
-                               "batch query_pos cell d_head, batch cell d_head -> cell batch query_pos")
-        index = einops.repeat(pos, "cell -> cell batch query_pos 1", batch=q.shape[0], query_pos=n_pos)
-        cell_scores = cell_scores.scatter(
-            -1, index.to(q.device), einops.rearrange(column, "cell batch query_pos -> cell batch query_pos 1")
-        )
-        pattern = (cell_scores / scale).masked_fill(future, float("-inf")).softmax(-1)
-        z_new = einops.einsum(pattern, v[:, :, heads],
-                              "cell batch query_pos key_pos, batch key_pos cell d_head -> cell batch query_pos d_head")
-        return z_new - einops.rearrange(z[:, :, heads], "batch pos cell d_head -> cell batch pos d_head")
+        pos = torch.tensor([key[0] for key in keys])
+        heads = torch.tensor([key[1] for key in keys])
+        cell_k = k[:, :, heads].clone()  # [batch key_pos cell d_head]
+        cell_k[:, pos, torch.arange(len(keys))] = k_source[:, pos, heads]
+        z_diff = attn.attend(q[:, :, heads], cell_k, v[:, :, heads]) - z[:, :, heads]
+        return einops.rearrange(z_diff, "batch pos cell d_head -> cell batch pos d_head")
 
     return take

@@ -1,7 +1,34 @@
-"""The typed GPT.
+"""The typed GPT: config, layernorm, attention, mlp, gpt (the model), tokens (text and token ids),
+tokenizer, loading (checkpoints), bundled and default (the models shipped with the package).
 
-Axis vocabulary, used in every annotation, einops pattern, DataFrame column and plot axis:
-`batch, pos, query_pos, key_pos, d_model, head, d_head, d_mlp, d_vocab, layer`.
+Axis vocabulary. Every annotation, einops pattern, DataFrame column and plot axis in workbench
+uses these names, and only these:
+
+    batch      one prompt of a batch of prompts
+    pos        a token position in a prompt (0 is the first token: BOS when the prompt has one)
+    query_pos  the attending position of an attention map [batch head query_pos key_pos]
+    key_pos    the attended-to position of an attention map
+    d_model    the residual stream's width
+    head       an attention head of a block
+    d_head     a head's query, key, value and output width (d_model / n_head)
+    d_mlp      the MLP's hidden width (its neurons)
+    d_vocab    the vocabulary (logits, log-probs)
+    layer      a block (0 to n_layer - 1); in a stack of the residual stream (the cache's
+               `accumulated_resid`, the logit lens) a point of the stream: each block's resid_pre,
+               then the final resid_post, n_layer + 1 of them, labelled "0_pre" ... "final_post"
+    component  one term of a residual-stream decomposition (embed, pos_embed, an attn_out or an
+               mlp_out, a head's result: the cache's `decompose_resid`, `stack_head_results`), or
+               the kind of part an `Ablation` knocks out (head, attn, mlp, neuron)
+    stack      any leading axes of a stack of residual-stream pieces (layer or component)
+    cell       one patched run of a patching or ablation sweep: one value of its result, indexed
+               by (layer, pos), (layer, head) or (layer, pos, head)
+    row        one (cell, prompt) pair in a packed sweep forward, `(cell batch)`
+    token      one (row, position) pair that a packed sweep forward actually computes
+    k          a rank among the most likely next tokens (the logit lens's top k)
+    three      q, k and v, when the fused c_attn output is split
+
+(`_` in an annotation is jaxtyping's unchecked axis. As a DataFrame column, `token` is the text of
+the token at `pos`.)
 """
 
 from workbench.models.config import PRESETS, GPTConfig

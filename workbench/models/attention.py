@@ -2,6 +2,14 @@
 
 Weights are stored fused, as in GPT-2 checkpoints (one matmul for q, k and v); the per-head
 views `W_Q [head d_model d_head]`, `W_O [head d_head d_model]`, ... share their storage.
+
+The attention maths lives here once, as pieces that `forward` and the methods call:
+`split_qkv` (x -> q, k, v), `causal_mask`, `scores` (masked, scaled), `pattern`, `mix`
+(pattern-weighted values, z), `attend` (q, k, v -> z with PyTorch's fused kernel: the same
+numbers as `mix(pattern(scores(...)))`), `head_results` (each head's output z W_O) and
+`project` (all heads through c_proj, with its bias). Queries may sit at any positions
+(`query_pos`, for packed sweeps that compute a row's later positions only); keys always run
+from position 0.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ import math
 import einops
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from workbench.hooks.hook_point import HookPoint
@@ -33,53 +41,109 @@ class Attention(nn.Module):
         self.hook_result = HookPoint()  # [batch pos head d_model], each head's output before b_O
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        # one matmul for q, k and v, split into heads
-        q, k, v = einops.rearrange(
-            self.c_attn(x), "batch pos (three head d_head) -> three batch pos head d_head", three=3, head=self.n_head
-        )
+        q, k, v = self.split_qkv(x)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks:
-            z = self.explicit_attention(q, k, v)
+            # Someone reads or edits the scores or pattern: materialise them (same numbers to 1e-5).
+            pattern = self.hook_pattern(self.pattern(self.hook_attn_scores(self.scores(q, k))))
+            z = self.mix(pattern, v)
         else:
-            z = self.fused_attention(q, k, v)
+            z = self.attend(q, k, v)
         z = self.hook_z(z)
         if self.hook_result.has_hooks:
             # Per-head outputs cost an extra [batch pos head d_model] tensor: only when asked for.
-            result: Float[Tensor, "batch pos head d_model"] = self.hook_result(
-                einops.einsum(z, self.W_O, "batch pos head d_head, head d_head d_model -> batch pos head d_model")
-            )
+            result = self.hook_result(self.head_results(z))
             out = einops.reduce(result, "batch pos head d_model -> batch pos d_model", "sum")
             return out if self.c_proj.bias is None else out + self.c_proj.bias
-        return self.c_proj(einops.rearrange(z, "batch pos head d_head -> batch pos (head d_head)"))
+        return self.project(z)
 
-    def fused_attention(
-        self,
-        q: Float[Tensor, "batch pos head d_head"],
-        k: Float[Tensor, "batch pos head d_head"],
-        v: Float[Tensor, "batch pos head d_head"],
-    ) -> Float[Tensor, "batch pos head d_head"]:
-        q, k, v = (einops.rearrange(t, "batch pos head d_head -> batch head pos d_head") for t in (q, k, v))
-        z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return einops.rearrange(z, "batch head pos d_head -> batch pos head d_head")
+    # ------------------------------------------------------------------ the pieces
+    def split_qkv(
+        self, x: Float[Tensor, "batch pos d_model"]
+    ) -> tuple[Float[Tensor, "batch pos head d_head"], Float[Tensor, "batch pos head d_head"],
+               Float[Tensor, "batch pos head d_head"]]:
+        """Queries, keys and values of every head: one matmul (c_attn), split into heads."""
+        q, k, v = einops.rearrange(
+            self.c_attn(x), "batch pos (three head d_head) -> three batch pos head d_head", three=3, head=self.n_head
+        )
+        return q, k, v
 
-    def explicit_attention(
+    @staticmethod
+    def causal_mask(
+        query_pos: Int[Tensor, "*batch query_pos"], key_pos: Int[Tensor, "key_pos"]
+    ) -> Bool[Tensor, "*batch query_pos key_pos"]:
+        """True where a query may attend to a key: the key is at or before the query's position."""
+        return key_pos <= query_pos[..., None]
+
+    def scores(
         self,
-        q: Float[Tensor, "batch pos head d_head"],
-        k: Float[Tensor, "batch pos head d_head"],
-        v: Float[Tensor, "batch pos head d_head"],
-    ) -> Float[Tensor, "batch pos head d_head"]:
+        q: Float[Tensor, "batch query_pos head d_head"],
+        k: Float[Tensor, "batch key_pos head d_head"],
+        *,
+        query_pos: Int[Tensor, "batch query_pos"] | None = None,
+    ) -> Float[Tensor, "batch head query_pos key_pos"]:
+        """q . k / sqrt(d_head), -inf where the key is after the query. Keys are at positions
+        0, 1, ...; queries at `query_pos` (default 0, 1, ...)."""
         scores = einops.einsum(
             q, k, "batch query_pos head d_head, batch key_pos head d_head -> batch head query_pos key_pos"
         ) / math.sqrt(self.d_head)
-        n = scores.shape[-1]
-        future = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu_(1)
-        scores: Float[Tensor, "batch head query_pos key_pos"] = self.hook_attn_scores(
-            scores.masked_fill(future, float("-inf"))
-        )
-        pattern: Float[Tensor, "batch head query_pos key_pos"] = self.hook_pattern(scores.softmax(dim=-1))
+        return scores.masked_fill(~self._allowed(q, k, query_pos), float("-inf"))
+
+    def pattern(
+        self, scores: Float[Tensor, "batch head query_pos key_pos"]
+    ) -> Float[Tensor, "batch head query_pos key_pos"]:
+        """Attention weights: softmax of the scores over keys."""
+        return scores.softmax(dim=-1)
+
+    def mix(
+        self, pattern: Float[Tensor, "batch head query_pos key_pos"], v: Float[Tensor, "batch key_pos head d_head"]
+    ) -> Float[Tensor, "batch query_pos head d_head"]:
+        """z: each query's pattern-weighted sum of the values."""
         return einops.einsum(
             pattern, v, "batch head query_pos key_pos, batch key_pos head d_head -> batch query_pos head d_head"
         )
+
+    def attend(
+        self,
+        q: Float[Tensor, "batch query_pos head d_head"],
+        k: Float[Tensor, "batch key_pos head d_head"],
+        v: Float[Tensor, "batch key_pos head d_head"],
+        *,
+        query_pos: Int[Tensor, "batch query_pos"] | None = None,
+    ) -> Float[Tensor, "batch query_pos head d_head"]:
+        """z = mix(pattern(scores(q, k)), v) in PyTorch's fused kernel, without the [query_pos key_pos]
+        tensors (positions as in `scores`)."""
+        if query_pos is None:
+            # The kernel's own causal rule (query i sees keys 0..i) is causal_mask's for queries at
+            # 0, 1, ...; it skips the masked blocks, faster than passing the mask.
+            mask = None
+        else:
+            mask = self._allowed(q, k, query_pos)
+        q, k, v = (einops.rearrange(t, "batch pos head d_head -> batch head pos d_head") for t in (q, k, v))
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        return einops.rearrange(z, "batch head pos d_head -> batch pos head d_head")
+
+    def head_results(
+        self, z: Float[Tensor, "batch pos head d_head"], *, heads: Int[Tensor, "head"] | None = None
+    ) -> Float[Tensor, "batch pos head d_model"]:
+        """Each head's output z W_O, before the bias b_O (which belongs to no head). With `heads`,
+        slice i of z's head axis belongs to head heads[i] (e.g. a few heads, or one head repeated)."""
+        W_O = self.W_O if heads is None else self.W_O[heads]
+        return einops.einsum(z, W_O, "batch pos head d_head, head d_head d_model -> batch pos head d_model")
+
+    def project(self, z: Float[Tensor, "batch pos head d_head"]) -> Float[Tensor, "batch pos d_model"]:
+        """The layer's output: every head through c_proj, plus its bias."""
+        return self.c_proj(einops.rearrange(z, "batch pos head d_head -> batch pos (head d_head)"))
+
+    def _allowed(
+        self, q: Tensor, k: Tensor, query_pos: Int[Tensor, "batch query_pos"] | None
+    ) -> Bool[Tensor, "*batch 1 query_pos key_pos"]:
+        """causal_mask for queries q at `query_pos` (default 0, 1, ...) and keys k at 0, 1, ...,
+        with a head axis to broadcast over."""
+        if query_pos is None:
+            query_pos = torch.arange(q.shape[1], device=q.device)
+        allowed = self.causal_mask(query_pos, torch.arange(k.shape[1], device=k.device))
+        return einops.rearrange(allowed, "... query_pos key_pos -> ... 1 query_pos key_pos")
 
     # Per-head weights as TransformerLens lays them out (views of c_attn / c_proj, not copies).
     def _qkv_weight(self, i: int) -> Float[Tensor, "head d_model d_head"]:

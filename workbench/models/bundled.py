@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 BUNDLED_DIR = Path(str(resources.files("workbench") / "data" / "models"))
 DEFAULT_BUNDLED = "shakespeare-2l"
 FORMAT = "workbench"
+MODEL_FILES = ("model.safetensors", "config.json", "model_card.json")  # what `save_bundled` writes
 
 
 def bundled_names() -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from pathlib import Path
 
@@ -16,8 +17,9 @@ from workbench.errors import CheckpointError, InputError, ModelNotFoundError
 from workbench.models.bundled import BUNDLED_DIR, FORMAT, bundled_names
 from workbench.models.config import PRESETS, GPTConfig
 from workbench.models.gpt import GPT
+from workbench.models.hub import download, repo_of
 
-HUB_REPOS = {name: f"openai-community/{name}" for name in PRESETS}
+HUB_REPOS = {name: repo_of(name) for name in PRESETS}
 
 # Source key (HF GPT2LMHeadModel and nanoGPT share names, after dropping "transformer.") -> ours.
 KEY_TABLE = {
@@ -67,8 +69,8 @@ def load_model(
 ) -> GPT:
     """Load a GPT by name or path, in eval mode.
 
-    - "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl": the Hugging Face hub (HF cache, works
-      offline once downloaded);
+    - "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl": the local Hugging Face cache (no network), else
+      the hub if it answers within a few seconds (`workbench.models.hub`);
     - a bundled model name (`bundled_names()`, e.g. "shakespeare-2l"): from the package;
     - a directory in Hugging Face format (config.json + model.safetensors or pytorch_model.bin),
       or one written by workbench;
@@ -81,7 +83,7 @@ def load_model(
     if name in bundled_names() and not Path(name).exists():
         source = BUNDLED_DIR / name
     elif name in HUB_REPOS and not Path(name).exists():
-        source = download_from_hub(name)
+        source = download(name)
     elif Path(name).is_dir() or Path(name).is_file():
         source = Path(name)
     else:
@@ -183,53 +185,105 @@ def weights_path(folder: Path) -> Path:
     return weights
 
 
-def read_weights(path: Path) -> dict:
-    """Tensors from safetensors (or a sharded index of them) or a torch .bin, never executing code."""
+ACCEPTED = (
+    "Accepted: a directory with config.json and model.safetensors (or pytorch_model.bin), a nanoGPT ckpt.pt "
+    "written by torch.save holding only tensors, dicts, lists, numbers and strings, or a model name"
+)
+# torch.save's legacy (pre-1.6) format opens with this number, pickled with protocol 2.
+TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def file_kind(path: Path) -> str:
+    """What a weights file is, from its first bytes: "torch" (torch.save, zip or legacy format),
+    "safetensors", or, for anything else, a phrase saying what it is ("a text file", "empty", ...)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    size = path.stat().st_size
+    if head.startswith(b"PK\x03\x04") or head.startswith(TORCH_LEGACY_MAGIC):
+        return "torch"
+    if len(head) > 8 and 2 <= int.from_bytes(head[:8], "little") <= size - 8 and head[8:9] == b"{":
+        return "safetensors"
+    if not head:
+        return "an empty file"
+    if head[:1] == b"\x80":
+        return "a Python pickle that torch.save did not write"
     try:
-        if path.name.endswith(".index.json"):
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        text = head[: e.start].decode("utf-8") if e.start > len(head) - 4 else None  # a character cut at 4096
+    if text is not None and "\x00" not in text:
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return f"a text file (it starts {first!r})"
+    return f"an unknown binary file (it starts {head[:8]!r})"
+
+
+def _detail(e: Exception) -> str:
+    """The first sentence of a loader's error, never PyTorch's advice to load with weights_only=False."""
+    first = str(e).strip().split("\n")[0].split(". ")[0]
+    return "" if "weights_only" in first or not first else f" ({type(e).__name__}: {first})"
+
+
+def read_weights(path: Path) -> dict:
+    """Tensors from safetensors (or a sharded index of them) or a torch.save file, never executing code.
+
+    Anything else is a CheckpointError saying what the file is and what is accepted."""
+    if path.name.endswith(".index.json"):
+        try:
             shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
-            return {k: v for shard in shards for k, v in load_file(str(path.parent / shard)).items()}
-        if path.suffix == ".safetensors":
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"cannot read weights from {path}: not a safetensors index with a weight_map{_detail(e)}") from None
+        return {k: v for shard in shards for k, v in read_weights(path.parent / shard).items()}
+    try:
+        kind = file_kind(path)
+    except OSError as e:
+        raise CheckpointError(f"cannot read weights from {path}: {type(e).__name__}: {e.strerror or e}") from None
+    if kind == "safetensors":
+        try:
             return load_file(str(path))
+        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"cannot read weights from {path}: a safetensors file, but corrupt or truncated{_detail(e)}") from None
+    if kind != "torch":
+        raise CheckpointError(
+            f"cannot read weights from {path}: it is {kind}, not a checkpoint: neither a PyTorch file written by "
+            f"torch.save nor safetensors. {ACCEPTED}"
+        )
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, EOFError, ValueError, KeyError) as e:
-        raise CheckpointError(f"cannot read weights from {path}: corrupt or truncated ({type(e).__name__}: {e})") from None
-    except Exception as e:  # pickle.UnpicklingError for a checkpoint that wants to run code
-        raise CheckpointError(f"cannot read weights from {path}: {type(e).__name__}: {e}") from None
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+) was not an allowed global", str(e))
+        if found and re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", found.group(1)):
+            what = f"it holds a Python object other than tensors ({found.group(1)})"
+        else:
+            what = "it holds Python objects other than tensors, or is corrupt or truncated"
+        raise CheckpointError(
+            f"cannot read weights from {path}: a PyTorch file, but {what}; workbench loads checkpoints weights-only "
+            f"and never runs code from them. {ACCEPTED}"
+        ) from None
+    except Exception as e:  # a zip archive cut short, a bad record: miniz and torch raise RuntimeError and others
+        raise CheckpointError(f"cannot read weights from {path}: a PyTorch file, but corrupt or truncated{_detail(e)}") from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict. {ACCEPTED}")
     return state
 
 
 def load_nanogpt(path: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
     """A nanoGPT `ckpt.pt`: {"model_args": {...}, "model": state_dict}, loaded with weights_only."""
     ckpt = read_weights(path)
+    if file_kind(path) == "safetensors":
+        raise CheckpointError(f"{path} is a safetensors file, which holds weights but no configuration: pass the "
+                              "directory that holds it with its config.json")
     if "model_args" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a nanoGPT checkpoint: it needs 'model_args' and 'model' keys, has {sorted(ckpt)[:8]}")
-    args = ckpt["model_args"]
+    args, weights = ckpt["model_args"], ckpt["model"]
+    missing = [k for k in ("n_layer", "n_head", "n_embd") if not isinstance(args, dict) or k not in args]
+    if missing:
+        raise CheckpointError(f"{path}: model_args lacks {', '.join(missing)}; a nanoGPT checkpoint's model_args "
+                              "holds n_layer, n_head, n_embd (and block_size, vocab_size, bias)")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{path}: 'model' is not a state dict (a dict of parameter name -> tensor)")
     cfg = GPTConfig(
         n_layer=args["n_layer"], n_head=args["n_head"], n_embd=args["n_embd"],
         vocab_size=args.get("vocab_size", 50304), block_size=args.get("block_size", 1024),
         bias=args.get("bias", True), activation="gelu",  # nanoGPT's model.py uses exact nn.GELU()
     )
-    return cfg, convert_state_dict(ckpt["model"], conv1d=False)
-
-
-def download_from_hub(name: str, *, etag_timeout: float = 5.0) -> Path:
-    """Download (or find in the HF cache) config.json and model.safetensors for a GPT-2 size."""
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-
-    repo = HUB_REPOS[name]
-    files = ("config.json", "model.safetensors")
-    cached = [try_to_load_from_cache(repo, f) for f in files]
-    if all(isinstance(c, str) for c in cached):
-        return Path(cached[0]).parent
-    try:
-        paths = [hf_hub_download(repo, f, etag_timeout=etag_timeout) for f in files]
-    except Exception as e:  # offline, DNS failure, HTTP error: all mean "not available here"
-        raise ModelNotFoundError(
-            f"could not download {name!r} ({repo}) from the Hugging Face hub, and it is not in the local "
-            f"HF cache ({type(e).__name__}). Connect once to download it (it is cached afterwards), or pass a "
-            f"local directory with config.json and model.safetensors: load_model('/path/to/{name}')"
-        ) from None
-    return Path(paths[0]).parent
+    return cfg, convert_state_dict(weights, conv1d=False)
