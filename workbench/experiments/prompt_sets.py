@@ -44,11 +44,14 @@ class PromptSetOptions:
     prepend_bos: bool = field(default=True, metadata={"help": "start each prompt with the BOS token"})
 
     def applies(self, name: str) -> bool:
-        """The IOI options only with the IOI set, the custom prompts only with the custom set."""
-        if name in ("n_prompts", "ioi_template", "ioi_order", "ioi_corruption"):
-            return self.prompt_set == "ioi"
+        """The custom prompts only with the custom set, the sampling options (n_prompts) only
+        without it, the IOI options only with the IOI set."""
         if name in ("clean_prompts", "corrupted_prompts", "answers", "wrong_answers"):
             return self.prompt_set == "custom"
+        if name == "n_prompts":
+            return self.prompt_set != "custom"
+        if name.startswith("ioi_"):
+            return self.prompt_set == "ioi"
         return super().applies(name)
 
 
