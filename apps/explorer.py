@@ -5,7 +5,7 @@
 It listens on 127.0.0.1 (.streamlit/config.toml). The model defaults to GPT-2 when its weights
 are cached or the hub answers, else the bundled model; ?model=NAME_OR_PATH in the URL or the
 WORKBENCH_MODEL environment variable picks another, WORKBENCH_DEVICE the device (default: cuda
-when available) and WORKBENCH_RUNS the runs folder (default: runs). The pages
+when available) and WORKBENCH_RUNS the runs folder (default: workbench.runs.default_runs_root()). The pages
 are in apps/dashboard/; every number they show comes from a workbench library function.
 """
 

@@ -416,4 +416,9 @@ def evaluate_loss(model: GPT, data: torch.Tensor, *, batch_size: int, max_batche
 
 
 if __name__ == "__main__":
-    main()
+    from workbench.errors import WorkbenchError
+
+    try:
+        main()
+    except WorkbenchError as e:  # bad input: one line, no traceback
+        raise SystemExit(f"train_tiny.py: error: {e}") from None

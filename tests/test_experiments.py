@@ -2,6 +2,7 @@
 results fail replay; --config reproduces a run; bad input exits non-zero and writes nothing."""
 
 import json
+import re
 import os
 import shlex
 import subprocess
@@ -71,7 +72,7 @@ def test_script_records_a_run_that_replays(name, experiment_model, tmp_path, cap
         assert (path / f).is_file()
     assert rec.tables() and rec.figures() and rec.tensors()
     config = rec.config
-    assert len(config["model_sha256"]) == 64 and config["device"] == "cpu" and config["dtype"] == "float32"
+    assert len(config["model_state_sha256"]) == 64 and config["device"] == "cpu" and config["dtype"] == "float32"
     prompts = [rows for rows in config["token_ids"].values() if len(rows[0]) > 1]  # not the answer ids
     assert prompts and all(row[0] == 50256 for rows in prompts for row in rows)  # BOS included
     assert rec.env["deterministic_algorithms"] is True and "git_commit" in rec.env
@@ -192,19 +193,20 @@ def test_bad_input_exits_non_zero_and_writes_nothing(experiment_model, tmp_path,
 
 
 def test_replay_bad_run_folders(experiment_model, tmp_path, capsys):
-    assert run_cli("replay", tmp_path / "nope") == 2
+    """A record that cannot be read: exit status 3 (not 1, a mismatch) and a one-line message."""
+    assert run_cli("replay", tmp_path / "nope") == 3
     assert "no run folder" in capsys.readouterr().err
     path = small_run("attention_heads", experiment_model, tmp_path / "runs")
     header = json.loads((path / "config.json").read_text())
     header["record_version"] = RECORD_VERSION + 1
     (path / "config.json").write_text(json.dumps(header))
-    assert run_cli("replay", path) == 2
+    assert run_cli("replay", path) == 3
     err = capsys.readouterr().err
     assert f"record format version {RECORD_VERSION + 1}" in err and "workbench version that wrote it" in err
     header["record_version"] = RECORD_VERSION
     header["config"]["top_k"] = "many"
     (path / "config.json").write_text(json.dumps(header))
-    assert run_cli("replay", path) == 2
+    assert run_cli("replay", path) == 3
     assert "top_k must be int" in capsys.readouterr().err
 
 
@@ -358,3 +360,142 @@ def test_experiments_listing(capsys):
     out = capsys.readouterr().out
     for name in ("ablate_heads", "activation_patching", "attention_heads", "logit_lens"):
         assert name in out
+
+
+def _truncate(path, n_bytes):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - n_bytes])
+
+
+UNREADABLE = {
+    "truncated parquet": lambda p: _truncate(sorted((p / "results").glob("*.parquet"))[0], 1),
+    "truncated safetensors": lambda p: _truncate(p / "results" / "tensors.safetensors", 1),
+    "corrupt config": lambda p: _truncate(p / "config.json", 30),
+    "missing config": lambda p: (p / "config.json").unlink(),
+}
+
+
+@pytest.mark.parametrize("damage", UNREADABLE)
+def test_replay_of_an_unreadable_record(damage, experiment_model, tmp_path, capsys, monkeypatch):
+    """Exit status 3 and one line on stderr, before anything runs; `workbench runs` marks it."""
+    from workbench.experiments import replaying
+
+    path = small_run("attention_heads", experiment_model, tmp_path)
+    UNREADABLE[damage](path)
+    capsys.readouterr()
+    monkeypatch.setattr(replaying, "run_experiment", lambda *a, **k: pytest.fail("ran an unreadable record"))
+    assert run_cli("replay", path) == 3
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: unreadable record: ")
+    assert len(captured.err.strip().splitlines()) == 1, captured.err
+    assert run_cli("runs", "--root", tmp_path) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if path.name in line]
+    assert "unreadable" in row and " ok" not in row
+
+
+def test_replay_of_a_truncated_record_as_a_user_runs_it(experiment_model, tmp_path):
+    """The real process: no traceback, its own exit status, documented in --help."""
+    path = small_run("attention_heads", experiment_model, tmp_path)
+    _truncate(sorted((path / "results").glob("*.parquet"))[0], 200)
+    proc = subprocess.run([PY, "-m", "workbench", "replay", str(path)], capture_output=True, text=True,
+                          env=env_without_network(), timeout=300)
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "corrupt or truncated" in proc.stderr
+    help_text = subprocess.run([PY, "-m", "workbench", "replay", "--help"], capture_output=True, text=True,
+                               env=env_without_network(), timeout=120).stdout
+    for code, meaning in (("0", "MATCH"), ("1", "MISMATCH"), ("3", "cannot be read")):
+        assert re.search(rf"^\s+{code}\s+{meaning}", help_text, re.M) or re.search(
+            rf"^\s+{code}\s+.*{meaning}", help_text, re.M), help_text
+
+
+def test_model_hashes_are_recorded_and_named(tiny_model_dir, tmp_path, capsys):
+    """The record names both weights hashes: the file's (what sha256sum and the model card say)
+    and the state dict's (what replay checks); the replay report says which is which."""
+    import hashlib
+
+    path = small_run("attention_heads", tiny_model_dir, tmp_path)
+    config = load_run(path).config
+    weights = tiny_model_dir / "model.safetensors"
+    assert config["model_file_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    card = json.loads((tiny_model_dir / "model_card.json").read_text())
+    assert config["model_file_sha256"] == card["weights_sha256"]
+    assert len(config["model_state_sha256"]) == 64 and config["model_state_sha256"] != config["model_file_sha256"]
+    assert "model_sha256" not in config
+    assert "model-file-sha256" not in load_run(path).command  # recorded, not an option
+    capsys.readouterr()
+    assert run_cli("replay", path) == 0
+    report = capsys.readouterr().out
+    assert f"state sha256 {config['model_state_sha256'][:16]}" in report and "state dict" in report
+    assert f"file sha256 {config['model_file_sha256'][:16]}" in report and "sha256sum" in report
+
+
+def test_nanogpt_checkpoint_file_hash(tmp_path):
+    import hashlib
+
+    from test_parity_hf import nanogpt_checkpoint
+
+    from conftest import random_hf_model
+
+    torch.save(nanogpt_checkpoint(random_hf_model(seed=3), compiled=False), tmp_path / "ckpt.pt")
+    path = small_run("attention_heads", tmp_path / "ckpt.pt", tmp_path / "runs")
+    assert load_run(path).config["model_file_sha256"] == hashlib.sha256((tmp_path / "ckpt.pt").read_bytes()).hexdigest()
+
+
+def test_records_with_the_old_hash_field_still_replay(experiment_model, tmp_path, capsys):
+    """Records written before model_sha256 was renamed model_state_sha256 read, check and re-run."""
+    path = small_run("attention_heads", experiment_model, tmp_path / "runs")
+    header = json.loads((path / "config.json").read_text())
+    config = header["config"]
+    config["model_sha256"] = config.pop("model_state_sha256")
+    config.pop("model_file_sha256")
+    (path / "config.json").write_text(json.dumps(header))
+    assert run_cli("replay", path) == 0
+    config["model_sha256"] = "0" * 64
+    (path / "config.json").write_text(json.dumps(header))
+    assert run_cli("replay", path) == 2
+    assert "not the model the config was run with" in capsys.readouterr().err
+    old_command = shlex.split(load_run(path).command.replace("--model-state-sha256", "--model-sha256"))
+    assert "--model-sha256" in old_command
+    assert run_cli(*old_command[3:], "--out", tmp_path / "again") == 0
+
+
+def test_rerun_command_writes_only_the_options_that_apply(experiment_model, tmp_path):
+    """A custom prompt set records no IOI options (an IOI run no custom ones), zero ablation no
+    reference; the command still re-runs the same experiment to the same numbers."""
+    pair = ["--prompt-set", "custom", "--answers", " Mary", "--wrong-answers", " John",
+            "--clean-prompts", "When Mary and John went to the store, John gave a drink to",
+            "--corrupted-prompts", "When Mary and John went to the store, Mary gave a drink to"]
+    custom = load_run(small_run("activation_patching", experiment_model, tmp_path / "a", *pair))
+    argv = shlex.split(custom.command)
+    assert not [a for a in argv if a.startswith(("--n-prompts", "--ioi-"))], custom.command
+    assert "--clean-prompts" in argv and "--target" in argv and "--model-state-sha256" in argv
+    assert run_cli(*argv[3:], "--out", tmp_path / "b") == 0
+    (again,) = find_runs(tmp_path / "b")
+    assert torch.equal(load_run(again).tensors()["values"], custom.tensors()["values"])
+
+    ioi = load_run(small_run("activation_patching", experiment_model, tmp_path / "c"))
+    assert "--n-prompts" in ioi.command and "--ioi-template" in ioi.command and "--clean-prompts" not in ioi.command
+    zero = load_run(small_run("ablate_heads", experiment_model, tmp_path / "d", "--method", "zero"))
+    mean = load_run(small_run("ablate_heads", experiment_model, tmp_path / "e"))
+    assert "--reference" not in zero.command and "--reference prompts" in mean.command
+
+
+def test_no_file_hash_for_a_file_replaced_after_loading(tiny_model_dir, tmp_path):
+    """A long-lived model (the dashboard caches them) whose file was replaced since: the file's
+    hash would describe other weights, so none is recorded; the state hash still is."""
+    import os
+    import shutil
+
+    import workbench
+    from workbench.experiments import AttentionHeadsConfig, run_experiment
+
+    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    model = workbench.load_model(tmp_path / "model", device="cpu")
+    weights = tmp_path / "model" / "model.safetensors"
+    config = AttentionHeadsConfig(n_seqs=2, seq_len=6)
+    assert run_experiment("attention_heads", config, model=model, root=None).config.model_file_sha256
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    run = run_experiment("attention_heads", config, model=model, root=None)
+    assert run.config.model_file_sha256 is None and len(run.config.model_state_sha256) == 64

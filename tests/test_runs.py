@@ -1,5 +1,5 @@
 """Run records: layout, atomic writes, ids that never collide, sanitised names, record versions,
-weights hashing and result comparison. No model runs here except the tiny one for hashing."""
+unreadable records, the shared plotly.js, weights hashing. No model runs here except the tiny one for hashing."""
 
 import datetime as dt
 import json
@@ -11,18 +11,15 @@ import torch
 import workbench
 from workbench import runs
 from workbench.runs import (
-    EXACT,
     RECORD_VERSION,
     RecordError,
     RunResults,
-    compare_tensor,
     find_runs,
     list_runs,
     load_run,
+    model_state_sha256,
     record_run,
     sanitize_name,
-    tolerance_for,
-    weights_sha256,
 )
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
@@ -52,7 +49,7 @@ def test_record_layout_and_read_back(tmp_path):
     assert path.parent == tmp_path / "toy"
     assert path.name.startswith("20260102T030405Z-") and path.name.endswith("-first-try")
     for f in ("config.json", "env.json", "command", "results/tensors.safetensors", "results/scores.parquet",
-              "figures/scores.html", "figures/plotly.min.js", "summary.txt"):
+              "figures/scores.html", "summary.txt"):
         assert (path / f).is_file(), f
     header = json.loads((path / "config.json").read_text())
     assert header["record_version"] == RECORD_VERSION and header["experiment"] == "toy"
@@ -172,36 +169,15 @@ def test_list_runs(tmp_path):
     assert (table["status"] == "ok").all() and (table["model"] == "m").all()
 
 
-def test_weights_sha256(tiny_model_dir):
+def test_model_state_sha256(tiny_model_dir):
     a = workbench.load_model(tiny_model_dir, device="cpu")
     b = workbench.load_model(tiny_model_dir, device="cpu")
     half = workbench.load_model(tiny_model_dir, device="cpu", dtype="float16")  # stored in fp16: same weights
-    assert weights_sha256(a) == weights_sha256(b) == weights_sha256(half)
-    assert len(weights_sha256(a)) == 64
+    assert model_state_sha256(a) == model_state_sha256(b) == model_state_sha256(half)
+    assert len(model_state_sha256(a)) == 64
     with torch.no_grad():
         b.blocks[1].mlp.c_fc.bias[3] += 1e-3
-    assert weights_sha256(a) != weights_sha256(b)
-
-
-def test_compare_tensor_exact_and_within_tolerance():
-    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
-    assert compare_tensor("x", x, x.clone(), EXACT).ok
-    nudged = x.clone()
-    nudged[1, 2] = torch.nextafter(nudged[1, 2], torch.tensor(10.0))  # one ulp
-    assert not compare_tensor("x", x, nudged, EXACT).ok
-    tol = tolerance_for(torch.float32, torch.float32)
-    assert compare_tensor("x", x, nudged, tol).ok
-    assert not compare_tensor("x", x, x + 1e-2, tol).ok
-    assert compare_tensor("x", x, x.half().float(), tolerance_for(torch.float32, torch.float16)).ok
-    assert not compare_tensor("x", x, x[:3], tol).ok  # shape
-    ids = torch.arange(200)
-    flipped = ids.clone()
-    flipped[0] = 7
-    assert not compare_tensor("ids", ids, flipped, EXACT).ok
-    near_tie = compare_tensor("ids", ids, flipped, tol)  # ranks and top tokens flip at near-ties elsewhere
-    assert not near_tie.ok and not near_tie.required and "0.5% of entries differ" in near_tie.detail
-    nan = torch.tensor([1.0, float("nan")])
-    assert compare_tensor("nan", nan, nan.clone(), EXACT).ok
+    assert model_state_sha256(a) != model_state_sha256(b)
 
 
 def test_tensors_sharing_storage_are_recorded(tmp_path):
@@ -239,3 +215,77 @@ while True:
         tensors = load_run(path).tensors()
         assert tensors["big"].shape == (2_000_000,)
     assert all(p.name.startswith(".tmp-") for p in runs.find_unfinished(tmp_path))
+
+
+def test_figures_share_one_plotly_js_by_a_relative_path(tmp_path):
+    """Figures open offline from one plotly.js per runs root, found relative to each HTML, also in
+    a copy of the whole runs root; no run folder carries its own copy."""
+    import re
+    import shutil
+
+    from plotly.offline import get_plotlyjs
+
+    root = tmp_path / "runs"
+    first, second = write(root), write(root, experiment="other")
+    assert sorted(p.name for p in find_runs(root)) == sorted([first.name, second.name])  # _assets is no run
+    for run in (first, second):
+        assert list(run.rglob("*.js")) == []
+    copy = tmp_path / "copied" / "runs"
+    shutil.copytree(root, copy)
+    shutil.rmtree(root)  # the copy must not lean on the original
+    scripts = set()
+    for run in (copy / first.relative_to(root), copy / second.relative_to(root)):
+        html = (run / "figures" / "scores.html").read_text()
+        (src,) = re.findall(r'<script charset="utf-8" src="([^"]+)"', html)
+        assert not src.startswith(("/", "http:", "https:")) and ":" not in src, src
+        scripts.add((run / "figures" / src).resolve())
+    (js,) = scripts  # both figures load the same file
+    assert js.is_relative_to(copy.resolve()) and js.read_text() == get_plotlyjs()
+    assert [p for p in copy.rglob("*.js")] == [js]
+
+
+def truncate(path, n_bytes):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - n_bytes])
+
+
+DAMAGE = {
+    "truncated parquet": (lambda p: truncate(p / "results" / "scores.parquet", 1), "scores.parquet: corrupt or truncated"),
+    "half a parquet": (lambda p: truncate(p / "results" / "scores.parquet", 700), "scores.parquet: corrupt or truncated"),
+    "truncated safetensors": (lambda p: truncate(p / "results" / "tensors.safetensors", 1),
+                              "tensors.safetensors: corrupt or truncated"),
+    "half a safetensors": (lambda p: truncate(p / "results" / "tensors.safetensors", 60),
+                           "tensors.safetensors: corrupt or truncated"),
+    "corrupt config": (lambda p: truncate(p / "config.json", 20), "config.json is not valid JSON"),
+    "binary config": (lambda p: (p / "config.json").write_bytes(b"\xff\xfe\x00garbage"), "config.json is not valid JSON"),
+    "missing config": (lambda p: (p / "config.json").unlink(), "config.json missing"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_unreadable_records_are_refused_and_marked(tmp_path, damage):
+    good, bad = write(tmp_path), write(tmp_path)
+    breaks, message = DAMAGE[damage]
+    breaks(bad)
+    with pytest.raises(RecordError, match=message):
+        load_run(bad).results()
+    table = list_runs(tmp_path).set_index("run")["status"]
+    assert table[good.name] == "ok"
+    assert table[bad.name].startswith("unreadable: ") and message.split(": ")[-1] in table[bad.name], table[bad.name]
+    assert load_run(good).results().tables["scores"].shape == (6, 3)
+
+
+def test_default_runs_root(tmp_path, monkeypatch):
+    """$WORKBENCH_RUNS; else the checkout's runs/ from anywhere inside it (notebooks/ included); else ./runs."""
+    from pathlib import Path
+
+    checkout = Path(runs.__file__).resolve().parents[1]
+    monkeypatch.delenv("WORKBENCH_RUNS", raising=False)
+    for where in (checkout, checkout / "notebooks", checkout / "workbench" / "experiments"):
+        monkeypatch.chdir(where)
+        assert runs.default_runs_root() == checkout / "runs"
+    monkeypatch.chdir(tmp_path)
+    assert runs.default_runs_root().resolve() == tmp_path / "runs"
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "mine"))
+    monkeypatch.chdir(checkout / "notebooks")
+    assert runs.default_runs_root() == tmp_path / "mine"

@@ -2,11 +2,19 @@
 
     workbench run EXPERIMENT [options]      run a registered experiment and record it
     workbench replay RUN_DIR                re-run a recorded run and compare every result
-    workbench runs [--root runs]            list recorded runs
+    workbench runs [--root DIR]             list recorded runs (unreadable ones marked)
     workbench experiments                   list registered experiments
 
-Exit status: 0 on success, 1 when a replay does not match its record, 2 on bad input (nothing
-is written then), 130 when interrupted (nothing is written then either).
+The runs root defaults to $WORKBENCH_RUNS, else runs/ of the workbench checkout when working
+inside it, else ./runs.
+
+Exit status:
+  0    success; for replay: MATCH, every compared result reproduced
+  1    replay: MISMATCH, the record was read but results differ
+  2    bad input: an option, a config or a model that cannot be used (nothing is written)
+  3    replay: the record cannot be read (missing, incomplete, corrupt or truncated files,
+       another record version); nothing was run
+  130  interrupted (nothing is written)
 """
 
 from __future__ import annotations
@@ -20,6 +28,15 @@ import typing
 from typing import Literal
 
 from workbench.errors import InputError, WorkbenchError
+
+EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_UNREADABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+REPLAY_EXIT_CODES = f"""exit status:
+  {EXIT_OK}    MATCH: every compared result reproduced
+  {EXIT_MISMATCH}    MISMATCH: the record was read, and results differ
+  {EXIT_BAD_INPUT}    bad input (an option, or a model that is not the recorded one)
+  {EXIT_UNREADABLE}    the record cannot be read: missing, incomplete, corrupt or truncated files, or
+       another record version (nothing was run)
+  {EXIT_INTERRUPTED}  interrupted"""
 
 # ----------------------------------------------------------------------------- options from configs
 def add_config_options(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -46,7 +63,8 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs.update(nargs="+", **_scalar(item, f.name.removesuffix("s")))
         else:
             kwargs.update(_scalar(tp, f.name))
-        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+        flags = ["--" + n.replace("_", "-") for n in (f.name, *f.metadata.get("aliases", ()))]
+        parser.add_argument(*flags, **kwargs)
 
 
 def _scalar(tp, name: str) -> dict:
@@ -59,24 +77,25 @@ def add_run_options(parser: argparse.ArgumentParser, experiment) -> None:
     add_config_options(parser, experiment.config)
     parser.add_argument("--config", metavar="FILE", help="JSON config: a previous run's config.json (or its "
                         "folder) or an object of the options above written by hand; options given here override it")
-    parser.add_argument("--out", default="runs", metavar="DIR", help="runs root: the run goes to DIR/%(prog)s... "
-                        "(default: runs)".replace("%(prog)s", experiment.name + "/<UTC time>-<id>"))
+    parser.add_argument("--out", metavar="DIR", help="runs root: the run goes to DIR/%(prog)s... (default: "
+                        "$WORKBENCH_RUNS, else runs/ of the workbench checkout when inside it, else ./runs)"
+                        .replace("%(prog)s", experiment.name + "/<UTC time>-<id>"))
     parser.add_argument("--name", help="a label appended to the run folder's name (sanitised)")
 
 
 def build_config(experiment, args: argparse.Namespace):
     """defaults <- --config FILE <- options given on the command line."""
-    from workbench.experiments.core import config_from_dict, read_config_file
+    from workbench.experiments.core import config_from_dict, read_config_file, with_current_names
 
     fields = {f.name for f in dataclasses.fields(experiment.config)}
     given = {k: v for k, v in vars(args).items() if k in fields}
     data: dict = {}
     if args.config is not None:
-        data = dict(read_config_file(args.config, experiment))
-        if set(given) - {"device", "model_sha256"}:
+        data = with_current_names(experiment.config, read_config_file(args.config, experiment))
+        if set(given) - {"device", "model_state_sha256"}:
             data.pop("token_ids", None)  # recomputed from the (changed) options
-        if ({"model", "dtype"} & set(given)) and "model_sha256" not in given:
-            data.pop("model_sha256", None)  # other weights, or other rounding of them
+        if ({"model", "dtype"} & set(given)) and "model_state_sha256" not in given:
+            data.pop("model_state_sha256", None)  # other weights, or other rounding of them
     data.update(given)
     return config_from_dict(experiment.config, data, source=args.config or "options")
 
@@ -88,7 +107,8 @@ def run_command(experiment_name: str, args: argparse.Namespace) -> int:
     model = load_experiment_model(config)
     if getattr(model, "notice", None):
         print(model.notice)
-    run = run_experiment(experiment, config, model=model, root=args.out, name=args.name)
+    root = args.out if args.out is not None else "default"
+    run = run_experiment(experiment, config, model=model, root=root, name=args.name)
     if run.results.summary:
         print(run.results.summary)
     print(f"Recorded run: {run.path}")
@@ -100,26 +120,35 @@ def run_command(experiment_name: str, args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- subcommands
 def replay_command(args: argparse.Namespace) -> int:
     from workbench.experiments import replay
+    from workbench.runs import RecordError
 
-    report = replay(args.run_dir, device=args.device, dtype=args.dtype)
+    try:
+        report = replay(args.run_dir, device=args.device, dtype=args.dtype)
+    except RecordError as e:
+        print(f"error: unreadable record: {e}", file=sys.stderr)
+        return EXIT_UNREADABLE
     print(report.format())
-    return 0 if report.ok else 1
+    return EXIT_OK if report.ok else EXIT_MISMATCH
 
 
 def runs_command(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from workbench.runs import find_unfinished, list_runs
+    from workbench.runs import default_runs_root, find_unfinished, list_runs
 
-    table = list_runs(args.root)
+    root = args.root if args.root is not None else default_runs_root()
+    table = list_runs(root)
     if args.experiment:
         table = table[table["experiment"] == args.experiment]
     if table.empty:
-        print(f"no recorded runs under {args.root}")
+        print(f"no recorded runs under {root}")
     else:
         with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 60):
             print(table.drop(columns=["path"]).to_string(index=False))
-    unfinished = find_unfinished(args.root)
+        unreadable = int(table["status"].str.startswith("unreadable").sum())
+        if unreadable:
+            print(f"{unreadable} run(s) cannot be read (status 'unreadable'); replay would refuse them")
+    unfinished = find_unfinished(root)
     if unfinished:
         print(f"{len(unfinished)} unfinished run folder(s) left by killed runs (not runs; safe to delete): "
               + ", ".join(str(p) for p in unfinished[:3]) + (" ..." if len(unfinished) > 3 else ""))
@@ -146,15 +175,18 @@ def make_parser() -> argparse.ArgumentParser:
     for name, exp in sorted(EXPERIMENTS.items()):
         add_run_options(exp_sub.add_parser(name, help=exp.description, description=exp.description), exp)
 
-    p = sub.add_parser("replay", help="re-run a recorded run and compare every result with the record")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p = sub.add_parser("replay", help="re-run a recorded run and compare every result with the record",
+                       description="Re-run a recorded run from its config.json and compare every result with "
+                       "the record.", epilog=REPLAY_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/ablate_heads/<UTC time>-<id>")
     p.add_argument("--device", help="replay on this device (default: the recorded one; the CPU if it was CUDA "
                    "and there is none)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="replay in this dtype "
                    "(default: the recorded one); results are then compared within a tolerance")
 
     p = sub.add_parser("runs", help="list recorded runs")
-    p.add_argument("--root", default="runs", help="runs root (default: runs)")
+    p.add_argument("--root", help="runs root (default: $WORKBENCH_RUNS, else runs/ of the workbench checkout "
+                   "when inside it, else ./runs)")
     p.add_argument("--experiment", help="only this experiment's runs")
 
     sub.add_parser("experiments", help="list registered experiments")
@@ -170,15 +202,16 @@ def make_deterministic() -> None:
 
 
 def guarded(fn, *args) -> int:
-    """Run a command; bad input -> message and status 2, Ctrl-C -> status 130."""
+    """Run a command; bad input (any WorkbenchError) -> a one-line message and status 2, Ctrl-C ->
+    status 130."""
     try:
         return fn(*args)
     except WorkbenchError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted: nothing was recorded", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,7 +234,7 @@ def experiment_main(name: str, argv: list[str] | None = None, *, description: st
         experiment = get_experiment(name)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     parser = argparse.ArgumentParser(prog=f"{name}.py", description=description or experiment.description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_options(parser, experiment)

@@ -19,3 +19,39 @@ class CheckpointError(WorkbenchError, ValueError):
 
 class ModelNotFoundError(WorkbenchError, FileNotFoundError):
     """A model name or path that cannot be resolved to weights."""
+
+
+class ModelConfigError(InputError):
+    """A model config (`GPTConfig`) with hyperparameters no GPT can have, or fields it does not know."""
+
+
+class HookError(WorkbenchError):
+    """Hooks used in a way that cannot work; each subclass keeps the built-in base it replaced."""
+
+
+class UnknownHookError(HookError, KeyError):
+    """A hook name that the model does not have."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class HookShapeError(HookError, ValueError):
+    """A hook returned a tensor whose shape differs from the activation it replaces."""
+
+
+class HookTypeError(HookError, TypeError):
+    """A hook that returned something other than None or a Tensor, or a hook target that is
+    neither a hook name nor a predicate on names."""
+
+
+class HookUsageError(HookError, ValueError):
+    """A hook option that cannot work: an unknown direction, a loss that is not a scalar, a
+    backward pass with nothing to differentiate."""
+
+
+class NotCachedError(WorkbenchError, KeyError):
+    """An activation name that an `ActivationCache` does not hold."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -8,27 +8,32 @@ A run is the folder `<root>/<experiment>/<UTC time>-<short id>[-<name>]/`:
     command                      one line that re-runs it
     results/tensors.safetensors  the raw result tensors, by name
     results/<table>.parquet      tidy tables (one row per cell, axis-vocabulary columns)
-    figures/<figure>.html        interactive plotly figures (plotly.min.js alongside)
+    figures/<figure>.html        interactive plotly figures; they load plotly.js from the runs
+                                 root's `_assets/plotly-<version>.min.js` by a relative path, one
+                                 copy for all runs (copy a run together with its runs root)
 
 The record is written into a hidden temporary folder next to its final place and renamed into
 place as the last step, so a crash or Ctrl-C never leaves a half run that looks complete (a hard
 kill can leave a `.tmp-*` folder, which nothing here reads as a run). A rename never replaces a
 non-empty folder, so no run is ever overwritten; two runs in the same second get different ids.
+
+The default runs root is `default_runs_root()`: $WORKBENCH_RUNS, else `runs/` of the workbench
+checkout when working inside it (the scripts, the CLI, the dashboard and the notebook then share
+one), else `./runs`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
-import math
 import os
 import platform
 import re
 import secrets
 import shutil
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,17 +45,35 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from workbench.errors import InputError
+from workbench.models.bundled import sha256_file
 
 RECORD_VERSION = 1
 TENSORS_FILE = "results/tensors.safetensors"
 REQUIRED_FILES = ("config.json", "env.json", "command", TENSORS_FILE)
 TMP_PREFIX = ".tmp-"
+ASSETS = "_assets"  # under the runs root: files shared by all runs (plotly.js); never a run or experiment
+RUNS_ENV = "WORKBENCH_RUNS"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_NAME = 64
 
 
 class RecordError(InputError):
-    """A run folder that is missing, incomplete, malformed, or from an incompatible record version."""
+    """A run folder that cannot be read: missing, incomplete, malformed, corrupt or truncated files,
+    or an incompatible record version."""
+
+
+def default_runs_root() -> Path:
+    """Where runs are recorded and looked for unless a root is given.
+
+    $WORKBENCH_RUNS if set; else, when the working directory is inside the source checkout that
+    this workbench is imported from, that checkout's `runs/` (so a notebook in `notebooks/` or a
+    shell in a subfolder records where the scripts and the dashboard do); else `./runs`."""
+    if os.environ.get(RUNS_ENV):
+        return Path(os.environ[RUNS_ENV])
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and Path.cwd().resolve().is_relative_to(checkout):
+        return checkout / "runs"
+    return Path("runs")
 
 
 @dataclass
@@ -66,18 +89,31 @@ class RunResults:
 
 
 # ----------------------------------------------------------------------------- provenance
-def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 of a model's weights: every state-dict tensor, in sorted key order, as float32 on CPU.
+def model_state_sha256(model: torch.nn.Module) -> str:
+    """The "state sha256" of a model: sha256 over every state-dict tensor, in sorted key order,
+    as float32 on CPU. Not the sha256 of any file (see `file_sha256`).
 
     Each tensor contributes its name, shape and little-endian float32 bytes, so the hash does not
-    depend on the device, and a model loaded in float32 or float16 from float16 weights hashes the
-    same. Casting float32 weights down to float16 or bfloat16 changes them, and so the hash."""
+    depend on the device or the file format, and a model loaded in float32 or float16 from float16
+    weights hashes the same. Casting float32 weights down to float16 or bfloat16 changes them, and
+    so the hash."""
     h = hashlib.sha256()
     for key, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to(device="cpu", dtype=torch.float32).contiguous()
         h.update(f"{key}:{tuple(t.shape)};".encode())
         h.update(t.numpy().astype("<f4", copy=False).data)  # a view of the bytes, not a copy
     return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, as `sha256sum` prints it (remembered per path, size and mtime)."""
+    st = os.stat(path)
+    return _file_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(path))
 
 
 def git_state(path: Path | None = None) -> tuple[str | None, bool | None]:
@@ -181,13 +217,14 @@ def record_run(
     *,
     experiment: str,
     config: dict[str, Any],
-    root: str | os.PathLike = "runs",
+    root: str | os.PathLike | None = None,
     name: str | None = None,
     command: str = "",
     env: dict[str, Any] | None = None,
     now: dt.datetime | None = None,
 ) -> Path:
-    """Write a run record under `root/experiment/` and return its folder.
+    """Write a run record under `root/experiment/` (default root: `default_runs_root()`) and return
+    its folder.
 
     `config` is the experiment's complete config as a JSON-able dict; `command` a one-line shell
     command that re-runs it. Everything is written to a temporary folder that is renamed into
@@ -200,7 +237,8 @@ def record_run(
                 raise InputError(f"{kind} name {key!r} is not a safe file name (letters, digits, '.', '_', '-')")
     if "\n" in command:
         raise InputError("a run's command must be one line")
-    parent = Path(root) / experiment
+    root = Path(root) if root is not None else default_runs_root()
+    parent = root / experiment
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -227,15 +265,33 @@ def record_run(
             frame.to_parquet(tmp / "results" / f"{key}.parquet", index=False)
         if results.figures:
             (tmp / "figures").mkdir()
+            # figures/ is three levels below the root: <root>/<experiment>/<run>/figures/
+            plotly_js = "../../../" + shared_plotly_js(root).relative_to(root).as_posix()
             for key, fig in results.figures.items():
-                # One plotly.min.js per run folder: the figures open offline and stay small.
-                fig.write_html(tmp / "figures" / f"{key}.html", include_plotlyjs="directory")
+                fig.write_html(tmp / "figures" / f"{key}.html", include_plotlyjs=plotly_js)
         if results.summary:
             _write_text(tmp / "summary.txt", results.summary.rstrip() + "\n")
         return _commit(tmp, parent, stamp=utc_stamp(created), name=name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def shared_plotly_js(root: Path) -> Path:
+    """`<root>/_assets/plotly-<version>.min.js`, written once (atomically) per runs root and plotly.js
+    version: the figures of every run load it by a relative path and open offline."""
+    from plotly.offline import get_plotlyjs, get_plotlyjs_version
+
+    path = root / ASSETS / f"plotly-{get_plotlyjs_version()}.min.js"
+    if not path.is_file():
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f"{TMP_PREFIX}{secrets.token_hex(4)}-{path.name}")
+        try:
+            _write_text(tmp, get_plotlyjs())
+            os.replace(tmp, path)  # a concurrent writer writes the same bytes
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -280,17 +336,30 @@ class RunRecord:
             raise RecordError(f"cannot read {self.path / TENSORS_FILE}: corrupt or truncated ({e})") from None
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        return {p.stem: pd.read_parquet(p) for p in sorted((self.path / "results").glob("*.parquet"))}
+        return {p.stem: _read_parquet(p) for p in sorted((self.path / "results").glob("*.parquet"))}
+
+    def results(self) -> RunResults:
+        """The recorded tensors and tables (RecordError if any file cannot be read)."""
+        return RunResults(tensors=self.tensors(), tables=self.tables())
 
     def figures(self) -> list[Path]:
         return sorted((self.path / "figures").glob("*.html"))
 
 
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... for a truncated or corrupt file
+        raise RecordError(f"cannot read {path}: corrupt or truncated ({type(e).__name__})") from None
+
+
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RecordError(f"{path} is not valid JSON: {e}") from None
+    except OSError as e:
+        raise RecordError(f"cannot read {path}: {e.strerror or e}") from None
     if not isinstance(data, dict):
         raise RecordError(f"{path} must hold a JSON object, got {type(data).__name__}")
     return data
@@ -332,31 +401,78 @@ def load_run(path: str | os.PathLike) -> RunRecord:
         name=header.get("name"),
         config=header["config"],
         env=_read_json(path / "env.json"),
-        command=(path / "command").read_text(encoding="utf-8").strip(),
+        command=_read_text(path / "command"),
     )
 
 
-def find_runs(root: str | os.PathLike = "runs") -> list[Path]:
-    """Complete-looking run folders under `root` (temporary `.tmp-*` folders excluded), oldest first."""
-    root = Path(root)
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecordError(f"cannot read {path}: {e}") from None
+
+
+def check_results_readable(path: str | os.PathLike) -> None:
+    """RecordError naming the first results file of a run folder that is truncated or corrupt.
+
+    Cheap: reads the safetensors header and each Parquet footer (and checks the sizes they
+    promise), not the data."""
+    path = Path(path)
+    _check_safetensors(path / TENSORS_FILE)
+    import pyarrow.parquet as pq
+
+    for table in sorted((path / "results").glob("*.parquet")):
+        try:
+            pq.read_metadata(table)
+        except Exception as e:  # ArrowInvalid for a missing footer, OSError, ...
+            raise RecordError(f"cannot read {table}: corrupt or truncated ({type(e).__name__})") from None
+
+
+def _check_safetensors(path: Path) -> None:
+    """A safetensors file is an 8-byte header length, a JSON header, then the data the header's
+    offsets describe: the file must be exactly as long as they say."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            size = os.fstat(f.fileno()).st_size
+            if n <= 0 or 8 + n > size:
+                raise ValueError(f"header of {n} bytes in a {size}-byte file")
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end != size:
+            raise ValueError(f"{size} bytes, the header describes {8 + n + end}")
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise RecordError(f"cannot read {path}: corrupt or truncated ({e})") from None
+
+
+def find_runs(root: str | os.PathLike | None = None) -> list[Path]:
+    """Run folders under `root` (default: `default_runs_root()`), oldest first: every folder of an
+    experiment with a file of the record layout, complete or not; temporary `.tmp-*` folders
+    excluded."""
+    root = Path(root) if root is not None else default_runs_root()
     if not root.is_dir():
         return []
     runs = [
-        p for exp in root.iterdir() if exp.is_dir() and not exp.name.startswith(".")
-        for p in exp.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "config.json").is_file()
+        p for exp in root.iterdir() if exp.is_dir() and not exp.name.startswith(".") and exp.name != ASSETS
+        for p in exp.iterdir() if p.is_dir() and not p.name.startswith(".") and _looks_like_a_run(p)
     ]
     return sorted(runs, key=lambda p: (p.name, p.parent.name))
 
 
-def find_unfinished(root: str | os.PathLike = "runs") -> list[Path]:
+def _looks_like_a_run(path: Path) -> bool:
+    # Any file of the layout: a run with its config.json lost is still listed (as unreadable).
+    return any((path / f).exists() for f in ("config.json", "env.json", "command", "results"))
+
+
+def find_unfinished(root: str | os.PathLike | None = None) -> list[Path]:
     """Temporary folders of runs that were killed while being written (safe to delete)."""
-    root = Path(root)
-    return sorted(root.glob(f"*/{TMP_PREFIX}*")) if root.is_dir() else []
+    root = Path(root) if root is not None else default_runs_root()
+    return sorted(p for p in root.glob(f"*/{TMP_PREFIX}*") if p.is_dir()) if root.is_dir() else []
 
 
-def list_runs(root: str | os.PathLike = "runs") -> pd.DataFrame:
-    """One row per recorded run: when, which experiment, model, device, dtype, commit, and status
-    ("ok", or why the folder cannot be replayed)."""
+def list_runs(root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """One row per recorded run: when, which experiment, model, device, dtype, commit, and status:
+    "ok", or "unreadable: <why>" when its files cannot be read (`load_run`, `check_results_readable`)."""
     rows = []
     for path in find_runs(root):
         row = {"run": path.name, "experiment": path.parent.name, "created": "", "model": "", "device": "",
@@ -368,138 +484,10 @@ def list_runs(root: str | os.PathLike = "runs") -> pd.DataFrame:
                        dtype=str(cfg.get("dtype", "")))
             commit = rec.env.get("git_commit") or ""
             row["commit"] = commit[:10] + ("+dirty" if rec.env.get("git_dirty") else "") if commit else ""
+            check_results_readable(path)
         except RecordError as e:
-            row["status"] = str(e).replace(str(path), "").strip(" :") or "invalid"
+            row["status"] = "unreadable: " + (str(e).replace(str(path) + os.sep, "").replace(str(path), "").strip(" :")
+                                              or "invalid")
         rows.append(row)
     columns = ["run", "experiment", "created", "model", "device", "dtype", "commit", "status", "path"]
     return pd.DataFrame(rows, columns=columns)
-
-
-# ----------------------------------------------------------------------------- comparing
-@dataclass(frozen=True)
-class Tolerance:
-    """How close a replayed result must be to the recorded one.
-
-    Exact (rel=0), on the same device, dtype and torch: every tensor and table identical, bit for
-    bit. Otherwise float tensors must satisfy max |replayed - recorded| <= rel * max(1, max
-    |recorded|). Integer tensors (token ids, ranks) and the tables (tidy views of the tensors) are
-    then compared and reported but not required to match: a rank or a top token flips wherever
-    two logits are closer than the precision, and ratios such as normalized patching scores
-    amplify rounding; the float tensors they come from carry the check."""
-
-    rel: float
-
-    @property
-    def exact(self) -> bool:
-        return self.rel == 0
-
-    def describe(self) -> str:
-        if self.exact:
-            return "identical, bit for bit (same device, dtype and torch)"
-        return (f"float tensors within {self.rel:g} x max(1, max|recorded|); integer tensors and tables "
-                "reported, not required (near-ties reorder them)")
-
-
-EXACT = Tolerance(rel=0.0)
-# Keyed by the less precise dtype of the recording and the replay.
-TOLERANCES = {
-    torch.float32: Tolerance(rel=1e-4),
-    torch.float16: Tolerance(rel=2e-2),
-    torch.bfloat16: Tolerance(rel=1e-1),
-}
-
-
-def tolerance_for(dtype_a: torch.dtype, dtype_b: torch.dtype) -> Tolerance:
-    """The tolerance for comparing results computed in two (possibly different) dtypes."""
-    precision = [torch.float32, torch.float16, torch.bfloat16]  # increasing error
-    worst = max(dtype_a, dtype_b, key=lambda d: precision.index(d) if d in precision else 0)
-    return TOLERANCES.get(worst, TOLERANCES[torch.float32])
-
-
-@dataclass
-class Comparison:
-    """One result compared: `ok`, whether it counts (`required`), and in words how far apart."""
-
-    kind: str  # "tensor" or "table"
-    name: str
-    ok: bool
-    detail: str
-    required: bool = True
-
-
-def compare_tensor(name: str, recorded: Tensor, replayed: Tensor, tol: Tolerance) -> Comparison:
-    if recorded.shape != replayed.shape:
-        return Comparison("tensor", name, False, f"shape {tuple(replayed.shape)}, recorded {tuple(recorded.shape)}")
-    shape = f"{list(recorded.shape)} {str(recorded.dtype).removeprefix('torch.')}"
-    if tol.exact:
-        # Same dtype and bytes; NaNs compare equal to NaNs in the same place.
-        same = recorded.dtype == replayed.dtype and torch.equal(_nan_to_sentinel(recorded), _nan_to_sentinel(replayed))
-        if same:
-            return Comparison("tensor", name, True, f"{shape} identical")
-        diff = _describe_diff(recorded, replayed)
-        return Comparison("tensor", name, False, f"{shape} differs: {diff}")
-    if recorded.dtype.is_floating_point or replayed.dtype.is_floating_point:
-        a, b = recorded.double(), replayed.double()
-        if not torch.equal(a.isnan(), b.isnan()):
-            return Comparison("tensor", name, False, f"{shape} NaNs in different places")
-        a, b = a.nan_to_num(0.0), b.nan_to_num(0.0)
-        err = float((a - b).abs().max()) if a.numel() else 0.0
-        scale = max(1.0, float(a.abs().max()) if a.numel() else 1.0)
-        ok = err <= tol.rel * scale
-        return Comparison("tensor", name, ok, f"{shape} max abs diff {err:.3g} (allowed {tol.rel * scale:.3g})")
-    frac = float((recorded != replayed).double().mean()) if recorded.numel() else 0.0
-    return Comparison("tensor", name, frac == 0, f"{shape} {frac:.1%} of entries differ", required=False)
-
-
-def _nan_to_sentinel(t: Tensor) -> Tensor:
-    return t.nan_to_num(nan=math.pi * 1e3) if t.dtype.is_floating_point else t
-
-
-def _describe_diff(a: Tensor, b: Tensor) -> str:
-    if a.dtype != b.dtype:
-        return f"dtype {str(b.dtype).removeprefix('torch.')}, recorded {str(a.dtype).removeprefix('torch.')}"
-    if a.dtype.is_floating_point:
-        d = (a.double() - b.double()).abs().nan_to_num(float("inf"))
-        return f"max abs diff {float(d.max()):.3g} at {int((d > 0).sum())} of {d.numel()} entries"
-    return f"{int((a != b).sum())} of {a.numel()} entries"
-
-
-def compare_table(name: str, recorded: pd.DataFrame, replayed: pd.DataFrame, tol: Tolerance) -> Comparison:
-    required = tol.exact
-    if list(recorded.columns) != list(replayed.columns) or len(recorded) != len(replayed):
-        return Comparison("table", name, False, f"columns/rows {list(replayed.columns)} x {len(replayed)}, "
-                                                 f"recorded {list(recorded.columns)} x {len(recorded)}", required)
-    bad = []
-    for col in recorded.columns:
-        a, b = recorded[col].reset_index(drop=True), replayed[col].reset_index(drop=True)
-        if tol.exact:
-            ok = a.equals(b)
-        elif pd.api.types.is_float_dtype(a) and pd.api.types.is_float_dtype(b):
-            ok = compare_tensor(col, torch.tensor(a.to_numpy()), torch.tensor(b.to_numpy()), tol).ok
-        else:
-            ok = bool((a.astype(str) == b.astype(str)).all())
-        if not ok:
-            bad.append(col)
-    detail = f"{len(recorded)} rows" + (f", columns differ: {', '.join(map(str, bad))}" if bad else " match")
-    return Comparison("table", name, not bad, detail, required)
-
-
-def compare_results(
-    record: RunRecord, replayed: RunResults, tol: Tolerance
-) -> list[Comparison]:
-    """Compare every recorded tensor and table with its replayed counterpart (missing or extra = mismatch)."""
-    out: list[Comparison] = []
-    pairs: list[tuple[str, dict, dict, Callable]] = [
-        ("tensor", record.tensors(), replayed.tensors, compare_tensor),
-        ("table", record.tables(), replayed.tables, compare_table),
-    ]
-    for kind, old, new, compare in pairs:
-        for key in sorted(set(old) | set(new)):
-            if key not in new:
-                out.append(Comparison(kind, key, False, "recorded, but the replay did not produce it"))
-            elif key not in old:
-                out.append(Comparison(kind, key, False, "produced by the replay, but not in the record"))
-            else:
-                new_value = new[key].detach().cpu() if kind == "tensor" else new[key]
-                out.append(compare(key, old[key], new_value, tol))
-    return out

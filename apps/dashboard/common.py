@@ -21,6 +21,7 @@ import workbench
 from workbench.errors import WorkbenchError
 from workbench.models.bundled import bundled_names
 from workbench.models.config import PRESETS
+from workbench.runs import default_runs_root
 
 DEFAULT = "default"
 LOCAL_PATH = "a local path"
@@ -159,7 +160,7 @@ def sidebar() -> Session:
     dtype = col2.selectbox("Dtype", DTYPES, key="p.dtype")
     prompt = bar.text_area("Prompt", key=state("p.prompt", IOI_CLEAN), height=100,
                            help="Used by the model, logit lens and attention pages (a BOS token is prepended).")
-    runs_root = bar.text_input("Runs folder", key=state("p.runs_root", os.environ.get("WORKBENCH_RUNS", "runs")),
+    runs_root = bar.text_input("Runs folder", key=state("p.runs_root", str(default_runs_root())),
                                help="Where 'Save run' records runs and the Runs page looks for them.")
 
     model, notice, error = None, None, None

@@ -77,6 +77,8 @@ with common.guard():
 
     c1, c2 = st.columns(2)
     with c1.expander("Config"):
+        st.caption("`model_state_sha256`: sha256 of the weights' state-dict tensors (as float32), not of a file; "
+                   "`model_file_sha256`: sha256 of the weights file, as `sha256sum` prints it.")
         st.code(json.dumps(record.config, indent=1), language="json")
     with c2.expander("Environment"):
         st.code(json.dumps(record.env, indent=1), language="json")

@@ -11,16 +11,15 @@ from workbench.experiments.core import (
     EXPERIMENTS,
     Experiment,
     ExperimentConfig,
-    ReplayReport,
     Run,
     config_from_dict,
     get_experiment,
     load_experiment_model,
     read_config_file,
     register,
-    replay,
     run_experiment,
 )
+from workbench.experiments.replaying import ReplayReport, replay
 
 # Importing each experiment module registers it.
 from workbench.experiments.ablate_heads import AblateHeadsConfig  # noqa: E402

@@ -31,6 +31,11 @@ class AblateHeadsConfig(PromptSetOptions, ExperimentConfig):
                 "workbench.methods._resume.TOKEN_BUDGET token positions); part of the numerics"})
     top_k: int = field(default=10, metadata={"help": "heads listed in the summary"})
 
+    def applies(self, name: str) -> bool:
+        if name == "reference":
+            return self.method != "zero"  # a zeroed head needs no reference batch
+        return super().applies(name)
+
     def validate(self) -> None:
         if self.n_prompts < 1:
             raise InputError(f"n_prompts must be >= 1, got {self.n_prompts}")

@@ -1,9 +1,10 @@
 """Experiments: a dataclass config plus `run(config, model) -> RunResults`, registered by name, so
 scripts, replay, the CLI and the dashboard all run the same code from the same config.
 
-Running one: load the model the config names, resolve the config (the weights' sha256, the exact
-token ids, the actual device and dtype), run, and record (`workbench.runs`). Replay reads a
-record's config.json, runs again, and compares every result with the recorded one.
+Running one: load the model the config names, resolve the config (the weights' hashes, the exact
+token ids, the actual device and dtype), run, and record (`workbench.runs`). Replay
+(`workbench.experiments.replaying`) reads a record's config.json, runs again, and compares every
+result with the recorded one.
 """
 
 from __future__ import annotations
@@ -22,18 +23,13 @@ from torch import Tensor
 
 from workbench.errors import InputError
 from workbench.runs import (
-    EXACT,
-    Comparison,
-    RecordError,
     RunResults,
-    Tolerance,
     check_record_version,
-    compare_results,
+    default_runs_root,
     environment,
-    load_run,
+    file_sha256,
+    model_state_sha256,
     record_run,
-    tolerance_for,
-    weights_sha256,
 )
 
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
@@ -43,14 +39,24 @@ DTYPE_NAMES = ("float32", "float16", "bfloat16")
 class ExperimentConfig:
     """What every experiment records besides its own options.
 
-    `model_sha256` and `token_ids` are filled in when the experiment runs; when a config already
-    has them (from a previous run's config.json), the run checks the weights and the tokenization
-    against them and refuses to go on if either differs."""
+    `model_state_sha256`, `model_file_sha256` and `token_ids` are filled in when the experiment
+    runs; when a config already has the state hash and the ids (from a previous run's
+    config.json), the run checks the weights and the tokenization against them and refuses to go
+    on if either differs.
+
+    The two hashes: `model_state_sha256` is of the weights themselves (every state-dict tensor as
+    float32, `workbench.runs.model_state_sha256`), the same whatever file format or dtype they were
+    stored in; `model_file_sha256` is of the weights file, as `sha256sum` prints it and as a model
+    card states it (None when the weights came from several files)."""
 
     model: str | None = field(default=None, metadata={
         "help": "model name (gpt2, shakespeare-2l, ...) or path; default: GPT-2 when available, else the bundled model"})
-    model_sha256: str | None = field(default=None, metadata={
-        "help": "refuse to run unless the weights have this sha256 (workbench.runs.weights_sha256)"})
+    model_state_sha256: str | None = field(default=None, metadata={
+        "aliases": ["model_sha256"],  # its name in records before it was renamed
+        "help": "refuse to run unless the weights have this state sha256 (of the state dict's tensors as float32, "
+                "workbench.runs.model_state_sha256; not the file's sha256sum)"})
+    model_file_sha256: str | None = field(default=None, metadata={
+        "cli": False, "help": "sha256 of the weights file (as sha256sum prints it); recorded, not checked"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: cuda when available)"})
     dtype: Literal["float32", "float16", "bfloat16"] = field(default="float32", metadata={"help": "model dtype"})
     seed: int = field(default=0, metadata={"help": "seed for everything random (prompt sampling, resampling)"})
@@ -59,6 +65,11 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def applies(self, name: str) -> bool:
+        """Whether option `name` is used with the other options as they are (a re-run command
+        writes only those); experiments with options for one case only override this."""
+        return True
 
 
 COMMON_FIELDS = {f.name for f in dataclasses.fields(ExperimentConfig)}
@@ -140,6 +151,7 @@ def config_from_dict(cls: type[ExperimentConfig], data: dict[str, Any], *, sourc
         raise InputError(f"{source} must be a JSON object of config fields, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    data = with_current_names(cls, data)
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise InputError(f"{source}: unknown field(s) {', '.join(unknown)} for {cls.__name__}; "
@@ -150,6 +162,17 @@ def config_from_dict(cls: type[ExperimentConfig], data: dict[str, Any], *, sourc
     if validate is not None:
         validate()
     return config
+
+
+def with_current_names(cls: type[ExperimentConfig], data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with renamed fields (a field's metadata "aliases") under their current names."""
+    data = dict(data)
+    for f in dataclasses.fields(cls):
+        for old in f.metadata.get("aliases", ()):
+            if old in data:
+                value = data.pop(old)
+                data.setdefault(f.name, value)
+    return data
 
 
 def read_config_file(path: str | Path, experiment: Experiment) -> dict[str, Any]:
@@ -207,23 +230,27 @@ def check_device(device: str | None) -> None:
 
 
 def prepare(experiment: Experiment, config: ExperimentConfig, model) -> ExperimentConfig:
-    """The config completed for this model: its name, sha256, actual device and dtype, token ids.
+    """The config completed for this model: its name, weights hashes, actual device and dtype, token ids.
 
-    Raises InputError if the config records a different weights sha256 or different token ids."""
-    sha = weights_sha256(model)
-    if config.model_sha256 and config.model_sha256 != sha:
+    Raises InputError if the config records a different weights state sha256 or different token ids."""
+    sha = model_state_sha256(model)
+    if config.model_state_sha256 and config.model_state_sha256 != sha:
         raise InputError(
-            f"the weights of model {model.name!r} have sha256 {sha}, but the config records {config.model_sha256}: "
-            "this is not the model the config was run with. Pass that model, or remove model_sha256 from the "
-            "config to run anyway"
+            f"the weights of model {model.name!r} have state sha256 {sha}, but the config records "
+            f"{config.model_state_sha256}: this is not the model the config was run with. Pass that model, or "
+            "remove model_state_sha256 from the config to run anyway"
         )
+    weights_file = getattr(model, "weights_file", None)
+    if weights_file is not None and weights_file.stat().st_mtime_ns != getattr(model, "weights_file_mtime_ns", None):
+        weights_file = None  # replaced since the model was loaded: its hash would not describe these weights
     tokens = {k: model.prepare_tokens(v).cpu().tolist() for k, v in experiment.tokens(config, model).items()}
     if config.token_ids:
         _check_token_ids(config.token_ids, tokens)
     # A model loaded from a path is recorded by its absolute path, so a replay from elsewhere finds it.
     name = str(Path(model.name).resolve()) if Path(model.name).exists() else model.name
     return dataclasses.replace(
-        config, model=name, model_sha256=sha, device=str(model.device),
+        config, model=name, model_state_sha256=sha,
+        model_file_sha256=file_sha256(weights_file) if weights_file is not None else None, device=str(model.device),
         dtype=str(model.dtype).removeprefix("torch."), token_ids=tokens,
     )
 
@@ -260,11 +287,12 @@ def run_experiment(
     config: ExperimentConfig | None = None,
     *,
     model=None,
-    root: str | Path | None = "runs",
+    root: str | Path | None = "default",
     name: str | None = None,
     command: str | None = None,
 ) -> Run:
-    """Run an experiment and record it under `root` (`root=None`: do not record).
+    """Run an experiment and record it under `root` ("default": `workbench.runs.default_runs_root()`;
+    None: do not record).
 
     `model` defaults to the one the config names (loaded on its device and dtype); pass a loaded
     model to reuse it (the config then records that model's name, device and dtype). Everything
@@ -280,6 +308,8 @@ def run_experiment(
     with torch.no_grad():
         results = experiment.run(config, model)
     path = None
+    if isinstance(root, str) and root == "default":
+        root = default_runs_root()
     if root is not None:
         path = record_run(
             results, experiment=experiment.name, config=config.to_dict(), root=root, name=name,
@@ -291,24 +321,25 @@ def run_experiment(
     return Run(experiment.name, config, results, path)
 
 
-def rerun_command(experiment: Experiment, config: ExperimentConfig, *, root: str | Path | None = "runs") -> str:
-    """One shell line that runs this config again: every option, the model by the name it was
-    loaded under and its weights' sha256 (checked); the token ids are re-derived and so re-checked
-    only by replay."""
+def rerun_command(experiment: Experiment, config: ExperimentConfig, *, root: str | Path | None = None) -> str:
+    """One shell line that runs this config again: every option that applies, the model by the
+    name it was loaded under and its weights' state sha256 (checked); the token ids are re-derived
+    and so re-checked only by replay. `--out` only when `root` is not the default runs root."""
     import shlex
 
     argv = ["python", "-m", "workbench", "run", experiment.name, *config_to_argv(config)]
-    if root is not None and str(root) != "runs":
+    if root is not None and Path(root).resolve() != default_runs_root().resolve():
         argv += ["--out", str(root)]
     return shlex.join(argv)
 
 
 def config_to_argv(config: ExperimentConfig) -> list[str]:
-    """Command-line options that rebuild `config` (every field but `token_ids`)."""
+    """Command-line options that rebuild `config`: every field that `config.applies`, but
+    `token_ids` and the recorded-only fields."""
     argv: list[str] = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if not f.metadata.get("cli", True) or value is None:
+        if not f.metadata.get("cli", True) or value is None or not config.applies(f.name):
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
@@ -318,79 +349,3 @@ def config_to_argv(config: ExperimentConfig) -> list[str]:
         else:
             argv += [flag, str(value)]
     return argv
-
-
-# ----------------------------------------------------------------------------- replay
-@dataclass
-class ReplayReport:
-    """The outcome of a replay: every result compared, and what was (or was not) the same."""
-
-    path: Path
-    experiment: str
-    tolerance: Tolerance
-    notes: list[str]
-    comparisons: list[Comparison]
-
-    @property
-    def ok(self) -> bool:
-        required = [c for c in self.comparisons if c.required]
-        return bool(required) and all(c.ok for c in required)
-
-    def format(self) -> str:
-        lines = [f"Replay of {self.path} ({self.experiment})"]
-        lines += [f"  {n}" for n in self.notes]
-        lines.append(f"  tolerance: {self.tolerance.describe()}")
-        width = max((len(c.name) for c in self.comparisons), default=0)
-        for c in self.comparisons:
-            status = ("ok  " if c.ok else "FAIL") if c.required else ("same" if c.ok else "info")
-            lines.append(f"  {status} {c.kind:6} {c.name:{width}}  {c.detail}")
-        required = [c for c in self.comparisons if c.required]
-        bad, n = sum(not c.ok for c in required), len(required)
-        lines.append(f"MATCH: all {n} compared results reproduced" if self.ok
-                     else f"MISMATCH: {bad} of {n} compared results differ")
-        return "\n".join(lines)
-
-
-def replay(
-    run_dir: str | Path, *, device: str | None = None, dtype: str | None = None, model=None
-) -> ReplayReport:
-    """Re-run a recorded run from its config.json and compare every result with the record.
-
-    Identical results are required when the device, device name, dtype and torch version are the
-    recorded ones; otherwise the results must agree within `tolerance_for` the two dtypes. A
-    recorded CUDA run replays on the CPU (within tolerance) where no GPU is available. Tensors and
-    tables are compared; figures are drawn from them and are not. Nothing is written."""
-    record = load_run(run_dir)
-    experiment = get_experiment(record.experiment)
-    try:
-        config = config_from_dict(experiment.config, record.config, source=f"{record.path / 'config.json'}")
-    except InputError as e:
-        raise RecordError(str(e)) from None
-    notes = []
-    recorded_device, recorded_dtype = config.device, config.dtype
-    if device is None and recorded_device and recorded_device.startswith("cuda") and not torch.cuda.is_available():
-        device = "cpu"
-        notes.append(f"recorded on {recorded_device}, no CUDA here: replaying on the CPU")
-    changes: dict[str, Any] = {}
-    if device is not None:
-        changes["device"] = device
-    if dtype is not None and dtype != recorded_dtype:
-        # float32 weights cast to another dtype hash differently; the tokens are still checked.
-        changes.update(dtype=dtype, model_sha256=None)
-        notes.append(f"dtype {dtype} instead of the recorded {recorded_dtype}: weights sha256 not checked")
-    config = dataclasses.replace(config, **changes)
-    if model is None:
-        model = load_experiment_model(config)
-    run = run_experiment(experiment, config, model=model, root=None)
-    env_now = environment(device=run.config.device)
-    same = (
-        run.config.device == recorded_device and run.config.dtype == recorded_dtype
-        and env_now["device_name"] == record.env.get("device_name") and env_now["torch"] == record.env.get("torch")
-    )
-    tol = EXACT if same else tolerance_for(getattr(torch, recorded_dtype), getattr(torch, run.config.dtype))
-    notes.insert(0, f"model {run.config.model} (sha256 {run.config.model_sha256[:16]}...), "
-                    f"{run.config.device} {env_now['device_name']}, {run.config.dtype}, torch {env_now['torch']}")
-    if not same:
-        notes.append(f"recorded on {recorded_device} {record.env.get('device_name')}, {recorded_dtype}, "
-                     f"torch {record.env.get('torch')}: comparing within tolerance")
-    return ReplayReport(record.path, experiment.name, tol, notes, compare_results(record, run.results, tol))

@@ -43,6 +43,17 @@ class PromptSetOptions:
         "help": "custom: the wrong next token of each prompt (e.g. ' John'); the metric is answer - wrong"})
     prepend_bos: bool = field(default=True, metadata={"help": "start each prompt with the BOS token"})
 
+    def applies(self, name: str) -> bool:
+        """The custom prompts only with the custom set, the sampling options (n_prompts) only
+        without it, the IOI options only with the IOI set."""
+        if name in ("clean_prompts", "corrupted_prompts", "answers", "wrong_answers"):
+            return self.prompt_set == "custom"
+        if name == "n_prompts":
+            return self.prompt_set != "custom"
+        if name.startswith("ioi_"):
+            return self.prompt_set == "ioi"
+        return super().applies(name)
+
 
 def prompt_set_tokens(config: PromptSetOptions, model) -> dict[str, Tensor]:
     """{"clean", "corrupted": [batch pos], "answers", "wrong_answers": [batch 1]} token ids."""

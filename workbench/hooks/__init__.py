@@ -5,9 +5,10 @@ names (`act_name` and every rule that reads a hook name), hook_point (`HookPoint
 accounting (activation shapes and cache sizes, from a meta-device forward).
 """
 
+from workbench.errors import HookShapeError, UnknownHookError
 from workbench.hooks.cache import ActivationCache, AttentionLayer
-from workbench.hooks.hook_point import HookPoint, HookShapeError
-from workbench.hooks.hooked import HookedRootModule, UnknownHookError
+from workbench.hooks.hook_point import HookPoint
+from workbench.hooks.hooked import HookedRootModule
 from workbench.hooks.names import act_name, act_names
 
 __all__ = [

@@ -11,6 +11,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from workbench.errors import InputError, NotCachedError
 from workbench.hooks.names import act_name, derivable, derived_from, layer_of
 
 
@@ -57,7 +58,7 @@ class ActivationCache(Mapping[str, Tensor]):
         if name not in self.cache_dict:
             close = difflib.get_close_matches(name, self.cache_dict, n=5, cutoff=0.6)
             hint = f"; close matches: {close}" if close else ""
-            raise KeyError(f"{name!r} is not in this cache ({len(self.cache_dict)} entries){hint}")
+            raise NotCachedError(f"{name!r} is not in this cache ({len(self.cache_dict)} entries){hint}")
         return self.cache_dict[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -88,7 +89,7 @@ class ActivationCache(Mapping[str, Tensor]):
         """Drop a batch axis of size 1 from every activation."""
         for name, t in self.cache_dict.items():
             if t.shape[0] != 1:
-                raise ValueError(f"remove_batch_dim needs batch size 1, but {name} has shape {tuple(t.shape)}")
+                raise InputError(f"remove_batch_dim needs batch size 1, but {name} has shape {tuple(t.shape)}")
         full = {**self.cache_dict, **{n: self[n] for n in self.derived}}
         return ActivationCache({k: v[0] for k, v in full.items()}, self.attention)
 
@@ -105,7 +106,7 @@ class ActivationCache(Mapping[str, Tensor]):
         if layer is None or layer == -1:
             return self.n_layer + 1
         if not 0 <= layer <= self.n_layer:
-            raise ValueError(f"layer must be in [0, {self.n_layer}] or -1, got {layer}")
+            raise InputError(f"layer must be in [0, {self.n_layer}] or -1, got {layer}")
         return layer
 
     def accumulated_resid(
@@ -145,7 +146,7 @@ class ActivationCache(Mapping[str, Tensor]):
         that sum to it: embed, pos_embed, then each block's attn_out and mlp_out.
         `mode` is "all", "attn" or "mlp"."""
         if mode not in ("all", "attn", "mlp"):
-            raise ValueError(f"mode must be 'all', 'attn' or 'mlp', got {mode!r}")
+            raise InputError(f"mode must be 'all', 'attn' or 'mlp', got {mode!r}")
         stop = min(self._layers(layer), self.n_layer)
         parts, labels = [], []
         if incl_embeds:

@@ -13,14 +13,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from workbench.errors import HookShapeError, HookTypeError, HookUsageError
 from workbench.hooks.names import layer_of
 
 HookFn = Callable[..., "Tensor | None"]
 Direction = Literal["fwd", "bwd"]
-
-
-class HookShapeError(ValueError):
-    """A hook returned a tensor whose shape differs from the activation it replaces."""
 
 
 class HookPoint(nn.Module):
@@ -58,7 +55,7 @@ class HookPoint(nn.Module):
             return self.fwd_hooks
         if dir == "bwd":
             return self.bwd_hooks
-        raise ValueError(f"hook direction must be 'fwd' or 'bwd', got {dir!r}")
+        raise HookUsageError(f"hook direction must be 'fwd' or 'bwd', got {dir!r}")
 
     def layer(self) -> int | None:
         """The block index this hook point lives in (None outside the blocks)."""
@@ -84,7 +81,7 @@ class HookPoint(nn.Module):
     def _checked(self, out: object, like: Tensor, fn: HookFn, what: str = "activation") -> Tensor:
         name = getattr(fn, "__name__", repr(fn))
         if not isinstance(out, torch.Tensor):
-            raise TypeError(
+            raise HookTypeError(
                 f"hook {name!r} on {self.name!r} returned {type(out).__name__}; "
                 f"a hook must return None or a Tensor shaped like the {what} {tuple(like.shape)}"
             )

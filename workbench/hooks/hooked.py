@@ -10,6 +10,7 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
+from workbench.errors import HookTypeError, HookUsageError, UnknownHookError
 from workbench.hooks.accounting import activation_layout, cache_bytes
 from workbench.hooks.cache import ActivationCache, AttentionLayer
 from workbench.hooks.hook_point import Direction, HookFn, HookPoint
@@ -18,13 +19,6 @@ from workbench.hooks.names import derivable, pos_axis
 NameOrPredicate = Union[str, Callable[[str], bool]]
 HookSpec = Sequence[tuple[NameOrPredicate, HookFn]]
 NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
-
-
-class UnknownHookError(KeyError):
-    """A hook name that the model does not have."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0])
 
 
 def _next_token_loss(logits: Tensor, tokens: Tensor) -> Tensor:
@@ -109,7 +103,7 @@ class HookedRootModule(nn.Module):
             return [self._hook_dict[name_or_predicate]]
         if callable(name_or_predicate):
             return [hp for name, hp in self._hook_dict.items() if name_or_predicate(name)]
-        raise TypeError(
+        raise HookTypeError(
             f"a hook target must be a hook name or a predicate on names, got {type(name_or_predicate).__name__}"
         )
 
@@ -215,9 +209,10 @@ class HookedRootModule(nn.Module):
                     logits = self._forward_checked(tokens, **forward_kwargs)
                     loss = loss_fn(logits) if loss_fn else _next_token_loss(logits, tokens)
                     if loss.ndim != 0:
-                        raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+                        raise HookUsageError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
                     if not grad_roots:
-                        raise RuntimeError("incl_bwd=True needs parameters that require grad")
+                        raise HookUsageError("incl_bwd=True needs parameters that require grad; none of this "
+                                             "model's do (requires_grad_(True) on the ones to differentiate)")
                     torch.autograd.grad(loss, grad_roots, allow_unused=True)
                 logits = logits.detach()
             else:

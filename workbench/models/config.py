@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from workbench.errors import ModelConfigError
+
 Activation = Literal["gelu_tanh", "gelu"]
 
 
@@ -31,13 +33,13 @@ class GPTConfig:
         for field in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "mlp_ratio"):
             value = getattr(self, field)
             if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"GPTConfig.{field} must be a positive int, got {value!r}")
+                raise ModelConfigError(f"GPTConfig.{field} must be a positive int, got {value!r}")
         if self.n_embd % self.n_head:
-            raise ValueError(
+            raise ModelConfigError(
                 f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
         if self.activation not in ("gelu_tanh", "gelu"):
-            raise ValueError(f"GPTConfig.activation must be 'gelu_tanh' or 'gelu', got {self.activation!r}")
+            raise ModelConfigError(f"GPTConfig.activation must be 'gelu_tanh' or 'gelu', got {self.activation!r}")
 
     # Names from the interpretability literature (TransformerLens's cfg), derived.
     @property
@@ -64,7 +66,7 @@ class GPTConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown GPTConfig fields {unknown}; allowed: {sorted(known)}")
+            raise ModelConfigError(f"unknown GPTConfig fields {unknown}; allowed: {sorted(known)}")
         return cls(**d)
 
 

@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from workbench.errors import CheckpointError, ModelNotFoundError
+from workbench.errors import CheckpointError, InputError, ModelNotFoundError
 from workbench.models.bundled import BUNDLED_DIR, FORMAT, bundled_names
 from workbench.models.config import PRESETS, GPTConfig
 from workbench.models.gpt import GPT
@@ -52,7 +52,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
         return dtype
     if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in DTYPES:
         return DTYPES[dtype.lower().removeprefix("torch.")]
-    raise ValueError(f"unsupported dtype {dtype!r}; allowed: float32, bfloat16, float16")
+    raise InputError(f"unsupported dtype {dtype!r}; allowed: float32, bfloat16, float16")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -81,21 +81,24 @@ def load_model(
     torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
     name = str(name_or_path)
     if name in bundled_names() and not Path(name).exists():
-        cfg, state = load_directory(BUNDLED_DIR / name)
+        source = BUNDLED_DIR / name
     elif name in HUB_REPOS and not Path(name).exists():
-        cfg, state = load_directory(download(name))
-    elif Path(name).is_dir():
-        cfg, state = load_directory(Path(name))
-    elif Path(name).is_file():
-        cfg, state = load_nanogpt(Path(name))
+        source = download(name)
+    elif Path(name).is_dir() or Path(name).is_file():
+        source = Path(name)
     else:
         known = sorted([*HUB_REPOS, *bundled_names()])
         raise ModelNotFoundError(
             f"no model named {name!r}, and no file or directory at that path. Names: {', '.join(known)}; "
             "or pass a Hugging Face-format directory or a nanoGPT ckpt.pt"
         )
+    cfg, state = load_directory(source) if source.is_dir() else load_nanogpt(source)
     model = build(cfg, state, dtype=torch_dtype, device=torch_device)
     model.name = name
+    # The one file the weights were read from (runs record its sha256); None for sharded weights.
+    weights = weights_path(source) if source.is_dir() else source
+    model.weights_file = None if weights.name.endswith(".index.json") else weights.resolve()
+    model.weights_file_mtime_ns = weights.stat().st_mtime_ns  # a file replaced after loading is not these weights
     return model
 
 
@@ -167,14 +170,19 @@ def load_directory(path: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
         raw = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{config_file} is not valid JSON: {e}") from None
-    candidates = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
-    weights = next((path / c for c in candidates if (path / c).is_file()), None)
-    if weights is None:
-        raise ModelNotFoundError(f"{path} has config.json but no weights: expected one of {', '.join(candidates)}")
-    state = read_weights(weights)
+    state = read_weights(weights_path(path))
     if raw.get("format") == FORMAT:
         return GPTConfig.from_dict(raw["config"]), state  # stored fp16; `build` casts to the dtype asked for
     return config_from_hf(raw), convert_state_dict(state, conv1d=True)
+
+
+def weights_path(folder: Path) -> Path:
+    """The weights file of a model folder: the first of model.safetensors, its sharded index, pytorch_model.bin."""
+    candidates = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
+    weights = next((folder / c for c in candidates if (folder / c).is_file()), None)
+    if weights is None:
+        raise ModelNotFoundError(f"{folder} has config.json but no weights: expected one of {', '.join(candidates)}")
+    return weights
 
 
 ACCEPTED = (

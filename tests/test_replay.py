@@ -1,0 +1,27 @@
+"""Replay's comparison policy (workbench.experiments.replaying): what is compared, how closely,
+and what must match. The end-to-end replays are in test_experiments.py."""
+
+import torch
+
+from workbench.experiments.replaying import EXACT, compare_tensor, tolerance_for
+
+
+def test_compare_tensor_exact_and_within_tolerance():
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
+    assert compare_tensor("x", x, x.clone(), EXACT).ok
+    nudged = x.clone()
+    nudged[1, 2] = torch.nextafter(nudged[1, 2], torch.tensor(10.0))  # one ulp
+    assert not compare_tensor("x", x, nudged, EXACT).ok
+    tol = tolerance_for(torch.float32, torch.float32)
+    assert compare_tensor("x", x, nudged, tol).ok
+    assert not compare_tensor("x", x, x + 1e-2, tol).ok
+    assert compare_tensor("x", x, x.half().float(), tolerance_for(torch.float32, torch.float16)).ok
+    assert not compare_tensor("x", x, x[:3], tol).ok  # shape
+    ids = torch.arange(200)
+    flipped = ids.clone()
+    flipped[0] = 7
+    assert not compare_tensor("ids", ids, flipped, EXACT).ok
+    near_tie = compare_tensor("ids", ids, flipped, tol)  # ranks and top tokens flip at near-ties elsewhere
+    assert not near_tie.ok and not near_tie.required and "0.5% of entries differ" in near_tie.detail
+    nan = torch.tensor([1.0, float("nan")])
+    assert compare_tensor("nan", nan, nan.clone(), EXACT).ok
