@@ -20,6 +20,7 @@ from workbench.experiments.core import (
     register,
     replay,
     run_experiment,
+    with_tokens,
 )
 
 # Importing each experiment module registers it.
@@ -30,6 +31,6 @@ from workbench.experiments.logit_lens import LogitLensConfig  # noqa: E402
 
 __all__ = [
     "EXPERIMENTS", "Experiment", "ExperimentConfig", "ReplayReport", "Run", "config_from_dict", "get_experiment",
-    "load_experiment_model", "read_config_file", "register", "replay", "run_experiment",
+    "load_experiment_model", "read_config_file", "register", "replay", "run_experiment", "with_tokens",
     "AblateHeadsConfig", "ActivationPatchingConfig", "AttentionHeadsConfig", "LogitLensConfig",
 ]

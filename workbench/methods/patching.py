@@ -32,7 +32,7 @@ from torch import Tensor
 
 from workbench.errors import InputError
 from workbench.methods._resume import BaseRun, CellGroup, base_names, cached_runs, entry_of, run_cells
-from workbench.methods.metrics import Metric, as_metric, normalize, scalar
+from workbench.methods.metrics import Metric, as_metric, clean_beats_corrupted, normalize, scalar
 
 LAYER_POS_TARGETS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 HEAD_TARGETS = ("head_out", "head_q", "head_k", "head_v", "head_pattern")
@@ -89,6 +89,12 @@ class PatchingResult:
     def effect(self) -> Float[Tensor, "layer ..."]:
         """values - baseline: how much each patch moves the metric."""
         return self.values - self.baseline
+
+    @property
+    def clean_beats_corrupted(self) -> bool:
+        """Whether the clean run is clearly better on the metric (`metrics.clean_beats_corrupted`,
+        gap >= `metrics.MIN_GAP`); if not, the normalised values divide by noise."""
+        return clean_beats_corrupted(self.clean_value, self.corrupted_value)
 
     def normalized(self) -> Float[Tensor, "layer ..."]:
         """values on the 0 = corrupted, 1 = clean scale."""
