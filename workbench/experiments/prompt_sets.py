@@ -174,7 +174,19 @@ def _single(model, text: str, what: str) -> int:
     try:
         return model.to_single_token(text)
     except InputError as e:
-        raise InputError(f"{what} {text!r}: {e}") from None
+        raise InputError(f"{what} {text!r}: {e}{leading_space_hint(model, text)}") from None
+
+
+def leading_space_hint(model, text: str) -> str:
+    """" Try ' Maryland' ..." when `text` lacks the leading space that would make it one token
+    (GPT-2 words mid-sentence carry theirs), else ""."""
+    if text.startswith(" ") or not text.strip():
+        return ""
+    try:
+        model.to_single_token(" " + text)
+    except InputError:
+        return ""
+    return f". With a leading space it is one token: try {' ' + text!r}"
 
 
 def _ioi(config: PromptSetOptions) -> tuple[list[str], list[str], list[str], list[str]]:
