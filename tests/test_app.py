@@ -578,3 +578,16 @@ def test_model_page_banner_tokens_and_card(app, experiment_model, monkeypatch):
         assert [e.label for e in at.expander] == ["The whole model card (JSON)"]
         card = json.loads(at.code[-1].value)
         assert card["name"] == DEFAULT_BUNDLED
+
+
+def test_hover_never_reads_minus_zero():
+    """A value of -0.0 (e.g. a normalised cell equal to the corrupted run) hovers as 0, not -0."""
+    from workbench.experiments.figures import heatmap
+
+    fig = heatmap(torch.tensor([[-0.0, 0.5], [-0.25, float("nan")]]), x=["a", "b"], y=["0", "1"], x_title="pos",
+                  y_title="layer", title="t", colorbar="normalised", diverging=True)
+    trace = fig.data[0]
+    assert trace.customdata[0][0].endswith("normalised: 0") and "-0" not in trace.customdata[0][0]
+    assert trace.customdata[1][0].endswith("normalised: -0.25")
+    assert trace.customdata[1][1].endswith("normalised: n/a") and trace.z[1][1] is None
+    assert str(trace.z[0][0]) == "0.0"
