@@ -151,6 +151,8 @@ def test_attention_page_matches_the_head_detectors(app, lib_model):
     for trace, scores in zip(grid, expected):
         assert_close(z_of(trace), scores.values)
 
+    for trace in grid + [heatmaps(charts(at)[1])[0]]:  # sequential scales start dark: no white glare on dark themes
+        assert trace["colorscale"][0][1] == "#440154" and trace["colorscale"][-1][1] == "#fde725"  # Viridis
     for trace, scores in zip(grid, expected):  # each cell carries its score
         assert trace["text"] == [[f"{v:.2f}" for v in row] for row in scores.values.tolist()]
 

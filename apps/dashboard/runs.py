@@ -75,8 +75,8 @@ with common.guard():
     for fig in draw(tensors, tables):
         st.plotly_chart(fig, width="stretch")
     for name, frame in tables.items():
-        with st.expander(f"Table: {name} ({len(frame)} rows)"):
-            st.dataframe(frame, hide_index=True, width="stretch")
+        with st.expander(f"Table: {name} ({common.plural(len(frame), 'row')})"):
+            common.table(frame)
 
     c1, c2 = st.columns(2)
     with c1.expander("Config"):
