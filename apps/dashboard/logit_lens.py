@@ -7,6 +7,7 @@ import streamlit as st
 
 from dashboard import common
 from dashboard.views import LensView
+from workbench.experiments import EXPERIMENTS
 from workbench.experiments.figures import LENS_SHOW, MAX_TEXT_CELLS, lens_figure
 from workbench.experiments.logit_lens import LogitLensConfig
 
@@ -19,8 +20,6 @@ def run_lens(key: common.ModelKey, fields: str):
     LensView the page draws) for the page's fields."""
     with common.using_model(key) as model:
         config = common.experiment_config(key, "logit_lens", fields, model)
-        from workbench.experiments import EXPERIMENTS
-
         result = EXPERIMENTS["logit_lens"].compute(config, model)
         target_id = int(config.token_ids["target"][0][0]) if "target" in config.token_ids else None
         view = LensView.of(result, target_id)
