@@ -93,10 +93,11 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
           lambda: check(at.selectbox(key="p.lens.show").set_value("target_rank").run()), results)
     at.switch_page("dashboard/patching.py")
     check(at.run())
+    at.radio(key="p.patch.source").set_value("custom")  # the one IOI pair, as the README's table measures
     at.selectbox(key="p.patch.target").set_value("head_out")
     timed("full head-patching sweep (head_out, layer x head)", lambda: check(at.button[0].click().run()), results)
     timed("patching: change the values shown (cached)",
-          lambda: check(at.radio(key="p.patch.show").set_value("values").run()), results)
+          lambda: check(at.radio(key="p.patch.show").set_value("value").run()), results)
     at.selectbox(key="p.patch.target").set_value("resid_pre")
     timed("full residual-stream sweep (resid_pre, layer x pos)", lambda: check(at.button[0].click().run()), results)
 

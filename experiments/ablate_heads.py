@@ -1,7 +1,11 @@
-"""Ablate every attention head on its own (zero, mean or resample) on a prompt set (default: IOI),
-and report the effect on the logit difference answer - wrong answer per head, top heads first.
+"""Ablate every attention head on its own (zero, mean or resample) on the prompts of a task and
+report the effect on the task's metric per head, top heads first. --prompt-set auto (the default)
+picks the task the model can do: ioi (logit difference IO - S) on GPT-2, induction (log-prob of
+the correct next token on the second copy of repeated random tokens) on the bundled model.
+Defaults: mean ablation over the prompts themselves (the dashboard opens on the same).
 
     python experiments/ablate_heads.py
+    python experiments/ablate_heads.py --prompt-set ioi --model gpt2
     python experiments/ablate_heads.py --method resample --reference corrupted --n-prompts 32
     python experiments/ablate_heads.py --method zero --prompt-set custom \
         --clean-prompts "When Mary and John went to the store, John gave a drink to" \

@@ -1,8 +1,13 @@
 """Activation patching: run the corrupted prompts, restore one clean activation at a time (or the
-reverse), and record the logit difference answer - wrong answer for every cell. Default prompt
-set: IOI; any target of workbench.methods.patching (resid_pre, attn_out, head_out, ...).
+reverse), and record the task's metric for every cell; any target of workbench.methods.patching
+(resid_pre, attn_out, head_out, ...). Prompt sets (--prompt-set): induction (repeated random
+tokens, corrupted: a different first copy; metric: log-prob of the correct next token on the
+second copy), ioi (metric: logit difference IO - S), custom; the default, auto, picks the task the
+model can do: ioi on GPT-2, induction on the bundled model. The summary warns when the clean run
+is not clearly better than the corrupted one (the model does not do the task).
 
     python experiments/activation_patching.py
+    python experiments/activation_patching.py --prompt-set induction --seq-len 20
     python experiments/activation_patching.py --target head_out --n-prompts 16
     python experiments/activation_patching.py --prompt-set custom \
         --clean-prompts "When Mary and John went to the store, John gave a drink to" \

@@ -151,30 +151,53 @@ def test_attention_page_matches_the_head_detectors(app, lib_model):
     for trace, scores in zip(grid, expected):
         assert_close(z_of(trace), scores.values)
 
+    for trace in grid + [heatmaps(charts(at)[1])[0]]:  # sequential scales start dark: no white glare on dark themes
+        assert trace["colorscale"][0][1] == "#440154" and trace["colorscale"][-1][1] == "#fde725"  # Viridis
+    for trace, scores in zip(grid, expected):  # each cell carries its score
+        assert trace["text"] == [[f"{v:.2f}" for v in row] for row in scores.values.tolist()]
+
     layer, head = lib_model.cfg.n_layer - 1, lib_model.cfg.n_head - 1
     at.selectbox(key="p.attn.layer").set_value(layer)
     at.selectbox(key="p.attn.head").set_value(head).run()
+    shapes = charts(at)[0]["layout"]["shapes"]  # the chosen head is outlined in every panel
+    assert len(shapes) == 3
+    assert all((s["x0"], s["x1"], s["y0"], s["y1"]) == (head - 0.5, head + 0.5, layer - 0.5, layer + 0.5)
+               for s in shapes)
     _, cache = lib_model.run_with_cache(CLEAN, names_filter=[f"blocks.{layer}.attn.hook_pattern"])
     pattern = heatmaps(charts(at)[1])[0]
-    assert_close(z_of(pattern), cache["pattern", layer][0, head])
-    n = cache["pattern", layer].shape[-1]
+    expected_pattern = cache["pattern", layer][0, head].clone()
+    n = expected_pattern.shape[-1]
+    masked = torch.ones(n, n, dtype=torch.bool).triu(1)
+    expected_pattern[masked] = float("nan")  # the causal mask is drawn blank, not as 0
+    assert_close(z_of(pattern), expected_pattern)
+    assert all(pattern["z"][q][k] is None for q in range(n) for k in range(q + 1, n))
     assert len(json.loads(at.get("plotly_chart")[1].proto.spec)["layout"]["xaxis"]["ticktext"]) == n
 
 
 # ----------------------------------------------------------------------------- patching
-def run_patching(at, **inputs):
+def run_patching(at, source="custom", **inputs):
     at = page(at, "patching")
+    at.radio(key="p.patch.source").set_value(source)
     for key, value in inputs.items():
-        widget = at.selectbox(key=f"p.patch.{key}") if key in ("target", "direction", "method") \
-            else at.text_input(key=f"p.patch.{key}")
-        widget.set_value(value)
+        if key in ("target", "direction", "method"):
+            at.selectbox(key=f"p.patch.{key}").set_value(value)
+        elif key in ("n_prompts", "seq_len", "seed"):
+            at.number_input(key=f"p.patch.{key}").set_value(value)
+        else:
+            at.text_input(key=f"p.patch.{key}").set_value(value)
     at.button[0].click().run()  # the form's "Run patching"
     assert not at.exception, at.exception
     return at
 
 
+def warnings(at) -> list[str]:
+    return [w.value for w in at.warning]
+
+
 def test_patching_page_matches_the_library_and_plot_options_do_not_recompute(app, lib_model, monkeypatch):
-    calls = count_calls(monkeypatch, patching, "activation_patching")
+    from workbench.experiments import activation_patching as experiment
+
+    calls = count_calls(monkeypatch, experiment, "activation_patching")  # what the page runs
     at = run_patching(app, target="head_out")
     assert not errors(at)
     assert len(calls) == 1
@@ -187,20 +210,53 @@ def test_patching_page_matches_the_library_and_plot_options_do_not_recompute(app
     frame = expected.to_frame().set_index(["layer", "head"])
     for _, row in table.iterrows():
         assert row["value"] == pytest.approx(frame.loc[(row["layer"], row["head"]), "value"], rel=1e-5, abs=1e-6)
+    assert not {"target", "method", "direction", "metric"} & set(table.columns)  # constant: said once above
+    n_tokens = lib_model.to_tokens(CLEAN).shape[1]
+    assert any(f"1 prompt of {n_tokens} tokens" in c.value for c in at.caption)  # not "1 prompts"
 
-    at.radio(key="p.patch.show").set_value("values").run()
+    at.radio(key="p.patch.show").set_value("value").run()
     assert_close(z_of(heatmaps(charts(at)[0])[0]), expected.values)
     at.radio(key="p.patch.show").set_value("effect").run()
     assert_close(z_of(heatmaps(charts(at)[0])[0]), expected.effect)
-    assert len(calls) == 2  # the test's own call: the two plot options reused the cached sweep
+    assert len(calls) == 1  # the two plot options reused the cached sweep
+
+
+def test_patching_opens_on_the_task_the_model_can_do(app, lib_model):
+    """On the bundled (or a tiny) model the page opens on the induction preset: the sweep is the
+    library's on induction_prompts, clean clearly beats corrupted, and no warning is shown."""
+    at = page(app, "patching")
+    assert at.radio(key="p.patch.source").value == "induction"
+    at.button[0].click().run()
+    assert not at.exception and not errors(at), errors(at)
+    pairs = prompts.induction_prompts(n=8, seq_len=10, seed=0, vocab_size=lib_model.cfg.vocab_size)
+    expected = patching.activation_patching(lib_model, pairs.clean_tokens, pairs.corrupted_tokens, pairs.metric(),
+                                            progress=False)
+    assert_close(z_of(heatmaps(charts(at)[0])[0]), expected.normalized())
+    assert [m.value for m in at.metric][:2] == [f"{expected.clean_value:.3f}", f"{expected.corrupted_value:.3f}"]
+    if "shakespeare" in lib_model.name:  # the trained model does the task (a random tiny one need not)
+        assert expected.clean_beats_corrupted
+        assert not any("not clearly better" in w for w in warnings(at)), warnings(at)
+
+
+def test_patching_without_signal_warns_and_never_clips_silently(app, lib_model):
+    """A task the model cannot do (the IOI pair on a small model): a warning above the heatmap, and
+    normalised values beyond [-1, 1] widen the colour scale, with a note, instead of being clipped."""
+    at = run_patching(app)
+    metric = LogitDiff(lib_model.to_single_token(" Mary"), lib_model.to_single_token(" John"))
+    expected = patching.activation_patching(lib_model, CLEAN, CORRUPTED, metric, progress=False)
+    assert not expected.clean_beats_corrupted  # neither the bundled nor a random model does IOI
+    assert any("not clearly better" in w for w in warnings(at)), warnings(at)
+    (trace,) = heatmaps(charts(at)[0])
+    z = expected.normalized()
+    assert trace["zmin"] <= float(z.min()) and trace["zmax"] >= float(z.max())
+    assert trace["zmin"] <= -1 and trace["zmax"] >= 1  # at least the fixed -1..1 scale
+    if z.abs().max() > 1:
+        assert any("beyond [-1, 1]" in w for w in warnings(at)), warnings(at)
 
 
 def test_patching_on_ioi_prompts_matches_the_library(app, lib_model):
-    at = page(app, "patching")
-    at.radio(key="p.patch.source").set_value("IOI prompt set")
-    at.number_input(key="p.patch.n_prompts").set_value(2)
-    at.button[0].click().run()
-    assert not at.exception and not errors(at), errors(at)
+    at = run_patching(app, source="ioi", n_prompts=2)
+    assert not errors(at), errors(at)
     ioi = prompts.ioi_prompts(n=2, seed=0)
     expected = patching.activation_patching(lib_model, ioi.clean_tokens, ioi.corrupted_tokens, ioi.metric(),
                                             progress=False)
@@ -212,8 +268,13 @@ def test_patching_errors_are_messages(app):
     assert any("same length" in e for e in errors(at)), errors(at)
     at = run_patching(at, corrupted=CORRUPTED, answer=" Maryland and more")
     assert any("not one token" in e for e in errors(at)), errors(at)
+    assert not any("leading space" in e for e in errors(at))  # it has one: no hint to add it
+    at = run_patching(at, answer="Maryland and more")  # not one token with a space either: no hint
+    assert not any("leading space" in e for e in errors(at)), errors(at)
+    at = run_patching(at, answer="Maryland")  # ' Maryland' is one token
+    assert any("With a leading space it is one token: try ' Maryland'" in e for e in errors(at)), errors(at)
     at = run_patching(at, corrupted=CLEAN, answer=" Mary")  # nothing to restore: no normalisation
-    assert not errors(at) and any("cannot normalize" in w.value for w in at.warning)
+    assert not errors(at) and any("Cannot normalise" in w for w in warnings(at))
     assert heatmaps(charts(at)[0])
 
 
@@ -227,7 +288,9 @@ def test_patching_attribution_preview_matches_the_library(app, lib_model):
 
 # ----------------------------------------------------------------------------- logit lens
 def test_logit_lens_page_matches_the_library_and_plot_options_do_not_recompute(app, lib_model, monkeypatch):
-    calls = count_calls(monkeypatch, logit_lens_module, "logit_lens")
+    from workbench.experiments import logit_lens as experiment
+
+    calls = count_calls(monkeypatch, experiment, "logit_lens")  # what the page runs
     at = page(app, "logit_lens")
     assert not errors(at), errors(at)
     mary = lib_model.to_single_token(" Mary")
@@ -249,29 +312,85 @@ def test_logit_lens_page_matches_the_library_and_plot_options_do_not_recompute(a
         assert_close(z_of(heatmaps(charts(at)[0])[0]), values)
     at.checkbox(key="p.lens.cell_text").uncheck().run()
     assert "text" not in heatmaps(charts(at)[0])[0]
-    assert len(calls) == 2  # the page's one run and the test's own: plot options reuse the cache
+    assert len(calls) == 1  # the page's one run: plot options reuse the cache
 
 
-def test_logit_lens_target_that_is_not_one_token_is_an_error_message(app):
+def test_logit_lens_target_that_is_not_one_token_is_an_error_message(app, lib_model):
+    """A bad target is an error about the target; the lens itself is still drawn."""
     at = page(app, "logit_lens")
     at.text_input(key="p.lens.target").set_value(" Maryland and more").run()
     assert not at.exception
     assert any("not one token" in e for e in errors(at)), errors(at)
+    expected = logit_lens_module.logit_lens(lib_model, CLEAN, top_k=5)
+    assert_close(z_of(heatmaps(charts(at)[0])[0]), expected.top_probs[:, 0, :, 0])
+    assert at.selectbox(key="p.lens.show").options == ["probability of the top token"]
+
+
+def test_logit_lens_stays_readable_at_full_context(app, lib_model):
+    """A prompt of the model's whole context: the page draws the last 40 positions with their top
+    tokens; the whole range drops the cell text (it would overlap) and labels at most 40 ticks;
+    a chosen range and layers draw exactly those cells."""
+    n = lib_model.cfg.block_size - 1  # + BOS
+    prompt = " the cat" * (n // 2) + (" the" if n % 2 else "")
+    app.text_area(key="p.prompt").set_value(prompt).run()
+    at = page(app, "logit_lens")
+    assert not errors(at), errors(at)
+    expected = logit_lens_module.logit_lens(lib_model, prompt, targets=lib_model.to_single_token(" Mary"), top_k=5)
+    n_pos = expected.top_probs.shape[2]
+    assert n_pos == lib_model.cfg.block_size
+    (trace,) = heatmaps(charts(at)[0])
+    assert_close(z_of(trace), expected.top_probs[:, 0, n_pos - 40:, 0])
+    assert "text" in trace  # 40 positions x layers: the top token is written in each cell
+    slider = at.slider(key=f"p.lens.range.{n_pos}")
+    slider.set_value((0, n_pos - 1)).run()
+    fig = charts(at)[0]
+    (trace,) = heatmaps(fig)
+    assert_close(z_of(trace), expected.top_probs[:, 0, :, 0])
+    assert "text" not in trace or trace["text"] is None
+    assert len(fig["layout"]["xaxis"]["ticktext"]) <= 40
+    assert any("too many to write" in c.value for c in at.caption)
+    at.slider(key=f"p.lens.range.{n_pos}").set_value((10, 19))
+    at.multiselect(key="p.lens.layers").set_value([expected.layers[0], expected.layers[-1]]).run()
+    fig = charts(at)[0]
+    (trace,) = heatmaps(fig)
+    assert_close(z_of(trace), expected.top_probs[[0, -1], 0, 10:20, 0])
+    assert fig["layout"]["yaxis"]["ticktext"] == [expected.layers[0], expected.layers[-1]]
+    assert fig["layout"]["xaxis"]["ticktext"][0].endswith("[10]")
 
 
 # ----------------------------------------------------------------------------- ablation
-def test_ablation_page_matches_the_library(app, lib_model):
+def test_ablation_page_matches_the_library(app, lib_model, monkeypatch):
+    from workbench.experiments.ablate_heads import AblateHeadsConfig
+
+    heights = []
+    dataframe = st.dataframe
+
+    def recorded(data, *args, **kwargs):  # AppTest does not expose a dataframe's height
+        heights.append((len(data), kwargs.get("height")))
+        return dataframe(data, *args, **kwargs)
+
+    monkeypatch.setattr(st, "dataframe", recorded)
     at = page(app, "ablation")
-    at.selectbox(key="p.ablate.method").set_value("mean")
+    # One default, defined once: the page opens on the experiment's (and so the CLI's) method and reference.
+    assert at.selectbox(key="p.ablate.method").value == AblateHeadsConfig().method == "mean"
+    assert at.selectbox(key="p.ablate.reference").value == AblateHeadsConfig().reference == "prompts"
+    at.radio(key="p.ablate.source").set_value("custom")
+    at.selectbox(key="p.ablate.reference").set_value("corrupted")
     at.button[0].click().run()  # the form's "Run ablation"
     assert not at.exception and not errors(at), errors(at)
     metric = LogitDiff(lib_model.to_single_token(" Mary"), lib_model.to_single_token(" John"))
     expected = ablation.ablation_sweep(lib_model, CLEAN, metric, method="mean", reference=CORRUPTED, progress=False)
     assert_close(z_of(heatmaps(charts(at)[0])[0]), expected.effect)
-    assert [m.value for m in at.metric] == [f"{expected.baseline:.3f}"]
+    assert at.metric[0].value == f"{expected.baseline:.3f}"
+    with torch.no_grad():
+        assert at.metric[1].value == f"{float(metric(lib_model(lib_model.to_tokens(CORRUPTED)))):.3f}"
     table = at.dataframe[0].value
     assert table[["layer", "head"]].values.tolist() == ranked_heads(expected)[["layer", "head"]].values.tolist()
     assert_close(torch.tensor(table["effect"].to_numpy()), torch.tensor(ranked_heads(expected)["effect"].to_numpy()))
+    assert not {"method", "metric"} & set(table.columns)  # constant: said once in a caption
+    n_heads = lib_model.cfg.n_layer * lib_model.cfg.n_head
+    n_rows, height = next(h for h in heights if h[0] == n_heads)
+    assert height >= 38 + 35 * min(n_heads, 16)  # every head in view (up to 16): 35 px a row, 38 the header
 
     heads = ((0, 1), (lib_model.cfg.n_layer - 1, 0))
     at.multiselect(key="p.ablate.heads").set_value([f"L{l}H{h}" for l, h in heads]).run()
@@ -286,6 +405,18 @@ def test_ablation_page_matches_the_library(app, lib_model):
                  torch.stack([before[0, -1, mary], before[0, -1, john], before[0, -1, mary] - before[0, -1, john]]))
     assert_close(torch.tensor(before_after["after"].to_numpy()),
                  torch.stack([after[0, -1, mary], after[0, -1, john], after[0, -1, mary] - after[0, -1, john]]))
+
+
+def test_ablation_opens_on_the_induction_preset(app, lib_model):
+    at = page(app, "ablation")
+    assert at.radio(key="p.ablate.source").value == "induction"
+    at.button[0].click().run()
+    assert not at.exception and not errors(at), errors(at)
+    pairs = prompts.induction_prompts(n=8, seq_len=10, seed=0, vocab_size=lib_model.cfg.vocab_size)
+    expected = ablation.ablation_sweep(lib_model, pairs.clean_tokens, pairs.metric(), method="mean", progress=False)
+    assert_close(z_of(heatmaps(charts(at)[0])[0]), expected.effect)
+    if "shakespeare" in lib_model.name:
+        assert not any("not clearly better" in w.value for w in at.warning)
 
 
 # ----------------------------------------------------------------------------- save run, runs page
@@ -304,11 +435,22 @@ def open_and_run(at, name: str):
     ("logit_lens", "logit_lens", "lens"), ("attention", "attention_heads", "attention"),
     ("patching", "activation_patching", "patching"), ("ablation", "ablate_heads", "ablation"),
 ])
-def test_save_run_writes_a_run_that_replays(app, tmp_path, name, experiment, key):
+def test_save_run_writes_a_run_that_replays(app, tmp_path, name, experiment, key, monkeypatch):
+    """Save run records the result on screen (the library method is not run again) and the record
+    replays to a match."""
+    import importlib
+
+    module = importlib.import_module(f"workbench.experiments.{experiment}")
+    method = {"logit_lens": "logit_lens", "attention_heads": "head_scores", "activation_patching": "activation_patching",
+              "ablate_heads": "ablation_sweep"}[experiment]
+    calls = count_calls(monkeypatch, module, method)
     at = open_and_run(app, name)
+    computed = len(calls)
+    assert computed >= 1
     at.text_input(key=f"p.{key}.run_name").set_value("from the app")
     at.button(key=f"save.{key}").click().run()
     assert not at.exception and not errors(at), errors(at)
+    assert len(calls) == computed  # saved what was computed for the page, not a second computation
     (run,) = find_runs(tmp_path / "runs")
     assert run.parent.name == experiment and run.name.endswith("-from-the-app")
     assert any(str(run) in s.value for s in at.success)
@@ -320,6 +462,7 @@ def test_save_run_writes_a_run_that_replays(app, tmp_path, name, experiment, key
 
 def test_runs_page_replots_and_replays(app, tmp_path):
     at = open_and_run(app, "patching")
+    (page_trace,) = heatmaps(charts(at)[0])
     at.button(key="save.patching").click().run()
     (run,) = find_runs(tmp_path / "runs")
     at = page(at, "runs")
@@ -329,6 +472,10 @@ def test_runs_page_replots_and_replays(app, tmp_path):
     recorded = load_run(run).tables()["patching"]
     (trace,) = heatmaps(charts(at)[0])  # the recorded values, re-plotted
     assert_close(z_of(trace).flatten(), torch.tensor(recorded["normalized"].to_numpy()))
+    # the same figure as the patching page: same values on the same (fixed -1..1, widened to cover) scale
+    assert (trace["zmin"], trace["zmax"]) == (page_trace["zmin"], page_trace["zmax"])
+    assert trace["zmin"] <= -1 and trace["zmax"] >= 1
+    assert_close(z_of(trace), z_of(page_trace))
     at.button(key="runs.replay").click().run()
     assert not at.exception and not errors(at), errors(at)
     assert any("matches" in s.value for s in at.success)
@@ -339,3 +486,110 @@ def test_runs_page_without_runs_says_so(app):
     at = page(app, "runs")
     assert not errors(at)
     assert any("No recorded runs" in i.value for i in at.info)
+
+
+def test_saved_run_notice_belongs_to_the_result_it_saved(app, tmp_path):
+    """After Save run, another result (another target, an error, another page) shows no notice of
+    the old run; coming back to the saved result shows it again."""
+    at = run_patching(app, target="resid_pre")
+    at.button(key="save.patching").click().run()
+    (run,) = find_runs(tmp_path / "runs")
+    assert any(str(run) in s.value for s in at.success)
+
+    def notice(at) -> bool:
+        return any("Saved run" in s.value for s in at.success) or any("workbench replay" in c.value for c in at.code)
+
+    at = run_patching(at, target="attn_out")
+    assert not errors(at) and not notice(at)
+    at = run_patching(at, direction="noise", target="resid_pre")
+    assert not notice(at)
+    at = run_patching(at, corrupted="When Mary went to the store")  # an error: no result, no notice
+    assert errors(at) and not notice(at)
+    at = open_and_run(at, "logit_lens")
+    assert not notice(at)
+    at = run_patching(at, corrupted=CORRUPTED, direction="denoise", target="resid_pre")  # the saved result again
+    assert any(str(run) in s.value for s in at.success)
+
+
+def test_attention_detectors_show_a_progress_bar(app, monkeypatch):
+    from workbench.experiments import attention_heads
+
+    bars, reports = [], []
+    progress, head_scores = st.progress, attention_heads.head_scores
+
+    def recorded_bar(value, text=None, **kwargs):
+        bars.append(text)
+        return progress(value, text=text, **kwargs)
+
+    def recorded_scores(*args, progress=None, **kwargs):
+        return head_scores(*args, progress=lambda done, total: (reports.append((done, total)), progress(done, total)),
+                           batch_size=1, **kwargs)
+
+    monkeypatch.setattr(st, "progress", recorded_bar)
+    monkeypatch.setattr(attention_heads, "head_scores", recorded_scores)
+    at = page(app, "attention")
+    at.number_input(key="p.attn.n_seqs").set_value(3)
+    at.number_input(key="p.attn.seq_len").set_value(5).run()
+    assert not errors(at), errors(at)
+    assert any(text and "Scoring every head" in text for text in bars), bars
+    assert reports[-3:] == [(1, 3), (2, 3), (3, 3)]  # (the page first ran on the default 8 sequences)
+
+
+def test_empty_prompt_is_a_message_on_every_page_and_cannot_be_saved(app):
+    app.text_area(key="p.prompt").set_value("  ").run()
+    assert not app.exception
+    assert any("prompt is empty" in e for e in errors(app)), errors(app)
+    at = page(app, "logit_lens")
+    assert any("prompt is empty" in e for e in errors(at)), errors(at)
+    assert not charts(at)
+    assert "save.lens" not in [b.key for b in at.button]
+    at = page(at, "attention")
+    assert any("prompt is empty" in e for e in errors(at)), errors(at)  # the pattern over the prompt
+    for name, key in (("patching", "patch"), ("ablation", "ablate")):
+        at = page(at, name)
+        at.radio(key=f"p.{key}.source").set_value("custom")
+        at.text_input(key=f"p.{key}.clean").set_value("")
+        at.button[0].click().run()
+        assert not at.exception
+        assert any("clean_prompts[0] has no text" in e for e in errors(at)), errors(at)
+        assert not charts(at)
+        assert f"save.{'patching' if name == 'patching' else 'ablation'}" not in [b.key for b in at.button]
+
+
+def test_model_page_banner_tokens_and_card(app, experiment_model, monkeypatch):
+    """The default-model notice names the dashboard's way to pick a model (not --model); one token
+    is "1 token"; the model card is a summary with the JSON folded away."""
+    from workbench.models import default
+
+    monkeypatch.setattr(default, "_gpt2_cached", lambda: False)
+    monkeypatch.setattr(default, "_hub_reachable", lambda timeout: False)
+    monkeypatch.delenv("WORKBENCH_MODEL")
+    st.cache_resource.clear()
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    (banner,) = [i.value for i in at.info]
+    assert "?model=" in banner and "WORKBENCH_MODEL" in banner and "--model" not in banner
+    at.text_area(key="p.prompt").set_value("").run()
+    at.text_area(key="p.prompt").set_value("Hello").run()
+    assert any(c.value.startswith("2 tokens") for c in at.caption)  # BOS + Hello
+    app.text_area(key="p.prompt").set_value("").run()
+    from workbench.models.bundled import DEFAULT_BUNDLED, bundled_names
+
+    if DEFAULT_BUNDLED in bundled_names():
+        assert any("validation loss" in str(row) for row in at.dataframe[-1].value.to_numpy().tolist())
+        assert [e.label for e in at.expander] == ["The whole model card (JSON)"]
+        card = json.loads(at.code[-1].value)
+        assert card["name"] == DEFAULT_BUNDLED
+
+
+def test_hover_never_reads_minus_zero():
+    """A value of -0.0 (e.g. a normalised cell equal to the corrupted run) hovers as 0, not -0."""
+    from workbench.experiments.figures import heatmap
+
+    fig = heatmap(torch.tensor([[-0.0, 0.5], [-0.25, float("nan")]]), x=["a", "b"], y=["0", "1"], x_title="pos",
+                  y_title="layer", title="t", colorbar="normalised", diverging=True)
+    trace = fig.data[0]
+    assert trace.customdata[0][0].endswith("normalised: 0") and "-0" not in trace.customdata[0][0]
+    assert trace.customdata[1][0].endswith("normalised: -0.25")
+    assert trace.customdata[1][1].endswith("normalised: n/a") and trace.z[1][1] is None
+    assert str(trace.z[0][0]) == "0.0"

@@ -186,7 +186,33 @@ def test_every_page_renders_and_runs(server, page, shots):
     check_page(page, plots=1)
     page.get_by_role("button", name="Save run").click()
     page.get_by_text("Saved run").wait_for()
+    settle(page)
     shoot(page, shots, "patching")
+
+    # Another result: the notice of the saved run goes with the result it saved.
+    page.get_by_test_id("stSelectbox").filter(has_text="Target").click()
+    page.get_by_role("option", name="resid_pre", exact=True).click()
+    settle(page)
+    page.get_by_role("button", name="Run patching").click()
+    page.wait_for_function("() => document.querySelector('.js-plotly-plot').layout.title.text.includes('resid_pre')",
+                           timeout=60_000)
+    settle(page)
+    check_page(page, plots=1)
+    assert page.get_by_text("Saved run").count() == 0, page.get_by_text("Saved run").all_inner_texts()
+    assert page.get_by_text("python -m workbench replay").count() == 0
+
+    # A pair the model cannot do: a warning, and a colour scale that covers every value (never clipped).
+    page.get_by_text("custom prompt pairs").click()
+    settle(page)
+    page.get_by_role("button", name="Run patching").click()
+    page.get_by_text("not clearly better").first.wait_for()
+    settle(page)
+    check_page(page, plots=1)
+    page.get_by_text("not clearly better").first.wait_for()
+    trace = page.evaluate("() => { const t = document.querySelector('.js-plotly-plot').data[0];"
+                          " return {z: t.z.flat().filter(v => v !== null), zmin: t.zmin, zmax: t.zmax}; }")
+    assert trace["zmin"] <= min(trace["z"]) and trace["zmax"] >= max(trace["z"]), trace
+    assert trace["zmin"] <= -1 and trace["zmax"] >= 1
 
     page.goto(f"{server}/ablation")
     page.get_by_role("heading", name="Ablation").wait_for()
@@ -204,7 +230,7 @@ def test_every_page_renders_and_runs(server, page, shots):
         settle(page)
     page.keyboard.press("Escape")
     settle(page)
-    assert page.get_by_text("logit difference (mean over prompts)").count() == 1
+    assert page.get_by_text("(mean over prompts)").count() == 1  # the before / after table
     check_page(page, plots=1)
     shoot(page, shots, "ablation")
 

@@ -289,8 +289,7 @@ def test_ctrl_c_leaves_no_run(where, experiment_model, tmp_path, monkeypatch, ca
         raise KeyboardInterrupt
 
     if where == "computing":
-        monkeypatch.setattr(attention_heads, "previous_token_scores", interrupt)
-        monkeypatch.setitem(attention_heads._SCORERS, "previous_token", interrupt)
+        monkeypatch.setattr(attention_heads, "head_scores", interrupt)
     else:
         monkeypatch.setattr(workbench.runs, "save_file", interrupt)  # after config.json and env.json
     out = tmp_path / "runs"
@@ -499,3 +498,57 @@ def test_no_file_hash_for_a_file_replaced_after_loading(tiny_model_dir, tmp_path
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     run = run_experiment("attention_heads", config, model=model, root=None)
     assert run.config.model_file_sha256 is None and len(run.config.model_state_sha256) == 64
+
+
+# ----------------------------------------------------------------------------- task presets
+def test_default_prompt_set_is_the_task_the_model_can_do():
+    from types import SimpleNamespace
+
+    from workbench.experiments.prompt_sets import default_prompt_set
+
+    assert default_prompt_set(SimpleNamespace(name="gpt2")) == "ioi"
+    assert default_prompt_set(SimpleNamespace(name="gpt2-medium")) == "ioi"
+    assert default_prompt_set(SimpleNamespace(name="shakespeare-2l")) == "induction"
+    assert default_prompt_set(SimpleNamespace(name="/some/dir")) == "induction"
+
+
+@pytest.mark.parametrize("name", ["activation_patching", "ablate_heads"])
+def test_scripts_default_to_the_induction_preset_on_the_bundled_model(name, tmp_path, capsys):
+    """No prompt options: the bundled model runs induction (recorded resolved), which it does; the
+    summary carries no warning. Asked for IOI, which it cannot do, the summary says so."""
+    from workbench.models.bundled import DEFAULT_BUNDLED, bundled_names
+
+    if DEFAULT_BUNDLED not in bundled_names():
+        pytest.skip("no bundled model in this checkout")
+    path = small_run(name, DEFAULT_BUNDLED, tmp_path / "runs")
+    record = load_run(path)
+    assert record.config["prompt_set"] == "induction" and record.config["metric"] == "next_token_logprob"
+    clean, corrupted = record.tensors()["clean_corrupted"].tolist()
+    assert clean - corrupted > 1.0
+    out = capsys.readouterr().out
+    assert "next_token_logprob" in out and "WARNING" not in out
+    assert run_cli("replay", path) == 0
+    capsys.readouterr()
+
+    small_run(name, DEFAULT_BUNDLED, tmp_path / "runs", "--prompt-set", "ioi")
+    out = capsys.readouterr().out
+    assert "WARNING: The clean run is not clearly better than the corrupted one" in out, out
+
+
+def test_prompt_set_bad_input(experiment_model, tmp_path, capsys):
+    out = tmp_path / "runs"
+    cases = [
+        (["--prompt-set", "induction", "--metric", "logit_diff"], "does not go with prompt_set 'induction'"),
+        (["--prompt-set", "custom", "--clean-prompts", "", "--corrupted-prompts", "x", "--answers", " a",
+          "--wrong-answers", " b"], "clean_prompts[0] has no text"),
+        (["--seq-len", "1"], "seq_len must be >= 2"),
+    ]
+    for argv, message in cases:
+        code = run_cli("run", "activation_patching", "--model", experiment_model, "--device", "cpu", "--out", out,
+                       *argv)
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, (argv, err)
+    assert run_cli("run", "logit_lens", "--model", experiment_model, "--device", "cpu", "--out", out,
+                   "--prompt", " ") == 2
+    assert "prompt has no text" in capsys.readouterr().err
+    assert not out.exists()

@@ -51,3 +51,32 @@ def test_induction_scores_default_prompts(model):
     scores = induction_scores(model, seq_len=6, n_seqs=2)
     assert scores.values.shape == (model.cfg.n_layer, model.cfg.n_head)
     assert torch.all((scores.values >= 0) & (scores.values <= 1))
+
+
+def test_head_scores_in_chunks_equal_a_hand_loop(model):
+    """All detectors from one forward per chunk, with progress, equal a loop over the pattern by hand."""
+    from workbench.methods.head_detectors import DETECTORS, head_scores
+
+    tokens = repeated_tokens(n_seqs=5, seq_len=SEQ, seed=3)
+    calls = []
+    scores = head_scores(model, tokens, batch_size=2, progress=lambda done, total: calls.append((done, total)))
+    assert list(scores) == list(DETECTORS)
+    assert calls == [(2, 5), (4, 5), (5, 5)]
+    _, cache = model.run_with_cache(tokens)
+    n = tokens.shape[1]
+    expected = {name: torch.zeros(model.cfg.n_layer, model.cfg.n_head) for name in DETECTORS}
+    counts = dict.fromkeys(DETECTORS, 0)
+    for b in range(5):
+        for q in range(n):
+            earlier = [k for k in range(q) if tokens[b, k] == tokens[b, q]]
+            keys = {"previous_token": q - 1 if q >= 1 else None,
+                    "induction": earlier[-1] + 1 if earlier else None,
+                    "duplicate_token": earlier[-1] if earlier else None}
+            for name, k in keys.items():
+                if k is None:
+                    continue
+                counts[name] += 1
+                for layer in range(model.cfg.n_layer):
+                    expected[name][layer] += cache["pattern", layer][b, :, q, k].float()
+    for name in DETECTORS:
+        torch.testing.assert_close(scores[name].values, expected[name] / counts[name], rtol=1e-5, atol=1e-6)

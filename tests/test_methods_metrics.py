@@ -79,3 +79,33 @@ def test_bad_input(logits):
         as_metric(3)
     with pytest.raises(InputError, match="reads position 9"):
         logit_diff(logits, 1, 2, pos=9)
+
+
+def test_next_token_logprob_by_hand_and_packed(logits):
+    from workbench.methods.metrics import NextTokenLogProb
+
+    tokens = torch.randint(0, 50, (3, 4), generator=torch.Generator().manual_seed(2))
+    metric = NextTokenLogProb(tokens, (0, 2))
+    lp = logits.log_softmax(-1)
+    expected = sum(lp[b, q, tokens[b, q + 1]] for b in range(3) for q in (0, 2)) / 6
+    assert torch.allclose(metric(logits), expected)
+    assert metric.read_positions(4) == [0, 2]
+    cells = torch.stack([logits, logits * 3])
+    assert torch.allclose(metric.evaluate(torch.stack([metric.select(c) for c in cells])),
+                          torch.stack([metric(c) for c in cells]))
+    with pytest.raises(InputError, match="next token must exist"):
+        NextTokenLogProb(tokens, (3,))
+    with pytest.raises(InputError, match="batch size"):
+        metric(logits[:2])
+
+
+def test_clean_beats_corrupted_rule():
+    from workbench.methods.metrics import MIN_GAP, clean_beats_corrupted, no_signal_message
+
+    assert clean_beats_corrupted(3.0, 0.1) and clean_beats_corrupted(-8.2, -11.5)
+    assert not clean_beats_corrupted(-2.367, -2.153)  # the bundled model on the IOI pair (issue 12.8)
+    assert not clean_beats_corrupted(-0.034, -0.029)
+    assert not clean_beats_corrupted(1.0, 1.0 - MIN_GAP / 2) and clean_beats_corrupted(1.0, 1.0 - MIN_GAP)
+    assert no_signal_message(3.0, 0.1, "logit_diff") is None
+    message = no_signal_message(-2.367, -2.153, "logit_diff")
+    assert "not clearly better" in message and "-2.367" in message and "-2.153" in message

@@ -1,11 +1,19 @@
-"""IOI and repeated-token prompt sets: seeded, equal lengths, answers ready for logit_diff."""
+"""IOI, repeated-token and induction prompt sets: seeded, equal lengths, metrics ready."""
 
 import pytest
 import torch
 
+import workbench
 from workbench.errors import InputError
 from workbench.methods import ioi_prompts, logit_diff, repeated_tokens
-from workbench.methods.prompts import IOI_NAMES, IOI_OBJECTS, IOI_PLACES, IOI_TEMPLATES
+from workbench.methods.prompts import (
+    IOI_NAMES,
+    IOI_OBJECTS,
+    IOI_PLACES,
+    IOI_TEMPLATES,
+    induction_positions,
+    induction_prompts,
+)
 from workbench.models.tokenizer import EOT_ID, gpt2_tokenizer
 
 
@@ -81,3 +89,48 @@ def test_custom_template_and_bad_input():
         ioi_prompts(order="AABB")
     with pytest.raises(InputError, match="n must be >= 1"):
         ioi_prompts(n=0)
+
+
+# ----------------------------------------------------------------------------- induction task
+def test_induction_prompts_structure():
+    p = induction_prompts(n=4, seq_len=6, seed=1)
+    assert p.clean_tokens.shape == p.corrupted_tokens.shape == (4, 13)
+    assert (p.clean_tokens[:, 0] == EOT_ID).all() and (p.corrupted_tokens[:, 0] == EOT_ID).all()
+    first, second = p.clean_tokens[:, 1:7], p.clean_tokens[:, 7:]
+    assert torch.equal(first, second)  # clean: r + r
+    assert torch.equal(p.corrupted_tokens[:, 7:], second)  # the same second copy ...
+    assert (p.corrupted_tokens[:, 1:7] != first).float().mean() > 0.9  # ... after a different first copy
+    assert p.positions == (7, 8, 9, 10, 11)  # second copy, whose next token is in it too
+    assert torch.equal(induction_prompts(n=4, seq_len=6, seed=1).corrupted_tokens, p.corrupted_tokens)
+    assert induction_positions(6, prepend_bos=False) == (6, 7, 8, 9, 10)
+
+
+def test_induction_metric_by_hand():
+    p = induction_prompts(n=3, seq_len=5, seed=0, vocab_size=50)
+    logits = torch.randn(3, 11, 50, generator=torch.Generator().manual_seed(0))
+    lp = logits.log_softmax(-1)
+    expected = sum(lp[b, q, p.clean_tokens[b, q + 1]] for b in range(3) for q in range(6, 10)) / 12
+    assert torch.allclose(p.metric()(logits), expected)
+
+
+def test_bundled_model_does_the_induction_preset():
+    """On the bundled model the induction preset separates clean from corrupted: the log-prob of the
+    correct next token on the second copy, computed here by hand from the logits."""
+    from workbench.methods.metrics import MIN_GAP
+    from workbench.models.bundled import DEFAULT_BUNDLED, bundled_names
+
+    if DEFAULT_BUNDLED not in bundled_names():
+        pytest.skip("no bundled model in this checkout")
+    model = workbench.load_model(DEFAULT_BUNDLED, device="cpu")
+    p = induction_prompts(n=8, seq_len=10, seed=0, vocab_size=model.cfg.vocab_size)
+
+    def by_hand(tokens):
+        with torch.no_grad():
+            lp = model(tokens).log_softmax(-1)
+        values = [lp[b, q, p.clean_tokens[b, q + 1]] for b in range(8) for q in range(11, 20)]
+        return float(sum(values) / len(values))
+
+    clean, corrupted = by_hand(p.clean_tokens), by_hand(p.corrupted_tokens)
+    assert clean - corrupted > 2 * MIN_GAP, (clean, corrupted)
+    with torch.no_grad():
+        assert p.metric()(model(p.clean_tokens)) == pytest.approx(clean, abs=1e-4)

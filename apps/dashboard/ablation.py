@@ -1,52 +1,43 @@
-"""Ablation: knock out every head on its own and measure the logit difference, or knock out
-chosen heads together and compare the logits of the answer and wrong tokens before and after."""
+"""Ablation: knock out every head on its own and measure the task's metric, or knock out chosen
+heads together and compare the metric before and after. The page builds an ablate_heads
+experiment config (its defaults are the experiment's) and runs the experiment's computation."""
+
+import json
 
 import pandas as pd
 import streamlit as st
 import torch
 
-from dashboard import common, figures
-from workbench.experiments.ablate_heads import ranked_heads
+from dashboard import common
+from workbench.experiments.ablate_heads import REFERENCES, AblateHeadsConfig, ranked_heads, reference_tokens
+from workbench.experiments.figures import ablation_figure
+from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS, default_prompt_set, prompt_set_metric
 from workbench.methods import ablation
-from workbench.methods.metrics import logit_diff
 
 METHODS = {"zero": "zero (output set to 0)", "mean": "mean (over the reference prompts, per position)",
            "resample": "resample (a random reference prompt's output, seeded)"}
-REFERENCES = {"prompts": "the prompts themselves", "corrupted": "the corrupted prompts"}
-
-
-def reference_tokens(method: str, reference: str, corrupted):
-    return corrupted if reference == "corrupted" and method != "zero" else None
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def sweep(key: common.ModelKey, prompts_key: tuple, method: str, reference: str, seed: int):
-    """AblationResult: the metric with each head ablated on its own."""
-    with common.using_model(key) as model:
-        clean, corrupted, metric = common.prompt_set(model, prompts_key)
-        with common.progress_bar(ablation.ablation_sweep, f"{method}-ablating every head ...") as progress:
-            return ablation.ablation_sweep(model, clean, metric, method=method, seed=seed, progress=progress,
-                                           reference=reference_tokens(method, reference, corrupted))
+DEFAULTS = AblateHeadsConfig()  # the experiment's defaults are the page's
 
 
 @st.cache_data(show_spinner="Running with the heads ablated ...", max_entries=32)
-def before_after(key: common.ModelKey, prompts_key: tuple, method: str, reference: str, seed: int,
-                 heads: tuple) -> pd.DataFrame:
-    """Logits of the answer and wrong tokens at the last position of the first prompt, and the
-    logit difference (mean over prompts), without and with `heads` ablated together."""
+def before_after(key: common.ModelKey, fields: str, heads: tuple) -> pd.DataFrame:
+    """The metric (mean over prompts) without and with `heads` ablated together, and for a
+    logit-difference task the answer and wrong logits of the first prompt."""
     with common.using_model(key) as model:
-        clean, corrupted, metric = common.prompt_set(model, prompts_key)
-        tokens = model.prepare_tokens(clean)
+        config = common.experiment_config(key, "ablate_heads", fields, model)
+        ids = {k: torch.tensor(v, device=model.device) for k, v in config.token_ids.items()}
+        metric = prompt_set_metric(config, ids)
         with torch.no_grad():
-            before = model(tokens)
-        after = ablation.ablate(model, tokens, ablation.Ablation(method, heads=heads), seed=seed,
-                                reference=reference_tokens(method, reference, corrupted))
-        answer, wrong = (int(t if isinstance(t, int) else t[0]) for t in (metric.answer, metric.wrong))
-        rows = [{"": f"logit of {model.to_str_tokens([t])[0]!r} (first prompt)",
-                 "before": float(before[0, -1, t]), "after": float(after[0, -1, t])} for t in (answer, wrong)]
-        rows.append({"": "logit difference (mean over prompts)",
-                     "before": float(logit_diff(before, metric.answer, metric.wrong)),
-                     "after": float(logit_diff(after, metric.answer, metric.wrong))})
+            before = model(ids["clean"])
+        after = ablation.ablate(model, ids["clean"], ablation.Ablation(config.method, heads=heads), seed=config.seed,
+                                reference=reference_tokens(config, ids))
+        rows = []
+        if "answers" in ids:
+            for t in (int(ids["answers"][0, 0]), int(ids["wrong_answers"][0, 0])):
+                rows.append({"": f"logit of {model.to_str_tokens([t])[0]!r} (first prompt)",
+                             "before": float(before[0, -1, t]), "after": float(after[0, -1, t])})
+        rows.append({"": f"{config.metric} (mean over prompts)", "before": float(metric(before)),
+                     "after": float(metric(after))})
         return pd.DataFrame(rows)
 
 
@@ -54,52 +45,72 @@ s = common.session()
 st.title("Ablation")
 model = common.require_model(s)
 n_layer, n_head = model.cfg.n_layer, model.cfg.n_head
+preset = default_prompt_set(model)
+if st.session_state.get("ablate.defaults_for") != s.model_name:  # open on the task this model can do
+    st.session_state["ablate.defaults_for"] = s.model_name
+    st.session_state["p.ablate.source"] = preset
 
 with st.form("ablate.form"):
-    source = st.radio("Prompts", ["one pair", "IOI prompt set"], horizontal=True,
-                      key=common.state("p.ablate.source", "one pair"))
+    source = st.radio("Prompts", list(PROMPT_SETS), format_func=PROMPT_SETS.get, horizontal=True,
+                      key=common.state("p.ablate.source", preset), help=f"A preset per task; this model's is {preset}.")
+    c1, c2, c3 = st.columns(3)
+    n_prompts = c1.number_input("prompts (induction, IOI)", 1, 256,
+                                key=common.state("p.ablate.n_prompts", DEFAULTS.n_prompts))
+    seq_len = c2.number_input("tokens per copy (induction)", 2, max(2, (model.cfg.block_size - 1) // 2),
+                              key=common.state("p.ablate.seq_len", DEFAULTS.seq_len))
+    seed = c3.number_input("seed", 0, 2**31 - 1, key=common.state("p.ablate.seed", DEFAULTS.seed),
+                           help="Samples the prompts and the resampled references.")
     c1, c2 = st.columns(2)
-    clean = c1.text_input("Prompt", key=common.state("p.ablate.clean", common.IOI_CLEAN))
-    corrupted = c2.text_input("Corrupted prompt (reference for mean / resample)",
+    clean = c1.text_input("Prompt (custom)", key=common.state("p.ablate.clean", common.IOI_CLEAN))
+    corrupted = c2.text_input("Corrupted prompt (custom; a reference for mean / resample)",
                               key=common.state("p.ablate.corrupted", common.IOI_CORRUPTED))
-    c1, c2, c3, c4 = st.columns(4)
-    answer = c1.text_input("Answer token", key=common.state("p.ablate.answer", common.IOI_ANSWER))
-    wrong = c2.text_input("Wrong token", key=common.state("p.ablate.wrong", common.IOI_WRONG))
-    n_prompts = c3.number_input("IOI prompts", 1, 256, key=common.state("p.ablate.n_prompts", 8))
-    seed = c4.number_input("seed", 0, 2**31 - 1, key=common.state("p.ablate.seed", 0),
-                           help="Samples the IOI prompts and the resampled references.")
     c1, c2 = st.columns(2)
-    method = c1.selectbox("Method", list(METHODS), format_func=METHODS.get, key=common.state("p.ablate.method", "zero"))
+    answer = c1.text_input("Answer token (custom)", key=common.state("p.ablate.answer", common.IOI_ANSWER))
+    wrong = c2.text_input("Wrong token (custom)", key=common.state("p.ablate.wrong", common.IOI_WRONG))
+    c1, c2 = st.columns(2)
+    method = c1.selectbox("Method", list(METHODS), format_func=METHODS.get,
+                          key=common.state("p.ablate.method", DEFAULTS.method))
     reference = c2.selectbox("Reference (mean / resample)", list(REFERENCES), format_func=REFERENCES.get,
-                             key=common.state("p.ablate.reference", "corrupted"))
+                             key=common.state("p.ablate.reference", DEFAULTS.reference))
     if st.form_submit_button("Run ablation", icon=":material/play_arrow:", type="primary"):
-        prompts_key = ("ioi", int(n_prompts), int(seed)) if source == "IOI prompt set" else \
-            ("pair", clean, corrupted, answer, wrong)
-        st.session_state["ablate.request"] = (prompts_key, method, reference, int(seed))
+        fields = {"prompt_set": source, "seed": int(seed), "method": method, "reference": reference}
+        if source == "custom":
+            fields.update(clean_prompts=[clean], corrupted_prompts=[corrupted], answers=[answer], wrong_answers=[wrong])
+        else:
+            fields.update(n_prompts=int(n_prompts), seq_len=int(seq_len))
+        st.session_state["ablate.request"] = common.fields_key(fields)
 
-request = st.session_state.get("ablate.request")
-if request is None:
-    st.info("Set the prompts and press Run ablation.", icon=":material/info:")
+fields = st.session_state.get("ablate.request")
+if fields is None:
+    st.info("Choose the prompts and press Run ablation.", icon=":material/info:")
     st.stop()
-prompts_key, method, reference, seed = request
 
+ok = False
 with common.guard():
-    result = sweep(s.key, prompts_key, method, reference, seed)
-    st.metric("logit difference without ablation", f"{result.baseline:.3f}")
-    fig = figures.heatmap(result.effect, x=[str(h) for h in range(n_head)], y=[str(l) for l in range(n_layer)],
-                          x_title="head", y_title="layer", diverging=True, colorbar="effect",
-                          title=f"{method}-ablating each head: change in the logit difference")
-    st.plotly_chart(fig, width="stretch", key="ablate.chart")
+    config, run = common.compute(s.key, "ablate_heads", fields, f"{json.loads(fields)['method']}-ablating every head ...")
+    result = run.result
+    metric_label = METRICS[config.metric]
+    c1, c2 = st.columns(2)
+    c1.metric("clean (without ablation)", f"{run.clean_value:.3f}", help=f"{config.metric}: {metric_label}")
+    c2.metric("corrupted", f"{run.corrupted_value:.3f}", help=f"{config.metric}: {metric_label}")
+    st.caption(f"{PROMPT_SETS[config.prompt_set]}; {common.plural(len(config.token_ids['clean']), 'prompt')} of "
+               f"{common.plural(len(config.token_ids['clean'][0]), 'token')}. Metric: {config.metric}, {metric_label}. "
+               f"{config.method}-ablation" + ("" if config.method == "zero" else
+                                              f" over {REFERENCES[config.reference]}") + ".")
+    if run.no_signal:
+        st.warning(run.no_signal, icon=":material/warning:")
+    heads = ranked_heads(result)
+    st.plotly_chart(ablation_figure(heads), width="stretch", key="ablate.chart")
     with st.expander("Every head, largest effect first", expanded=True):
-        st.dataframe(ranked_heads(result), hide_index=True, width="stretch", height=280)
-    common.save_run(s, "ablate_heads", {**common.prompt_set_fields(prompts_key), "method": method,
-                                        "reference": reference, "seed": seed}, key="ablation")
+        common.table(heads)
+    common.save_run(s, "ablate_heads", config, run, key="ablation", identity=fields)
+    ok = True
 
-st.subheader("Ablate heads together")
-labels = {f"L{l}H{h}": (l, h) for l in range(n_layer) for h in range(n_head)}
-chosen = st.multiselect("Heads", list(labels), key=common.state("p.ablate.heads", []),
-                        help="Ablated together, with the method and prompts above.")
-if chosen:
-    with common.guard():
-        heads = tuple(labels[c] for c in chosen)
-        st.dataframe(before_after(s.key, prompts_key, method, reference, seed, heads), hide_index=True)
+if ok:
+    st.subheader("Ablate heads together")
+    labels = {f"L{l}H{h}": (l, h) for l in range(n_layer) for h in range(n_head)}
+    chosen = st.multiselect("Heads", list(labels), key=common.state("p.ablate.heads", []),
+                            help="Ablated together, with the method and prompts above.")
+    if chosen:
+        with common.guard():
+            st.dataframe(before_after(s.key, fields, tuple(labels[c] for c in chosen)), hide_index=True)

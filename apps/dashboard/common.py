@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import os
 import shlex
@@ -18,7 +17,10 @@ import streamlit as st
 import torch
 
 import workbench
-from workbench.errors import WorkbenchError
+from workbench.errors import InputError, WorkbenchError
+from workbench.experiments import EXPERIMENTS, config_from_dict, run_experiment, with_tokens
+from workbench.experiments.figures import show_token
+from workbench.experiments.prompt_sets import leading_space_hint
 from workbench.models.bundled import bundled_names
 from workbench.models.config import PRESETS
 from workbench.runs import default_runs_root
@@ -29,6 +31,11 @@ DTYPES = ("float32", "float16", "bfloat16")
 IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"
 IOI_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 IOI_ANSWER, IOI_WRONG = " Mary", " John"
+# The default model's notice tells script users to pass --model; the dashboard takes these instead.
+DASHBOARD_GET_GPT2 = ("To use GPT-2 124M, run once with network access: python -c \"import workbench; "
+                      "workbench.load_model('gpt2')\" (it is then cached), or choose 'a local path' in the sidebar, "
+                      "open the dashboard with ?model=/path/to/a/gpt2/directory in the URL, or start it with "
+                      "WORKBENCH_MODEL=/path/to/a/gpt2/directory.")
 
 # Keys of page widgets start with "p.": their values are kept while another page is shown.
 KEEP = "p."
@@ -62,7 +69,10 @@ class Session:
 @st.cache_resource(show_spinner=False)
 def default_model() -> tuple[str, str]:
     """(name, notice) of the default model, asked once per server (it may probe the network)."""
-    return workbench.resolve_default_model()
+    from workbench.models.default import GET_GPT2
+
+    name, notice = workbench.resolve_default_model()
+    return name, notice.replace(GET_GPT2, DASHBOARD_GET_GPT2)
 
 
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=2)
@@ -208,27 +218,6 @@ def model_card(name: str) -> dict | None:
     return None
 
 
-@contextlib.contextmanager
-def progress_bar(method, text: str) -> Iterator[object]:
-    """A progress bar while a library sweep runs; yields what to pass as its `progress=`.
-
-    Call it inside the `st.cache_data` function: st.cache_data replays the elements a cached
-    function drew, and a bar drawn outside it could not be replayed. The bar moves when the method
-    takes a callback `progress(done, total)`; otherwise it just says what is running (the method's
-    console bar would only reach the server's terminal)."""
-    bar = st.progress(0.0, text=text)
-    param = inspect.signature(method).parameters.get("progress")
-    takes_callback = param is not None and "Callable" in str(param.annotation)
-
-    def report(done: int, total: int) -> None:
-        bar.progress(min(1.0, done / max(total, 1)), text=f"{text} {done} / {total}")
-
-    try:
-        yield report if takes_callback else False
-    finally:
-        bar.empty()
-
-
 # ----------------------------------------------------------------------------- tokens
 def token_table(model: workbench.GPT, text: str) -> pd.DataFrame:
     """One row per token of `text` (BOS first): position, token, id."""
@@ -237,68 +226,102 @@ def token_table(model: workbench.GPT, text: str) -> pd.DataFrame:
                          "id": ids})
 
 
-def show_token(token: str) -> str:
-    """A token as it reads on an axis: whitespace made visible."""
-    return token.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "\u2423")
-
-
 def single_token(model: workbench.GPT, text: str, what: str) -> int:
     """The id of a one-token string; InputError naming `what` otherwise."""
     try:
         return model.to_single_token(text)
     except workbench.InputError as e:
-        raise workbench.InputError(f"{what}: {e}. Try it with a leading space, e.g. ' Mary'.") from None
+        raise workbench.InputError(f"{what}: {e}{leading_space_hint(model, text)}") from None
 
 
-def prompt_set(model: workbench.GPT, prompts_key: tuple):
-    """(clean, corrupted, metric) for the patching and ablation pages' prompts: ("pair", clean,
-    corrupted, answer, wrong) typed in the page, or ("ioi", n, seed) sampled IOI prompts. The
-    metric is the logit difference answer - wrong at the last position."""
-    from workbench.methods import prompts
-    from workbench.methods.metrics import LogitDiff
-
-    if prompts_key[0] == "ioi":
-        _, n, seed = prompts_key
-        ioi = prompts.ioi_prompts(n=n, seed=seed)
-        return ioi.clean_tokens, ioi.corrupted_tokens, ioi.metric()
-    _, clean, corrupted, answer, wrong = prompts_key
-    metric = LogitDiff(single_token(model, answer, "answer"), single_token(model, wrong, "wrong answer"))
-    return clean, corrupted, metric
+def require_prompt(s: Session) -> str:
+    """The sidebar's prompt; InputError when it has no text (methods would run on BOS alone)."""
+    if not s.prompt.strip():
+        raise InputError("The prompt is empty: type some text in the sidebar's Prompt box.")
+    return s.prompt
 
 
-def prompt_set_fields(prompts_key: tuple) -> dict:
-    """The same prompts as the fields of a patching / ablation experiment config."""
-    if prompts_key[0] == "ioi":
-        return {"prompt_set": "ioi", "n_prompts": prompts_key[1], "seed": prompts_key[2]}
-    _, clean, corrupted, answer, wrong = prompts_key
-    return {"prompt_set": "custom", "clean_prompts": [clean], "corrupted_prompts": [corrupted], "answers": [answer],
-            "wrong_answers": [wrong]}
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def table(frame: pd.DataFrame, **kwargs) -> None:
+    """A dataframe without its constant columns (method, metric, detector ...), which a caption
+    names once instead; every row in view up to 16 rows."""
+    constant = [c for c in frame.columns if len(frame) > 1 and frame[c].nunique(dropna=False) == 1
+                and c not in ("layer", "head", "pos")]
+    if constant:
+        st.caption("Every row: " + ", ".join(f"{c} = {frame[c].iloc[0]}" for c in constant))
+    kwargs.setdefault("height", 38 + 35 * min(len(frame), 16))
+    st.dataframe(frame.drop(columns=constant), hide_index=True, width="stretch", **kwargs)
+
+
+# ----------------------------------------------------------------------------- experiments
+def fields_key(fields: dict) -> str:
+    """A page's experiment fields as a hashable, canonical cache key."""
+    return json.dumps(fields, sort_keys=True)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def compute(key: ModelKey, experiment: str, fields: str, text: str):
+    """(config with its token ids, result) of `experiment` for a page's fields (JSON), on the
+    model `key`: the page builds the experiment's config and runs its `compute`, so what it shows
+    is what Save run records. A progress bar moves while it runs."""
+    with using_model(key) as model:
+        config = experiment_config(key, experiment, fields, model)
+        with progress_bar(text) as progress:
+            return config, EXPERIMENTS[experiment].compute(config, model, progress=progress)
+
+
+def experiment_config(key: ModelKey, experiment: str, fields: str, model):
+    """The experiment's config for a page's fields (JSON) on the model `key`, resolved for the
+    model and with its token ids: what the experiment computes from and Save run records."""
+    exp = EXPERIMENTS[experiment]
+    config = config_from_dict(exp.config, {**dict(zip(("model", "device", "dtype"), key)), **json.loads(fields)},
+                              source="the page's inputs")
+    return with_tokens(exp, config, model)
+
+
+@contextlib.contextmanager
+def progress_bar(text: str) -> Iterator[object]:
+    """A progress bar while a library method runs; yields the callback `progress(done, total)`
+    to pass it. Call it inside the `st.cache_data` function: st.cache_data replays the elements a
+    cached function drew, and a bar drawn outside it could not be replayed."""
+    bar = st.progress(0.0, text=text)
+
+    def report(done: int, total: int) -> None:
+        bar.progress(min(1.0, done / max(total, 1)), text=f"{text} {done} / {total}")
+
+    try:
+        yield report
+    finally:
+        bar.empty()
 
 
 # ----------------------------------------------------------------------------- save run
-def save_run(s: Session, experiment: str, fields: dict, *, key: str) -> None:
-    """The "Save run" box: record this page's result with the experiment the scripts use, and show
-    the command lines that re-run and replay it."""
-    from workbench.experiments import EXPERIMENTS, config_from_dict, run_experiment
+def save_run(s: Session, experiment: str, config, result, *, key: str, identity: str, note: str | None = None) -> None:
+    """The "Save run" box: record the result on screen (`result`, computed from `config`) with the
+    experiment the scripts use, and show the command lines that re-run and replay it.
 
+    The "Saved run" notice belongs to the result it saved: it is kept with `identity` (what the
+    result was computed from) and shown only while the page shows that same result."""
+    identity = f"{s.key}|{identity}"
     with st.container(border=True):
-        if experiment not in EXPERIMENTS:
-            st.caption(f"Saving needs the '{experiment}' experiment, which this version of workbench does not "
-                       f"register ({', '.join(sorted(EXPERIMENTS))} are).")
-            return
+        if note:
+            st.caption(note)
         col1, col2 = st.columns([3, 1], vertical_alignment="bottom")
         name = col1.text_input("Run name (optional)", key=f"p.{key}.run_name",
                                help="Appended to the run folder's name.")
         if col2.button("Save run", key=f"save.{key}", icon=":material/save:", width="stretch"):
             with guard(), st.spinner("Recording the run ..."):
-                config = config_from_dict(EXPERIMENTS[experiment].config, {**s.config_fields(), **fields},
-                                          source="the page's inputs")
                 with using_model(s.key) as model:
-                    run = run_experiment(experiment, config, model=model, root=s.runs_root, name=name.strip() or None)
-                st.session_state[f"saved.{key}"] = (str(run.path), (run.path / "command").read_text().strip())
+                    run = run_experiment(experiment, config, model=model, root=s.runs_root,
+                                         name=name.strip() or None, computed=result)
+                st.session_state[f"saved.{key}"] = (identity, str(run.path),
+                                                    (run.path / "command").read_text().strip())
         saved = st.session_state.get(f"saved.{key}")
-        if saved:
-            path, command = saved
+        if saved and saved[0] == identity:
+            _, path, command = saved
             st.success(f"Saved run {path}", icon=":material/check:")
             st.caption("Re-run it from a shell:")
             st.code(command, language="bash")

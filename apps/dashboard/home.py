@@ -2,9 +2,18 @@
 
 import json
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import common
+
+# The model card's scalar facts worth a line each, in this order, with their meaning.
+CARD_FACTS = {
+    "what": "what it is", "val_loss": "validation loss (nats/token)", "train_loss": "training loss (nats/token)",
+    "induction_score": "induction score (whole vocabulary)", "induction_head": "strongest induction head",
+    "induction_score_pool_tokens": "induction score (training-split ids)", "tokens_seen_total": "tokens trained on",
+    "wall_time_s_total": "training time (s)", "weights_sha256": "sha256 of the weights file", "command": "last command",
+}
 
 s = common.session()
 st.title("Model & prompt")
@@ -23,12 +32,17 @@ st.caption(f"{model.name} on {s.device} in {s.dtype}")
 st.subheader("The prompt as tokens")
 st.caption("Edit the prompt in the sidebar. Position 0 is the BOS token (<|endoftext|>) that the methods prepend.")
 with common.guard():
-    table = common.token_table(model, s.prompt)
+    table = common.token_table(model, common.require_prompt(s))
     # Every token in view up to 40 rows (35 px a row plus the header), then scroll.
     st.dataframe(table, hide_index=True, width="content", height=38 + 35 * min(len(table), 40))
-    st.caption(f"{len(table)} tokens (the model's context is {c.block_size}).")
+    st.caption(f"{common.plural(len(table), 'token')} (the model's context is {c.block_size}).")
 
 card = common.model_card(s.model_name)
 if card:
-    with st.expander("Model card"):
+    st.subheader("Model card")
+    rows = [{"": meaning, "value": card[key] if not isinstance(card[key], float) else f"{card[key]:.4g}"}
+            for key, meaning in CARD_FACTS.items() if key in card and not isinstance(card[key], (dict, list))]
+    if rows:
+        st.dataframe(pd.DataFrame(rows).astype(str), hide_index=True, width="stretch")
+    with st.expander("The whole model card (JSON)"):
         st.code(json.dumps(card, indent=1), language="json")

@@ -1,26 +1,41 @@
-"""Logit lens: every layer's residual stream read through the final LayerNorm and unembedding."""
+"""Logit lens: every layer's residual stream read through the final LayerNorm and unembedding (the
+logit_lens experiment on the sidebar's prompt)."""
+
+import dataclasses
 
 import streamlit as st
 
-from dashboard import common, figures
+from dashboard import common
 from dashboard.views import LensView
-from workbench.methods.logit_lens import logit_lens
+from workbench.experiments import EXPERIMENTS
+from workbench.experiments.figures import LENS_SHOW, MAX_TEXT_CELLS, lens_figure
+from workbench.experiments.logit_lens import LogitLensConfig
 
-SHOW = {
-    "top_prob": "probability of the top token",
-    "target_logprob": "log-probability of the target token",
-    "target_prob": "probability of the target token",
-    "target_rank": "rank of the target token (0 = top)",
-}
+DEFAULTS = LogitLensConfig()
 
 
 @st.cache_data(show_spinner="Running the logit lens ...", max_entries=32)
-def run_lens(key: common.ModelKey, prompt: str, target: str, top_k: int) -> LensView:
-    """The logit lens of the prompt, tracking `target` (a one-token string; empty: none)."""
+def run_lens(key: common.ModelKey, fields: str):
+    """(config, the LogitLensResult without its full log-probs (Save run records the rest), the
+    LensView the page draws) for the page's fields."""
     with common.using_model(key) as model:
-        target_id = common.single_token(model, target, "target token") if target else None
-        result = logit_lens(model, prompt, targets=target_id, top_k=top_k)
-        return LensView.of(result, target_id)
+        config = common.experiment_config(key, "logit_lens", fields, model)
+        result = EXPERIMENTS["logit_lens"].compute(config, model)
+        target_id = int(config.token_ids["target"][0][0]) if "target" in config.token_ids else None
+        view = LensView.of(result, target_id)
+        # [layer batch pos d_vocab] log-probs are large and neither drawn nor recorded.
+        return config, dataclasses.replace(result, log_probs=result.log_probs[..., :0]), view
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def target_error(key: common.ModelKey, target: str) -> str | None:
+    """Why `target` cannot be tracked (not one token), or None."""
+    with common.using_model(key) as model:
+        try:
+            common.single_token(model, target, "target token")
+        except common.InputError as e:
+            return str(e)
+    return None
 
 
 s = common.session()
@@ -31,43 +46,55 @@ st.caption("Each row reads the residual stream before a block (and after the las
 model = common.require_model(s)
 
 c1, c2, c3 = st.columns([1, 1, 2])
-target = c1.text_input("Target token", key=common.state("p.lens.target", common.IOI_ANSWER),
+target = c1.text_input("Target token", key=common.state("p.lens.target", DEFAULTS.target or ""),
                        help="One token (mind the leading space) whose probability and rank are tracked; "
                             "empty for none.")
-top_k = c2.number_input("Top k (hover)", 1, 50, key=common.state("p.lens.top_k", 5))
-options = list(SHOW) if target else ["top_prob"]
+top_k = c2.number_input("Top k (hover)", 1, 50, key=common.state("p.lens.top_k", DEFAULTS.top_k))
+bad_target = target_error(s.key, target) if target else None
+if bad_target:  # the lens still runs; only the target's colourings are unavailable
+    st.error(bad_target, icon=":material/error:")
+tracked = target if target and not bad_target else None
+options = list(LENS_SHOW) if tracked else ["top_prob"]
 if st.session_state.get("p.lens.show") not in options:
     st.session_state["p.lens.show"] = options[0]
-show = c3.selectbox("Colour", options, format_func=SHOW.get, key="p.lens.show")
-cell_text = st.checkbox("Write the top token in each cell", key=common.state("p.lens.cell_text", True))
+show = c3.selectbox("Colour", options, format_func=LENS_SHOW.get, key="p.lens.show")
 
 with common.guard():
-    view = run_lens(s.key, s.prompt, target, int(top_k))
+    prompt = common.require_prompt(s)
+    fields = common.fields_key({"prompt": prompt, "target": tracked, "top_k": int(top_k)})
+    config, result, view = run_lens(s.key, fields)
+    n_pos, n_layers = len(view.str_tokens), len(view.layers)
+    c1, c2, c3 = st.columns([2, 2, 1])
+    first, last = c1.slider("Positions", 0, max(n_pos - 1, 1), disabled=n_pos < 2,
+                            key=common.state(f"p.lens.range.{n_pos}", (max(0, n_pos - 40), n_pos - 1)),
+                            help="The positions drawn (the last 40 at first); long prompts stay readable.")
+    last = min(last, n_pos - 1)
+    layers = c2.multiselect("Layers", view.layers, key=common.state("p.lens.layers", []),
+                            placeholder="all layers")
+    rows = [i for i, label in enumerate(view.layers) if not layers or label in layers]
+    cols = list(range(first, last + 1))
+    text = c3.checkbox("Top token in cells", key=common.state("p.lens.cell_text", True),
+                       help=f"Drawn up to {MAX_TEXT_CELLS} cells, where it stays readable.")
     values = {"top_prob": view.top_probs[:, :, 0], "target_logprob": view.target_logprob,
-              "target_prob": view.target_prob, "target_rank": view.target_rank}[show]
-    hover = [[", ".join(f"{common.show_token(t)} {float(p):.3f}"
-                        for t, p in zip(view.top_strs[l][pos], view.top_probs[l, pos]))
-              for pos in range(len(view.str_tokens))] for l in range(len(view.layers))]
-    fig = figures.heatmap(
-        values, x=figures.token_ticks(view.str_tokens), y=view.layers, x_title="pos", y_title="layer",
-        title=f"Logit lens: {SHOW[show]}" + (f" {target!r}" if show != "top_prob" else ""), colorbar=show,
-        hover=[[f"top {int(top_k)}: {h}" for h in row] for row in hover],
-        zmin=0 if show in ("top_prob", "target_prob", "target_rank") else None,
-        zmax=1 if show in ("top_prob", "target_prob") else (100 if show == "target_rank" else None),
-        colorscale="Viridis_r" if show == "target_rank" else ("Viridis" if show == "target_logprob" else None),
-    )
-    if cell_text:
-        figures.cell_text(fig, [[common.show_token(view.top_strs[l][pos][0]) for pos in range(len(view.str_tokens))]
-                                for l in range(len(view.layers))])
+              "target_prob": view.target_prob, "target_rank": view.target_rank}[show][rows][:, cols]
+    hover = [[f"top {int(top_k)}: " + ", ".join(f"{common.show_token(t)} {float(p):.3f}"
+                                                for t, p in zip(view.top_strs[l][pos], view.top_probs[l, pos]))
+              for pos in cols] for l in rows]
+    fig = lens_figure(values, str_tokens=[view.str_tokens[p] for p in cols], layers=[view.layers[l] for l in rows],
+                      show=show, positions=cols, hover=hover, target=tracked,
+                      top_tokens=[[view.top_strs[l][p][0] for p in cols] for l in rows] if text else None)
+    if text and len(rows) * len(cols) > MAX_TEXT_CELLS:
+        st.caption(f"{len(rows) * len(cols)} cells: too many to write the top token in each (at most "
+                   f"{MAX_TEXT_CELLS}); narrow the positions or layers, or hover.")
     if show == "target_rank":
         st.caption("Ranks of 100 and more share the darkest colour; hover for the exact rank.")
     st.plotly_chart(fig, width="stretch", key="lens.chart")
 
     with st.expander("Top tokens at the last position"):
-        last = len(view.str_tokens) - 1
+        end = n_pos - 1
         st.dataframe({"layer": view.layers,
-                      **{f"top {k + 1}": [f"{common.show_token(view.top_strs[l][last][k])} "
-                                          f"({float(view.top_probs[l, last, k]):.3f})" for l in range(len(view.layers))]
+                      **{f"top {k + 1}": [f"{common.show_token(view.top_strs[l][end][k])} "
+                                          f"({float(view.top_probs[l, end, k]):.3f})" for l in range(n_layers)]
                          for k in range(int(top_k))}}, hide_index=True, width="stretch")
 
-    common.save_run(s, "logit_lens", {"prompt": s.prompt, "target": target or None, "top_k": int(top_k)}, key="lens")
+    common.save_run(s, "logit_lens", config, result, key="lens", identity=fields)

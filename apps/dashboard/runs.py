@@ -7,8 +7,9 @@ import shlex
 import pandas as pd
 import streamlit as st
 
-from dashboard import common, figures
-from workbench.experiments import replay
+from dashboard import common
+from workbench.experiments import EXPERIMENTS, replay
+from workbench.experiments.figures import generic_figures
 from workbench.runs import list_runs as list_run_table
 from workbench.runs import load_run
 
@@ -69,11 +70,13 @@ with common.guard():
     if summary.is_file():
         st.code(summary.read_text(), language=None)
     tensors, tables = record.tensors(), record.tables()
-    for fig in figures.run_figures(record.experiment, tensors, tables):
+    experiment = EXPERIMENTS.get(record.experiment)
+    draw = experiment.figures if experiment is not None and experiment.figures is not None else generic_figures
+    for fig in draw(tensors, tables):
         st.plotly_chart(fig, width="stretch")
     for name, frame in tables.items():
-        with st.expander(f"Table: {name} ({len(frame)} rows)"):
-            st.dataframe(frame, hide_index=True, width="stretch")
+        with st.expander(f"Table: {name} ({common.plural(len(frame), 'row')})"):
+            common.table(frame)
 
     c1, c2 = st.columns(2)
     with c1.expander("Config"):

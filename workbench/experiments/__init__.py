@@ -18,6 +18,7 @@ from workbench.experiments.core import (
     read_config_file,
     register,
     run_experiment,
+    with_tokens,
 )
 from workbench.experiments.replaying import ReplayReport, replay
 
@@ -29,6 +30,6 @@ from workbench.experiments.logit_lens import LogitLensConfig  # noqa: E402
 
 __all__ = [
     "EXPERIMENTS", "Experiment", "ExperimentConfig", "ReplayReport", "Run", "config_from_dict", "get_experiment",
-    "load_experiment_model", "read_config_file", "register", "replay", "run_experiment",
+    "load_experiment_model", "read_config_file", "register", "replay", "run_experiment", "with_tokens",
     "AblateHeadsConfig", "ActivationPatchingConfig", "AttentionHeadsConfig", "LogitLensConfig",
 ]

@@ -1,5 +1,6 @@
-"""Ablate every attention head on its own (zero, mean or resample) on a prompt set (default: IOI)
-and measure the logit difference answer - wrong answer; heads ranked by the size of the effect."""
+"""Ablate every attention head on its own (zero, mean or resample) on the prompts of a task the
+model can do (default: IOI on GPT-2, induction on other models) and measure the task's metric;
+heads ranked by the size of the effect."""
 
 from __future__ import annotations
 
@@ -11,21 +12,31 @@ import torch
 
 from workbench.errors import InputError
 from workbench.experiments.core import Experiment, ExperimentConfig, register
-from workbench.experiments.prompt_sets import PromptSetOptions, prompt_set_tokens, prompts_frame
+from workbench.experiments.figures import ablation_figure
+from workbench.experiments.prompt_sets import (
+    PromptSetOptions,
+    prompt_set_metric,
+    prompt_set_tokens,
+    prompts_frame,
+    resolve_prompt_set,
+)
 from workbench.methods.ablation import METHODS, AblationResult, ablation_sweep
-from workbench.methods.metrics import LogitDiff
+from workbench.methods.metrics import no_signal_message
 from workbench.runs import RunResults
+
+# The defaults, here once: the dashboard's ablation page opens on them too.
+DEFAULT_METHOD = "mean"
+DEFAULT_REFERENCE = "prompts"
+REFERENCES = {"prompts": "the prompts themselves", "corrupted": "the corrupted prompts"}
 
 
 @dataclass
 class AblateHeadsConfig(PromptSetOptions, ExperimentConfig):
-    method: Literal[METHODS] = field(default="mean", metadata={  # type: ignore[valid-type]
+    method: Literal[METHODS] = field(default=DEFAULT_METHOD, metadata={  # type: ignore[valid-type]
         "help": "zero: the head's output set to 0; mean: to its mean over the reference batch, position by "
                 "position; resample: to its value on a random reference prompt (seeded)"})
-    reference: Literal["prompts", "corrupted"] = field(default="prompts", metadata={
+    reference: Literal["prompts", "corrupted"] = field(default=DEFAULT_REFERENCE, metadata={
         "help": "the reference batch for mean/resample: the prompts themselves, or their corrupted versions"})
-    metric: Literal["logit_diff"] = field(default="logit_diff", metadata={
-        "help": "logit[answer] - logit[wrong answer] at the last position, mean over prompts"})
     max_batch: int | None = field(default=None, metadata={
         "help": "most sequences per forward pass (default: as many as fit in the sweep budget, "
                 "workbench.methods._resume.TOKEN_BUDGET token positions); part of the numerics"})
@@ -37,12 +48,26 @@ class AblateHeadsConfig(PromptSetOptions, ExperimentConfig):
         return super().applies(name)
 
     def validate(self) -> None:
-        if self.n_prompts < 1:
-            raise InputError(f"n_prompts must be >= 1, got {self.n_prompts}")
+        self.validate_prompt_set()
         if self.max_batch is not None and self.max_batch < 1:
             raise InputError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.top_k < 1:
             raise InputError(f"top_k must be >= 1, got {self.top_k}")
+
+
+@dataclass
+class HeadAblation:
+    """An ablation sweep and the unablated metric on the clean and the corrupted prompts (the
+    corrupted value says whether the prompts show the behaviour at all)."""
+
+    result: AblationResult
+    clean_value: float
+    corrupted_value: float
+
+    @property
+    def no_signal(self) -> str | None:
+        """A warning when the clean run is not clearly better than the corrupted one, else None."""
+        return no_signal_message(self.clean_value, self.corrupted_value, self.result.metric)
 
 
 def tokens(config: AblateHeadsConfig, model) -> dict[str, torch.Tensor]:
@@ -50,21 +75,38 @@ def tokens(config: AblateHeadsConfig, model) -> dict[str, torch.Tensor]:
     return prompt_set_tokens(config, model)
 
 
-def run(config: AblateHeadsConfig, model) -> RunResults:
+def reference_tokens(config: AblateHeadsConfig, ids: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The reference batch for mean / resample (None: the prompts themselves; zero needs none)."""
+    return ids["corrupted"] if config.reference == "corrupted" and config.method != "zero" else None
+
+
+def compute(config: AblateHeadsConfig, model, *, progress=False) -> HeadAblation:
+    """The sweep of a resolved config with its token ids (see `core.with_tokens`)."""
+    ids = {k: torch.tensor(v, device=model.device) for k, v in config.token_ids.items()}
+    metric = prompt_set_metric(config, ids)
+    result = ablation_sweep(model, ids["clean"], metric, method=config.method, reference=reference_tokens(config, ids),
+                            seed=config.seed, max_batch=config.max_batch, progress=progress)
+    with torch.no_grad():
+        corrupted = float(metric(model(ids["corrupted"])))
+    return HeadAblation(result, result.baseline, corrupted)
+
+
+def record(config: AblateHeadsConfig, model, run_result: HeadAblation) -> RunResults:
     """values[layer, head]: the metric with that head ablated; table `heads`: every head, largest
     |effect| first."""
-    ids = {k: torch.tensor(v, device=model.device) for k, v in config.token_ids.items()}
-    metric = LogitDiff(ids["answers"][:, 0], ids["wrong_answers"][:, 0], pos=-1)
-    reference = ids["corrupted"] if config.reference == "corrupted" and config.method != "zero" else None
-    result = ablation_sweep(model, ids["clean"], metric, method=config.method, reference=reference,
-                            seed=config.seed, max_batch=config.max_batch, progress=False)
+    result = run_result.result
     heads = ranked_heads(result)
     return RunResults(
-        tensors={"values": result.values, "baseline": torch.tensor(result.baseline)},
+        tensors={"values": result.values, "baseline": torch.tensor(result.baseline),
+                 "clean_corrupted": torch.tensor([run_result.clean_value, run_result.corrupted_value])},
         tables={"heads": heads, "prompts": prompts_frame(config.token_ids, model)},
-        figures={"ablation": ablation_figure(result)},
-        summary=_summary(result, heads, config.top_k),
+        figures={"ablation": ablation_figure(heads)},
+        summary=summary(run_result, heads, config.top_k),
     )
+
+
+def run(config: AblateHeadsConfig, model) -> RunResults:
+    return record(config, model, compute(config, model))
 
 
 def ranked_heads(result: AblationResult) -> pd.DataFrame:
@@ -77,28 +119,21 @@ def ranked_heads(result: AblationResult) -> pd.DataFrame:
     return frame
 
 
-def _summary(result: AblationResult, heads: pd.DataFrame, top_k: int) -> str:
-    lines = [f"{result.metric} without ablation: {result.baseline:.3f}; {result.method}-ablating each head:"]
+def summary(run_result: HeadAblation, heads: pd.DataFrame, top_k: int) -> str:
+    result = run_result.result
+    lines = [f"{result.metric}: clean {run_result.clean_value:.3f} (without ablation), corrupted "
+             f"{run_result.corrupted_value:.3f}"]
+    if run_result.no_signal:
+        lines.append(f"WARNING: {run_result.no_signal}")
+    lines.append(f"{result.method}-ablating each head:")
     for _, r in heads.head(top_k).iterrows():
         lines.append(f"  {int(r['rank']):>3}. L{int(r['layer'])}H{int(r['head'])}: {r['value']:.3f} "
                      f"(effect {r['effect']:+.3f})")
     return "\n".join(lines)
 
 
-def ablation_figure(result: AblationResult):
-    """[layer x head] heatmap of the effect (ablated - baseline) on the metric."""
-    import plotly.graph_objects as go
-
-    n_layer, n_head = result.values.shape
-    effect = result.effect.cpu()
-    bound = float(effect.abs().max()) or 1.0
-    fig = go.Figure(go.Heatmap(z=effect.tolist(), x=list(range(n_head)), y=list(range(n_layer)), colorscale="RdBu",
-                               zmin=-bound, zmax=bound, colorbar={"title": "effect"},
-                               hovertemplate="layer %{y}, head %{x}: %{z:+.4f}<extra></extra>"))
-    fig.update_layout(title=f"{result.method}-ablating each head: change in {result.metric} "
-                            f"(baseline {result.baseline:.3f})",
-                      xaxis_title="head", yaxis_title="layer", yaxis_autorange="reversed")
-    return fig
+def figures(tensors: dict, tables: dict) -> list:
+    return [ablation_figure(tables["heads"])] if "heads" in tables else []
 
 
 EXPERIMENT = register(Experiment(
@@ -106,5 +141,9 @@ EXPERIMENT = register(Experiment(
     config=AblateHeadsConfig,
     tokens=tokens,
     run=run,
-    description="ablate every head (zero/mean/resample) on a prompt set (default: IOI), top heads first",
+    description="ablate every head (zero/mean/resample) on the prompts of a task the model can do, top heads first",
+    compute=compute,
+    record=record,
+    resolve=resolve_prompt_set,
+    figures=figures,
 ))

@@ -1,5 +1,5 @@
-"""Attention-head detectors: induction, previous-token and duplicate-token scores for every head,
-on repeated random tokens ([BOS] + r + r)."""
+"""Attention-head detectors (`workbench.methods.head_detectors.DETECTORS`: induction, previous-token
+and duplicate-token) for every head, on repeated random tokens ([BOS] + r + r)."""
 
 from __future__ import annotations
 
@@ -10,21 +10,10 @@ import torch
 
 from workbench.errors import InputError
 from workbench.experiments.core import Experiment, ExperimentConfig, register
-from workbench.methods.head_detectors import (
-    DETECTORS,
-    HeadScores,
-    duplicate_token_scores,
-    induction_scores,
-    previous_token_scores,
-)
+from workbench.experiments.figures import head_grid
+from workbench.methods.head_detectors import DETECTORS, HeadScores, head_scores
 from workbench.methods.prompts import repeated_tokens
 from workbench.runs import RunResults
-
-_SCORERS = {
-    "induction": lambda model, tokens: induction_scores(model, tokens),
-    "previous_token": previous_token_scores,
-    "duplicate_token": duplicate_token_scores,
-}
 
 
 @dataclass
@@ -50,10 +39,14 @@ def tokens(config: AttentionHeadsConfig, model) -> dict[str, torch.Tensor]:
                                       vocab_size=model.cfg.vocab_size)}
 
 
-def run(config: AttentionHeadsConfig, model) -> RunResults:
-    """values[detector]: [layer head] scores; table `scores`: one row per (detector, layer, head)."""
+def compute(config: AttentionHeadsConfig, model, *, progress=None) -> dict[str, HeadScores]:
+    """Every configured detector's HeadScores; `progress(done, total)` counts sequences."""
     ids = torch.tensor(config.token_ids["tokens"], device=model.device)
-    scores: dict[str, HeadScores] = {d: _SCORERS[d](model, ids) for d in config.detectors}
+    return head_scores(model, ids, detectors=config.detectors, progress=progress)
+
+
+def record(config: AttentionHeadsConfig, model, scores: dict[str, HeadScores]) -> RunResults:
+    """values[detector]: [layer head] scores; table `scores`: one row per (detector, layer, head)."""
     table = pd.concat([s.to_frame() for s in scores.values()], ignore_index=True)
     lines = []
     for d, s in scores.items():
@@ -62,27 +55,19 @@ def run(config: AttentionHeadsConfig, model) -> RunResults:
     return RunResults(
         tensors={d: s.values for d, s in scores.items()},
         tables={"scores": table},
-        figures={"head_scores": head_scores_figure(scores)},
+        figures={"head_scores": head_grid({d: s.values for d, s in scores.items()},
+                                          title="Attention-head detector scores")},
         summary="Top heads per detector (mean attention to the expected position):\n" + "\n".join(lines),
     )
 
 
-def head_scores_figure(scores: dict[str, HeadScores]):
-    """One [layer x head] heatmap per detector, on a shared 0..1 colour scale."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+def run(config: AttentionHeadsConfig, model) -> RunResults:
+    return record(config, model, compute(config, model))
 
-    fig = make_subplots(rows=1, cols=len(scores), subplot_titles=list(scores), horizontal_spacing=0.08)
-    for i, (d, s) in enumerate(scores.items(), start=1):
-        n_layer, n_head = s.values.shape
-        fig.add_trace(go.Heatmap(
-            z=s.values.cpu().tolist(), x=list(range(n_head)), y=list(range(n_layer)), zmin=0, zmax=1,
-            colorscale="Blues", showscale=i == len(scores),
-            hovertemplate="layer %{y}, head %{x}: %{z:.3f}<extra>" + d + "</extra>"), row=1, col=i)
-        fig.update_xaxes(title_text="head", row=1, col=i)
-        fig.update_yaxes(title_text="layer", autorange="reversed", row=1, col=i)
-    fig.update_layout(title="Attention-head detector scores", height=300 + 20 * s.values.shape[0])
-    return fig
+
+def figures(tensors: dict, tables: dict) -> list:
+    scores = {d: t for d, t in tensors.items() if d in DETECTORS}
+    return [head_grid(scores, title="Head detector scores (recorded)")] if scores else []
 
 
 EXPERIMENT = register(Experiment(
@@ -91,4 +76,7 @@ EXPERIMENT = register(Experiment(
     tokens=tokens,
     run=run,
     description="induction, previous-token and duplicate-token scores for every head",
+    compute=compute,
+    record=record,
+    figures=figures,
 ))

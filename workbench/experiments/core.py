@@ -82,13 +82,23 @@ class Experiment:
     `tokens(config, model)` gives the model inputs the config's prompts stand for ([batch pos]
     ids by role, e.g. "clean"/"corrupted"); `run(config, model)` computes the results from
     `config.token_ids` (already filled in) and never from the prompts, so the record's ids are
-    what was run."""
+    what was run.
+
+    The run may come in two steps, so that the dashboard shows a result and records that same
+    result: `compute(config, model)` gives the library's result object and `record(config, model,
+    result)` turns it into RunResults. `resolve(config, model)` fills in choices that depend on the
+    model (e.g. prompt_set "auto") before the tokens are made. `figures(tensors, tables)` re-draws a
+    recorded run's figures from its tensors and tables (the Runs page)."""
 
     name: str
     config: type[ExperimentConfig]
     tokens: Callable[[Any, Any], dict[str, Tensor]]
     run: Callable[[Any, Any], RunResults]
     description: str = ""
+    compute: Callable[[Any, Any], Any] | None = None
+    record: Callable[[Any, Any, Any], RunResults] | None = None
+    resolve: Callable[[Any, Any], Any] | None = None
+    figures: Callable[[dict, dict], list] | None = None
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
@@ -243,16 +253,27 @@ def prepare(experiment: Experiment, config: ExperimentConfig, model) -> Experime
     weights_file = getattr(model, "weights_file", None)
     if weights_file is not None and weights_file.stat().st_mtime_ns != getattr(model, "weights_file_mtime_ns", None):
         weights_file = None  # replaced since the model was loaded: its hash would not describe these weights
-    tokens = {k: model.prepare_tokens(v).cpu().tolist() for k, v in experiment.tokens(config, model).items()}
-    if config.token_ids:
-        _check_token_ids(config.token_ids, tokens)
+    config = with_tokens(experiment, config, model)
     # A model loaded from a path is recorded by its absolute path, so a replay from elsewhere finds it.
     name = str(Path(model.name).resolve()) if Path(model.name).exists() else model.name
     return dataclasses.replace(
         config, model=name, model_state_sha256=sha,
         model_file_sha256=file_sha256(weights_file) if weights_file is not None else None, device=str(model.device),
-        dtype=str(model.dtype).removeprefix("torch."), token_ids=tokens,
+        dtype=str(model.dtype).removeprefix("torch."),
     )
+
+
+def with_tokens(experiment: Experiment, config: ExperimentConfig, model) -> ExperimentConfig:
+    """The config resolved for this model (`experiment.resolve`) with its token ids filled in, what
+    `experiment.compute` needs (the dashboard computes from it; `prepare` adds the weights' hash).
+
+    Raises InputError if the config records token ids that differ from the prompts' tokenization."""
+    if experiment.resolve is not None:
+        config = experiment.resolve(config, model)
+    tokens = {k: model.prepare_tokens(v).cpu().tolist() for k, v in experiment.tokens(config, model).items()}
+    if config.token_ids:
+        _check_token_ids(config.token_ids, tokens)
+    return dataclasses.replace(config, token_ids=tokens)
 
 
 def _check_token_ids(recorded: dict[str, list], now: dict[str, list]) -> None:
@@ -290,13 +311,16 @@ def run_experiment(
     root: str | Path | None = "default",
     name: str | None = None,
     command: str | None = None,
+    computed: Any = None,
 ) -> Run:
     """Run an experiment and record it under `root` ("default": `workbench.runs.default_runs_root()`;
     None: do not record).
 
     `model` defaults to the one the config names (loaded on its device and dtype); pass a loaded
-    model to reuse it (the config then records that model's name, device and dtype). Everything
-    that can fail on bad input fails before anything is written."""
+    model to reuse it (the config then records that model's name, device and dtype). `computed`:
+    the result `experiment.compute` already gave for this config and model (e.g. on a dashboard
+    page), recorded as is instead of being computed again. Everything that can fail on bad input
+    fails before anything is written."""
     experiment = get_experiment(experiment) if isinstance(experiment, str) else experiment
     config = config if config is not None else experiment.config()
     if not isinstance(config, experiment.config):
@@ -305,8 +329,10 @@ def run_experiment(
     device_given = config.device is not None
     config = prepare(experiment, config, model)
     torch.manual_seed(config.seed)
+    if computed is not None and experiment.record is None:
+        raise InputError(f"experiment {experiment.name!r} cannot record a computed result (no record step)")
     with torch.no_grad():
-        results = experiment.run(config, model)
+        results = experiment.record(config, model, computed) if computed is not None else experiment.run(config, model)
     path = None
     if isinstance(root, str) and root == "default":
         root = default_runs_root()

@@ -9,6 +9,7 @@ import torch
 
 from workbench.errors import InputError
 from workbench.experiments.core import Experiment, ExperimentConfig, register
+from workbench.experiments.figures import lens_figure_from_frame
 from workbench.methods.logit_lens import LogitLensResult, logit_lens
 from workbench.runs import RunResults
 
@@ -24,8 +25,8 @@ class LogitLensConfig(ExperimentConfig):
     prepend_bos: bool = field(default=True, metadata={"help": "start the prompt with the BOS token"})
 
     def validate(self) -> None:
-        if not self.prompt:
-            raise InputError("prompt is empty")
+        if not self.prompt.strip():
+            raise InputError("prompt has no text: give a prompt that is not empty")
         if self.top_k < 1:
             raise InputError(f"top_k must be >= 1, got {self.top_k}")
 
@@ -42,21 +43,30 @@ def tokens(config: LogitLensConfig, model) -> dict[str, torch.Tensor]:
     return out
 
 
-def run(config: LogitLensConfig, model) -> RunResults:
-    """Tensors [layer batch pos k] top tokens and probabilities, [layer batch pos] target rank and
-    probability (the full [layer batch pos d_vocab] log-probs are not stored: too large)."""
+def compute(config: LogitLensConfig, model) -> LogitLensResult:
+    """The LogitLensResult of a config with its token ids (see `core.with_tokens`)."""
     prompt = torch.tensor(config.token_ids["prompt"], device=model.device)
     target = int(config.token_ids["target"][0][0]) if "target" in config.token_ids else None
-    result = logit_lens(model, prompt, targets=target, top_k=config.top_k)
+    return logit_lens(model, prompt, targets=target, top_k=config.top_k)
+
+
+def record(config: LogitLensConfig, model, result: LogitLensResult) -> RunResults:
+    """Tensors [layer batch pos k] top tokens and probabilities, [layer batch pos] target rank and
+    probability (the full [layer batch pos d_vocab] log-probs are not stored: too large)."""
     tensors = {"top_tokens": result.top_tokens, "top_probs": result.top_probs}
-    if target is not None:
+    if result.target_rank is not None:
         tensors.update(target_rank=result.target_rank, target_prob=result.target_prob)
+    frame = result.to_frame()
     return RunResults(
         tensors=tensors,
-        tables={"logit_lens": result.to_frame(), "top_k": result.top_k_frame()},
-        figures={"logit_lens": logit_lens_figure(result, target_str=config.target)},
+        tables={"logit_lens": frame, "top_k": result.top_k_frame()},
+        figures={"logit_lens": lens_figure_from_frame(frame)},
         summary=_summary(result, config.target),
     )
+
+
+def run(config: LogitLensConfig, model) -> RunResults:
+    return record(config, model, compute(config, model))
 
 
 def _summary(result: LogitLensResult, target: str | None) -> str:
@@ -68,33 +78,8 @@ def _summary(result: LogitLensResult, target: str | None) -> str:
     return "\n".join(lines)
 
 
-def logit_lens_figure(result: LogitLensResult, *, target_str: str | None = None):
-    """Layers x positions: colour = probability of the top token (text: the token); with a target,
-    a second panel colours by the target's rank (log scale)."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    x = [f"{p} {t!r}" for p, t in enumerate(result.str_tokens[0])]
-    panels = 2 if result.target_rank is not None else 1
-    titles = ["top token (colour: its probability)"]
-    if panels == 2:
-        titles.append(f"rank of {target_str!r} (0 = top)")
-    fig = make_subplots(rows=panels, cols=1, subplot_titles=titles, vertical_spacing=0.12)
-    top_text = [[result.top_strs[l][0][p][0] for p in range(len(x))] for l in range(len(result.layers))]
-    fig.add_trace(go.Heatmap(z=result.top_probs[:, 0, :, 0].cpu().tolist(), x=x, y=result.layers, text=top_text,
-                             texttemplate="%{text}", colorscale="Blues", zmin=0, zmax=1,
-                             colorbar={"title": "p", "len": 1 / panels, "y": 1 - 0.5 / panels},
-                             hovertemplate="layer %{y}, pos %{x}: %{text} (p=%{z:.3f})<extra></extra>"), row=1, col=1)
-    if panels == 2:
-        rank = result.target_rank[:, 0].cpu()
-        fig.add_trace(go.Heatmap(z=torch.log10(rank.float() + 1).tolist(), x=x, y=result.layers,
-                                 text=rank.tolist(), texttemplate="%{text}", colorscale="Viridis_r",
-                                 colorbar={"title": "log10(rank+1)", "len": 0.5, "y": 0.25},
-                                 hovertemplate="layer %{y}, pos %{x}: rank %{text}<extra></extra>"), row=2, col=1)
-    fig.update_yaxes(title_text="layer", autorange="reversed")
-    fig.update_xaxes(title_text="pos")
-    fig.update_layout(title="Logit lens", height=250 + 40 * len(result.layers) * panels)
-    return fig
+def figures(tensors: dict, tables: dict) -> list:
+    return [lens_figure_from_frame(tables["logit_lens"])] if "logit_lens" in tables else []
 
 
 EXPERIMENT = register(Experiment(
@@ -103,4 +88,7 @@ EXPERIMENT = register(Experiment(
     tokens=tokens,
     run=run,
     description="logit lens on a prompt: top tokens and a target token's rank, layers x positions",
+    compute=compute,
+    record=record,
+    figures=figures,
 ))

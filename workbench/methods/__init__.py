@@ -8,8 +8,10 @@ patching), ablation (`Ablation`, `ablate`, `ablation_sweep`), head_detectors, pr
 from workbench.methods.ablation import Ablation, AblationResult, ablate, ablation_hooks, ablation_sweep
 from workbench.methods.attribution import attribution_patching
 from workbench.methods.head_detectors import (
+    DETECTORS,
     HeadScores,
     duplicate_token_scores,
+    head_scores,
     induction_scores,
     previous_token_scores,
 )
@@ -19,6 +21,7 @@ from workbench.methods.metrics import (
     KLDivergence,
     LogitDiff,
     Metric,
+    NextTokenLogProb,
     TokenLogProb,
     TokenProb,
     kl_divergence,
@@ -28,15 +31,15 @@ from workbench.methods.metrics import (
     token_prob,
 )
 from workbench.methods.patching import TARGETS, PatchingResult, activation_patching
-from workbench.methods.prompts import IOIPrompts, ioi_prompts, repeated_tokens
+from workbench.methods.prompts import InductionPrompts, IOIPrompts, induction_prompts, ioi_prompts, repeated_tokens
 
 __all__ = [
     "Ablation", "AblationResult", "ablate", "ablation_hooks", "ablation_sweep",
     "attribution_patching",
-    "HeadScores", "induction_scores", "previous_token_scores", "duplicate_token_scores",
+    "DETECTORS", "HeadScores", "head_scores", "induction_scores", "previous_token_scores", "duplicate_token_scores",
     "LogitLensResult", "logit_lens",
-    "Metric", "LogitDiff", "TokenLogProb", "TokenProb", "KLDivergence", "CustomMetric",
+    "Metric", "LogitDiff", "NextTokenLogProb", "TokenLogProb", "TokenProb", "KLDivergence", "CustomMetric",
     "logit_diff", "token_logprob", "token_prob", "kl_divergence", "normalize",
     "TARGETS", "PatchingResult", "activation_patching",
-    "IOIPrompts", "ioi_prompts", "repeated_tokens",
+    "IOIPrompts", "ioi_prompts", "InductionPrompts", "induction_prompts", "repeated_tokens",
 ]

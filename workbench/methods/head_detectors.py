@@ -1,7 +1,11 @@
-"""Head detectors: induction, previous-token and duplicate-token scores for every head."""
+"""Head detectors: induction, previous-token and duplicate-token scores for every head.
+
+`DETECTORS` is the one registry of them (name -> `scores(model, tokens) -> HeadScores`): the
+attention_heads experiment and the dashboard run what it lists."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import einops
@@ -10,12 +14,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from workbench.errors import InputError
 from workbench.hooks import act_names
 from workbench.methods.prompts import repeated_tokens
 from workbench.models import GPT
-
-DETECTORS = ("induction", "previous_token", "duplicate_token")
-
 
 @dataclass
 class HeadScores:
@@ -51,30 +53,17 @@ def _patterns(model: GPT, tokens: Tensor) -> Float[Tensor, "layer batch head que
     return torch.stack([cache[n] for n in names]).float()
 
 
-def _stripe_score(
+def _stripe_sum(
     patterns: Float[Tensor, "layer batch head query_pos key_pos"], targets: Tensor, valid: Tensor
-) -> Float[Tensor, "layer head"]:
-    """Mean over valid (batch, query_pos) of the attention paid to key_pos = targets[batch, query_pos]."""
+) -> tuple[Float[Tensor, "layer head"], Tensor]:
+    """(sum over valid (batch, query_pos) of the attention paid to key_pos = targets[batch, query_pos],
+    the number of valid (batch, query_pos)): their ratio is the detector's score."""
     idx = einops.repeat(targets.clamp(min=0), "batch query_pos -> layer batch head query_pos 1",
                         layer=patterns.shape[0], head=patterns.shape[2])
     picked = patterns.gather(-1, idx.to(patterns.device)).squeeze(-1)  # [layer batch head query_pos]
     mask = einops.rearrange(valid, "batch query_pos -> 1 batch 1 query_pos").to(patterns)
     total = einops.reduce(picked * mask, "layer batch head query_pos -> layer head", "sum")
-    return total / mask.sum()
-
-
-def induction_scores(model: GPT, tokens: Tensor | None = None, *, seq_len: int = 20, n_seqs: int = 8,
-                     seed: int = 0, vocab: Tensor | None = None) -> HeadScores:
-    """Induction score: on [BOS] + r + r, the mean attention from each token of the second copy to
-    the token just after its earlier occurrence (TransformerLens's definition).
-
-    `tokens` defaults to `repeated_tokens(n_seqs=, seq_len=, seed=, vocab=)`."""
-    if tokens is None:
-        tokens = repeated_tokens(n_seqs=n_seqs, seq_len=seq_len, seed=seed, vocab=vocab,
-                                 vocab_size=model.cfg.vocab_size)
-    tokens = model.prepare_tokens(tokens)
-    targets, valid = _induction_targets(tokens)
-    return HeadScores(_stripe_score(_patterns(model, tokens), targets, valid), "induction")
+    return total, mask.sum()
 
 
 def _induction_targets(tokens: Tensor) -> tuple[Tensor, Tensor]:
@@ -88,16 +77,81 @@ def _induction_targets(tokens: Tensor) -> tuple[Tensor, Tensor]:
     return last + 1, last >= 0
 
 
-def previous_token_scores(model: GPT, tokens: Tensor) -> HeadScores:
-    """Mean attention from each position (but the first) to the one before it."""
-    tokens = model.prepare_tokens(tokens)
+def _previous_targets(tokens: Tensor) -> tuple[Tensor, Tensor]:
     batch, n = tokens.shape
     pos = torch.arange(n, device=tokens.device).expand(batch, n)
-    return HeadScores(_stripe_score(_patterns(model, tokens), pos - 1, pos >= 1), "previous_token")
+    return pos - 1, pos >= 1
+
+
+def _duplicate_targets(tokens: Tensor) -> tuple[Tensor, Tensor]:
+    targets, valid = _induction_targets(tokens)
+    return targets - 1, valid
+
+
+# The registry of detectors, here once: name -> where each query position's attention is expected,
+# (targets [batch query_pos] key positions, valid [batch query_pos]) from the token ids.
+DETECTORS: dict[str, Callable[[Tensor], tuple[Tensor, Tensor]]] = {
+    "induction": _induction_targets,  # the token after the earlier copy of this one
+    "previous_token": _previous_targets,  # the position before
+    "duplicate_token": _duplicate_targets,  # the earlier copy itself
+}
+
+
+def head_scores(
+    model: GPT,
+    tokens: Tensor,
+    *,
+    detectors: Sequence[str] | None = None,
+    batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, HeadScores]:
+    """Every detector in `detectors` (default: all of `DETECTORS`) on the same [batch pos] tokens:
+    one forward per `batch_size` sequences serves all of them; `progress(done, total)` is called
+    with the sequences done after each. Same scores as the per-detector functions."""
+    detectors = list(DETECTORS) if detectors is None else list(detectors)
+    unknown = [d for d in detectors if d not in DETECTORS]
+    if unknown or not detectors:
+        raise InputError(f"detectors must be a non-empty subset of {', '.join(DETECTORS)}, got {detectors}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    tokens = model.prepare_tokens(tokens)
+    sums: dict[str, list] = {d: [0.0, 0.0] for d in detectors}
+    n = tokens.shape[0]
+    for start in range(0, n, batch_size):
+        chunk = tokens[start:start + batch_size]
+        patterns = _patterns(model, chunk)
+        for d in detectors:
+            total, count = _stripe_sum(patterns, *DETECTORS[d](chunk))
+            sums[d][0] = sums[d][0] + total
+            sums[d][1] = sums[d][1] + count
+        if progress is not None:
+            progress(min(start + batch_size, n), n)
+    return {d: HeadScores(total / count, d) for d, (total, count) in sums.items()}
+
+
+def induction_scores(model: GPT, tokens: Tensor | None = None, *, seq_len: int = 20, n_seqs: int = 8,
+                     seed: int = 0, vocab: Tensor | None = None) -> HeadScores:
+    """Induction score: on [BOS] + r + r, the mean attention from each token of the second copy to
+    the token just after its earlier occurrence (TransformerLens's definition).
+
+    `tokens` defaults to `repeated_tokens(n_seqs=, seq_len=, seed=, vocab=)`."""
+    if tokens is None:
+        tokens = repeated_tokens(n_seqs=n_seqs, seq_len=seq_len, seed=seed, vocab=vocab,
+                                 vocab_size=model.cfg.vocab_size)
+    return _one(model, tokens, "induction")
+
+
+def previous_token_scores(model: GPT, tokens: Tensor) -> HeadScores:
+    """Mean attention from each position (but the first) to the one before it."""
+    return _one(model, tokens, "previous_token")
 
 
 def duplicate_token_scores(model: GPT, tokens: Tensor) -> HeadScores:
     """Mean attention from each repeated token to its most recent earlier copy."""
+    return _one(model, tokens, "duplicate_token")
+
+
+def _one(model: GPT, tokens: Tensor, detector: str) -> HeadScores:
     tokens = model.prepare_tokens(tokens)
-    targets, valid = _induction_targets(tokens)
-    return HeadScores(_stripe_score(_patterns(model, tokens), targets - 1, valid), "duplicate_token")
+    total, count = _stripe_sum(_patterns(model, tokens), *DETECTORS[detector](tokens))
+    return HeadScores(total / count, detector)

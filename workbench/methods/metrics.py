@@ -147,6 +147,40 @@ class TokenProb(TokenLogProb):
 
 
 @dataclass(eq=False)
+class NextTokenLogProb(Metric):
+    """Mean over the batch and `positions` of log p(tokens[b, p + 1]) at position p: how well the
+    model predicts the prompt's own next tokens there (e.g. the second copy of repeated tokens,
+    which only an induction mechanism can predict).
+
+    `tokens` [batch pos] are the ids whose continuations are scored (for patching, the clean
+    prompts'); `positions` are non-negative and each < pos - 1."""
+
+    tokens: Int[Tensor, "batch pos"]
+    positions: tuple[int, ...]
+    _: KW_ONLY
+    name: str = "next_token_logprob"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tokens, Tensor) or self.tokens.ndim != 2 or self.tokens.dtype.is_floating_point:
+            raise InputError("tokens must be a [batch pos] tensor of token ids")
+        n_pos = self.tokens.shape[1]
+        self.positions = tuple(int(p) for p in self.positions)
+        if not self.positions or any(not 0 <= p < n_pos - 1 for p in self.positions):
+            raise InputError(f"positions must be a non-empty list of positions in [0, {n_pos - 1}) (the next "
+                             f"token must exist), got {list(self.positions)}")
+        self._next = self.tokens[:, [p + 1 for p in self.positions]].long()  # [batch n_positions]
+
+    def evaluate(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell"]:
+        logprobs = logits.float().log_softmax(-1)
+        if logprobs.shape[-3] != self._next.shape[0]:
+            raise InputError(f"the metric scores {self._next.shape[0]} prompts but the logits have batch size "
+                             f"{logprobs.shape[-3]}")
+        index = self._next.to(logits.device).expand(*logprobs.shape[:-1])
+        picked = logprobs.gather(-1, index.unsqueeze(-1)).squeeze(-1)  # [*cell batch pos]
+        return einops.reduce(picked, "... batch pos -> ...", "mean")
+
+
+@dataclass(eq=False)
 class KLDivergence(Metric):
     """Mean over the batch of KL(reference || model) at position `pos`, in nats.
 
@@ -254,6 +288,29 @@ def kl_divergence(
 ) -> Float[Tensor, ""]:
     """Mean over the batch of KL(reference || logits) of the next-token distributions at `pos`."""
     return KLDivergence(reference_logits, pos=pos)(logits)
+
+
+# How much better the clean run must score than the corrupted one for the prompts to show the
+# behaviour, in the metric's units: logits for a logit difference (0.5: odds of answer over wrong
+# 1.65 times higher), nats for a log-probability (a 1.65 times higher probability). Below it,
+# normalising by clean - corrupted divides by noise.
+MIN_GAP = 0.5
+
+
+def clean_beats_corrupted(clean: float, corrupted: float, *, min_gap: float = MIN_GAP) -> bool:
+    """Whether the clean run is clearly better than the corrupted one on a metric where higher is
+    better (logit difference, log-probability): clean - corrupted >= `min_gap`."""
+    return float(clean) - float(corrupted) >= min_gap
+
+
+def no_signal_message(clean: float, corrupted: float, metric: str, *, min_gap: float = MIN_GAP) -> str | None:
+    """None when the clean run clearly beats the corrupted one, else a sentence saying it does not."""
+    if clean_beats_corrupted(clean, corrupted, min_gap=min_gap):
+        return None
+    return (f"The clean run is not clearly better than the corrupted one on {metric} (clean {clean:.3f}, corrupted "
+            f"{corrupted:.3f}; needs a gap of at least {min_gap}): the model does not show this behaviour on these "
+            "prompts, so normalised values divide by noise. Try a task this model can do (e.g. the induction preset "
+            "on a small model).")
 
 
 def normalize(values: Tensor | float, clean: Tensor | float, corrupted: Tensor | float) -> Tensor:

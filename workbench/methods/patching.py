@@ -34,7 +34,7 @@ from workbench.hooks import act_name
 from workbench.methods._resume import (
     BaseRun, CellGroup, ZDiff, all_rows, base_names, cached_runs, entry_of, run_cells, through_W_O,
 )
-from workbench.methods.metrics import Metric, as_metric, normalize, scalar
+from workbench.methods.metrics import Metric, as_metric, clean_beats_corrupted, normalize, scalar
 from workbench.models import GPT
 
 LAYER_POS_TARGETS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -91,6 +91,12 @@ class PatchingResult:
     def effect(self) -> Float[Tensor, "layer ..."]:
         """values - baseline: how much each patch moves the metric."""
         return self.values - self.baseline
+
+    @property
+    def clean_beats_corrupted(self) -> bool:
+        """Whether the clean run is clearly better on the metric (`metrics.clean_beats_corrupted`,
+        gap >= `metrics.MIN_GAP`); if not, the normalised values divide by noise."""
+        return clean_beats_corrupted(self.clean_value, self.corrupted_value)
 
     def normalized(self) -> Float[Tensor, "layer ..."]:
         """values on the 0 = corrupted, 1 = clean scale."""

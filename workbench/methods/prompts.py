@@ -1,4 +1,4 @@
-"""Prompt sets: repeated random tokens (induction) and IOI (Wang et al. 2022)."""
+"""Prompt sets: repeated random tokens and the induction task built on them, and IOI (Wang et al. 2022)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from workbench.errors import InputError
-from workbench.methods.metrics import LogitDiff
+from workbench.methods.metrics import LogitDiff, NextTokenLogProb
 from workbench.models.tokenizer import EOT_ID, gpt2_tokenizer
 
 
@@ -38,6 +38,56 @@ def repeated_tokens(
     half = torch.stack(rows)
     parts = [torch.full((n_seqs, 1), EOT_ID)] if prepend_bos else []
     return torch.cat(parts + [half, half], dim=1)
+
+
+@dataclass
+class InductionPrompts:
+    """The induction task as clean/corrupted pairs: clean = [BOS] + r + r, corrupted = [BOS] + r' + r
+    with r' a different random first copy (drawn independently of r).
+    Both runs end with the same second copy r, but only the clean run has seen it before: a model
+    with an induction head predicts the second copy's next tokens from the first.
+
+    clean_tokens, corrupted_tokens: [batch pos], pos = 2 seq_len (+1 with BOS). `positions` are the
+    second copy's positions whose next token is in the second copy too (its first seq_len - 1
+    tokens); `metric()` is the mean log-probability of the correct next token there."""
+
+    clean_tokens: Int[Tensor, "batch pos"]
+    corrupted_tokens: Int[Tensor, "batch pos"]
+    seq_len: int
+    positions: tuple[int, ...]
+
+    def metric(self) -> NextTokenLogProb:
+        """Mean over prompts and `positions` of log p(correct next token): [BOS] + r + r is scored on
+        its second copy, whose next tokens are the same in the clean and corrupted prompts."""
+        return NextTokenLogProb(self.clean_tokens, self.positions)
+
+
+def induction_positions(seq_len: int, *, prepend_bos: bool = True) -> tuple[int, ...]:
+    """The positions of [BOS] + r + r (r of `seq_len` tokens) where the next token is predictable by
+    induction: the second copy's first seq_len - 1 tokens."""
+    start = seq_len + int(prepend_bos)
+    return tuple(range(start, start + seq_len - 1))
+
+
+def induction_prompts(
+    *,
+    n: int = 8,
+    seq_len: int = 10,
+    seed: int = 0,
+    vocab: Tensor | None = None,
+    vocab_size: int = 50257,
+    prepend_bos: bool = True,
+) -> InductionPrompts:
+    """`n` induction pairs (see `InductionPrompts`) of random tokens drawn as in `repeated_tokens`
+    (seeded): clean [BOS] + r + r and corrupted [BOS] + r' + r."""
+    clean = repeated_tokens(n_seqs=n, seq_len=seq_len, seed=seed, vocab=vocab, vocab_size=vocab_size,
+                            prepend_bos=prepend_bos)
+    # r' from another seed's draw: independent of r, so the first copy tells nothing about the second.
+    other = repeated_tokens(n_seqs=n, seq_len=seq_len, seed=seed + 1_000_003, vocab=vocab, vocab_size=vocab_size,
+                            prepend_bos=prepend_bos)
+    start = int(prepend_bos)
+    corrupted = torch.cat([clean[:, :start], other[:, start:start + seq_len], clean[:, start + seq_len:]], dim=1)
+    return InductionPrompts(clean, corrupted, seq_len, induction_positions(seq_len, prepend_bos=prepend_bos))
 
 
 # ---------------------------------------------------------------------- IOI (Wang et al. 2022)

@@ -1,0 +1,282 @@
+"""The experiments' plotly figures, drawn from their results or from a record's tables, so the
+dashboard, the recorded HTML and the Runs page show one figure per experiment.
+
+Colour scales: sequential values (probabilities, attention, detector scores) use Viridis, which is
+dark at 0 and reads on light and dark themes alike; signed values use a diverging scale centred
+on 0 whose range always covers the data (nothing is clipped without saying so)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+import torch
+
+SEQUENTIAL = "Viridis"
+DIVERGING = "RdBu"
+MAX_TICKS = 40  # axis labels drawn at most; beyond, every k-th (hover still names every cell)
+MAX_TEXT_CELLS = 600  # cell text drawn only up to this many cells (beyond, it would overlap)
+
+
+def show_token(token: str) -> str:
+    """A token as it reads on an axis: whitespace made visible."""
+    return token.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "\u2423")
+
+
+def token_ticks(str_tokens: Sequence[str], positions: Sequence[int] | None = None) -> list[str]:
+    """Axis labels for positions: the token, whitespace made visible, with its position."""
+    positions = range(len(str_tokens)) if positions is None else positions
+    return [f"{show_token(t)} [{p}]" for p, t in zip(positions, str_tokens)]
+
+
+def as_rows(values) -> list[list[float | None]]:
+    """A 2-D tensor or array as nested lists (plain JSON): NaN becomes a gap, -0.0 becomes 0.0
+    (a hover would read "-0")."""
+    if isinstance(values, torch.Tensor):
+        t = values.detach().to("cpu", torch.float64)
+    else:
+        t = torch.tensor(values, dtype=torch.float64)  # a copy: pandas' arrays can be read-only
+    return [[None if v != v else v + 0.0 for v in row] for row in t.tolist()]
+
+
+def fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v + 0.0:.4g}"
+
+
+def heatmap(
+    values,
+    *,
+    x: Sequence[str],
+    y: Sequence[str],
+    x_title: str,
+    y_title: str,
+    title: str,
+    colorbar: str,
+    hover: list[list[str]] | None = None,
+    diverging: bool = False,
+    zmin: float | None = None,
+    zmax: float | None = None,
+    colorscale: str | None = None,
+) -> go.Figure:
+    """values[row][col] as a heatmap, rows labelled `y` (top to bottom), columns `x`.
+
+    The axes are numeric with the labels as tick text, so repeated tokens stay separate columns;
+    beyond MAX_TICKS columns only every k-th is labelled. `hover[row][col]` is extra text for each
+    cell. A diverging map is centred on 0 and its range covers the data: given zmin/zmax are
+    widened to the data's extremes, never clipping it."""
+    z = as_rows(values)
+    n_rows, n_cols = len(z), len(z[0]) if z else 0
+    text = [
+        [f"{y_title} {y[r]}<br>{x_title} {x[c]}<br>{colorbar}: {fmt(z[r][c])}"
+         + (f"<br>{hover[r][c]}" if hover else "") for c in range(n_cols)]
+        for r in range(n_rows)
+    ]
+    data = [v for row in z for v in row if v is not None]
+    if diverging:  # symmetric about 0 (white), at least the given range, covering the data
+        bound = max([abs(v) for v in data] + [abs(b) for b in (zmin, zmax) if b is not None], default=1.0) or 1.0
+        zmin, zmax = -bound, bound
+    else:
+        if data and zmin is not None:
+            zmin = min(zmin, min(data))
+        if data and zmax is not None:
+            zmax = max(zmax, max(data))
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(n_cols)), y=list(range(n_rows)), customdata=text,
+        hovertemplate="%{customdata}<extra></extra>",
+        colorscale=colorscale or (DIVERGING if diverging else SEQUENTIAL),
+        zmin=zmin, zmax=zmax, colorbar={"title": {"text": colorbar}}, xgap=1 if n_cols <= 80 else 0,
+        ygap=1 if n_rows <= 80 else 0,
+    ))
+    every = max(1, -(-n_cols // MAX_TICKS))
+    fig.update_xaxes(title_text=x_title, tickmode="array", tickvals=list(range(0, n_cols, every)),
+                     ticktext=list(x)[::every], tickangle=-45 if n_cols > 8 else 0, showgrid=False)
+    every = max(1, -(-n_rows // MAX_TICKS))
+    fig.update_yaxes(title_text=y_title, tickmode="array", tickvals=list(range(0, n_rows, every)),
+                     ticktext=list(y)[::every], autorange="reversed", showgrid=False)
+    fig.update_layout(title=title, height=max(300, min(900, 140 + 28 * n_rows)), margin={"t": 60, "b": 10})
+    return fig
+
+
+def cell_text(fig: go.Figure, text: list[list[str]], *, size: int = 10) -> bool:
+    """Write text[row][col] into the cells of the figure's heatmap, unless there are more than
+    MAX_TEXT_CELLS cells (it would overlap); returns whether it did."""
+    if sum(len(row) for row in text) > MAX_TEXT_CELLS:
+        return False
+    fig.update_traces(text=text, texttemplate="%{text}", textfont={"size": size}, selector={"type": "heatmap"})
+    return True
+
+
+def beyond_note(values, lo: float, hi: float) -> str | None:
+    """A sentence when some values lie outside [lo, hi] (the colour scale was widened to show them)."""
+    data = [v for row in as_rows(values) for v in row if v is not None]
+    outside = [v for v in data if v < lo or v > hi]
+    if not outside:
+        return None
+    return (f"{len(outside)} of {len(data)} cells lie outside [{lo:g}, {hi:g}] (from {min(data):.3g} to "
+            f"{max(data):.3g}); the colour scale is widened to cover them.")
+
+
+# ----------------------------------------------------------------------------- attention heads
+def head_grid(scores: dict[str, torch.Tensor], *, title: str, zmin: float = 0.0, zmax: float = 1.0,
+              highlight: tuple[int, int] | None = None) -> go.Figure:
+    """One [layer x head] heatmap per entry of `scores`, side by side on a shared colour scale,
+    each cell carrying its score as text and an invisible marker (plotly cannot select heatmap
+    cells, markers it can: a click reports (head, layer)); `highlight` = (layer, head) outlines
+    that head in every panel."""
+    from plotly.subplots import make_subplots
+
+    names = list(scores)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.06)
+    n_layer = 1
+    for i, name in enumerate(names, start=1):
+        z = as_rows(scores[name])
+        n_layer, n_head = len(z), len(z[0])
+        text = [[f"{v:.2f}" for v in row] for row in z] if n_layer * n_head <= 400 else None
+        fig.add_trace(go.Heatmap(
+            z=z, x=list(range(n_head)), y=list(range(n_layer)), zmin=zmin, zmax=zmax, colorscale=SEQUENTIAL,
+            showscale=i == len(names), xgap=1, ygap=1, name=name, hoverinfo="skip", text=text,
+            texttemplate="%{text}" if text else None, textfont={"size": 9}), row=1, col=i)
+        xs = [c for _ in range(n_layer) for c in range(n_head)]
+        ys = [r for r in range(n_layer) for _ in range(n_head)]
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys, mode="markers", customdata=[z[r][c] for r, c in zip(ys, xs)], showlegend=False, name=name,
+            marker={"size": 22, "opacity": 0, "symbol": "square"},
+            hovertemplate="layer %{y}, head %{x}<br>" + name + ": %{customdata:.3f}<extra></extra>"), row=1, col=i)
+        if highlight is not None:
+            layer, head = highlight
+            fig.add_shape(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
+                          line={"color": "#ff4b4b", "width": 3}, row=1, col=i)
+        fig.update_xaxes(title_text="head", dtick=1, showgrid=False, row=1, col=i)
+        fig.update_yaxes(title_text="layer" if i == 1 else None, dtick=1, autorange="reversed", showgrid=False,
+                         row=1, col=i)
+    fig.update_layout(title=title, height=max(280, min(700, 160 + 24 * n_layer)), margin={"t": 80, "b": 10},
+                      clickmode="event+select", dragmode=False)
+    return fig
+
+
+def pattern_figure(pattern, str_tokens: Sequence[str], *, title: str) -> go.Figure:
+    """An attention pattern [query_pos key_pos]; the causally masked upper triangle is left blank
+    (those keys are never attended to), not drawn as 0."""
+    p = torch.as_tensor(pattern).detach().double().cpu().clone()
+    n = p.shape[-1]
+    p[torch.ones(n, n, dtype=torch.bool).triu(1)] = float("nan")
+    ticks = token_ticks(str_tokens)
+    return heatmap(p, x=ticks, y=ticks, x_title="key_pos", y_title="query_pos", title=title, colorbar="attention",
+                   zmin=0.0, zmax=1.0)
+
+
+# ----------------------------------------------------------------------------- patching
+PATCHING_SHOW = {"normalized": "normalised (0 = corrupted, 1 = clean)", "value": "metric",
+                 "effect": "change from the unpatched run"}
+
+
+def patching_figure(frame, *, show: str = "normalized", head: int | None = None, title: str | None = None):
+    """A patching result's table (`PatchingResult.to_frame()`, recorded or fresh) as a [layer x pos]
+    or [layer x head] heatmap of `show` ("normalized", "value" or "effect"); [layer pos head]
+    results show one `head` (default 0). Normalised values sit on a fixed -1..1 scale, widened
+    (and said so in the title) when cells lie beyond it. Falls back to the raw value when the
+    record has no normalisation (clean and corrupted equal)."""
+    if show == "normalized" and frame["normalized"].isna().all():
+        show = "value"
+    three_d = "pos" in frame and "head" in frame
+    if three_d:
+        head = 0 if head is None else head
+        frame = frame[frame["head"] == head]
+    x_dim = "pos" if "pos" in frame else "head"
+    grid = frame.pivot(index="layer", columns=x_dim, values=show)
+    if x_dim == "pos":
+        tokens = frame.drop_duplicates("pos").set_index("pos")["token"]
+        x = token_ticks([tokens[p] for p in grid.columns], list(grid.columns))
+    else:
+        x = [str(h) for h in grid.columns]
+    first = frame.iloc[0]
+    label = PATCHING_SHOW.get(show, show)
+    if show == "value":
+        label = str(first.get("metric", "metric"))
+    title = title or (f"{first.get('method', 'activation')} patching of {first.get('target', '')}"
+                      f"{'' if head is None else f', head {head}'} ({first.get('direction', '')}): {label}")
+    normalized = show == "normalized"
+    note = beyond_note(grid.to_numpy(), -1.0, 1.0) if normalized else None
+    fig = heatmap(grid.to_numpy(), x=x, y=[str(l) for l in grid.index], x_title=x_dim, y_title="layer",
+                  title=title + (" — scale widened beyond ±1" if note else ""), colorbar=label.split(" (")[0],
+                  diverging=True, zmin=-1.0 if normalized else None, zmax=1.0 if normalized else None)
+    return fig
+
+
+# ----------------------------------------------------------------------------- ablation
+def ablation_figure(frame, *, title: str | None = None) -> go.Figure:
+    """An ablation table (one row per head: layer, head, effect; recorded or fresh) as a
+    [layer x head] heatmap of the effect, each cell labelled with its value."""
+    grid = frame.pivot(index="layer", columns="head", values="effect")
+    method = frame["method"].iloc[0] if "method" in frame else ""
+    metric = frame["metric"].iloc[0] if "metric" in frame else "the metric"
+    fig = heatmap(grid.to_numpy(), x=[str(h) for h in grid.columns], y=[str(l) for l in grid.index],
+                  x_title="head", y_title="layer", diverging=True, colorbar="effect",
+                  title=title or f"{method}-ablating each head: change in {metric}")
+    cell_text(fig, [[f"{v:+.2f}" for v in row] for row in grid.to_numpy().tolist()], size=9)
+    return fig
+
+
+# ----------------------------------------------------------------------------- logit lens
+LENS_SHOW = {
+    "top_prob": "probability of the top token",
+    "target_logprob": "log-probability of the target token",
+    "target_prob": "probability of the target token",
+    "target_rank": "rank of the target token (0 = top)",
+}
+
+
+def lens_figure(values, *, str_tokens: Sequence[str], layers: Sequence[str], show: str = "top_prob",
+                positions: Sequence[int] | None = None, top_tokens: list[list[str]] | None = None,
+                hover: list[list[str]] | None = None, target: str | None = None) -> go.Figure:
+    """A logit lens [layer x pos] of `show` (see LENS_SHOW). `values`, `top_tokens` (cell text)
+    and `hover` hold the shown positions only; `positions` are their indices in the prompt (for
+    the labels; default 0, 1, ...). Cell text is left out where it would overlap."""
+    positions = list(range(len(str_tokens))) if positions is None else list(positions)
+    fig = heatmap(
+        values, x=token_ticks(str_tokens, positions), y=list(layers), x_title="pos", y_title="layer",
+        title=f"Logit lens: {LENS_SHOW[show]}" + (f" {target!r}" if show != "top_prob" and target else ""),
+        colorbar=show, hover=hover,
+        zmin=0.0 if show in ("top_prob", "target_prob", "target_rank") else None,
+        zmax=1.0 if show in ("top_prob", "target_prob") else (100.0 if show == "target_rank" else None),
+        colorscale=f"{SEQUENTIAL}_r" if show == "target_rank" else SEQUENTIAL,
+    )
+    if show == "target_rank":  # ranks beyond 100 share the darkest colour: keep the scale at 0..100
+        fig.update_traces(zmax=100, zmin=0, selector={"type": "heatmap"})
+    if top_tokens is not None:
+        cell_text(fig, [[show_token(t) for t in row] for row in top_tokens])
+    return fig
+
+
+def lens_figure_from_frame(frame) -> go.Figure:
+    """The logit lens figure of a recorded run (its `logit_lens` table, first prompt)."""
+    frame = frame[frame["batch"] == 0] if "batch" in frame else frame
+    grid = frame.pivot(index="layer_index", columns="pos", values="top_prob")
+    top = frame.pivot(index="layer_index", columns="pos", values="top_token")
+    layers = frame.drop_duplicates("layer_index").set_index("layer_index")["layer"]
+    tokens = frame.drop_duplicates("pos").set_index("pos")["token"]
+    return lens_figure(grid.to_numpy(), str_tokens=[tokens[p] for p in grid.columns],
+                       layers=[layers[l] for l in grid.index], positions=list(grid.columns),
+                       top_tokens=top.to_numpy().tolist())
+
+
+def generic_figures(tensors: dict[str, torch.Tensor], tables: dict) -> list[go.Figure]:
+    """For a run of an experiment without its own figures: a heatmap (2-D) or bar chart (1-D) per tensor."""
+    columns = {c for t in tables.values() for c in t.columns}
+    out = []
+    for name, t in tensors.items():
+        if not (t.dtype.is_floating_point or t.dtype.is_complex) or t.numel() == 0:
+            continue
+        if t.ndim == 1:
+            fig = go.Figure(go.Bar(y=t.double().tolist(), name=name))
+            fig.update_layout(title=name, height=320)
+        elif t.ndim == 2:
+            dims = [d for d in ("layer", "pos", "head") if d in columns][:2]
+            y_title, x_title = dims if len(dims) == 2 else ("axis 0", "axis 1")
+            fig = heatmap(t, x=[str(i) for i in range(t.shape[1])], y=[str(i) for i in range(t.shape[0])],
+                          x_title=x_title, y_title=y_title, title=name, colorbar=name,
+                          diverging=bool((t < 0).any()))
+        else:
+            continue
+        out.append(fig)
+    return out
