@@ -562,7 +562,7 @@ def test_model_page_banner_tokens_and_card(app, experiment_model, monkeypatch):
     from workbench.models import default
 
     monkeypatch.setattr(default, "_gpt2_cached", lambda: False)
-    monkeypatch.setattr(default, "_hub_reachable", lambda timeout: False)
+    monkeypatch.setattr(default.hub, "hub_problem", lambda *a, **k: "the hub is unreachable (test)")
     monkeypatch.delenv("WORKBENCH_MODEL")
     st.cache_resource.clear()
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()

@@ -473,8 +473,12 @@ def test_rerun_command_writes_only_the_options_that_apply(experiment_model, tmp_
     (again,) = find_runs(tmp_path / "b")
     assert torch.equal(load_run(again).tensors()["values"], custom.tensors()["values"])
 
-    ioi = load_run(small_run("activation_patching", experiment_model, tmp_path / "c"))
+    ioi = load_run(small_run("activation_patching", experiment_model, tmp_path / "c", "--prompt-set", "ioi"))
     assert "--n-prompts" in ioi.command and "--ioi-template" in ioi.command and "--clean-prompts" not in ioi.command
+    assert "--seq-len" not in ioi.command
+    induction = load_run(small_run("activation_patching", experiment_model, tmp_path / "f"))  # auto: induction here
+    assert "--prompt-set induction" in induction.command and "--seq-len" in induction.command
+    assert "--ioi-" not in induction.command and "--clean-prompts" not in induction.command
     zero = load_run(small_run("ablate_heads", experiment_model, tmp_path / "d", "--method", "zero"))
     mean = load_run(small_run("ablate_heads", experiment_model, tmp_path / "e"))
     assert "--reference" not in zero.command and "--reference prompts" in mean.command
