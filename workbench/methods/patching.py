@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import einops
 import pandas as pd
@@ -30,6 +31,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from workbench.errors import InputError
+from workbench.methods._checks import as_index_list, as_tokens, check_sweep_options
 from workbench.methods._resume import (
     BaseRun, CellGroup, ZDiff, all_rows, base_names, cached_runs, entry_of, run_cells, through_W_O,
 )
@@ -130,7 +132,7 @@ def check_direction(direction: str) -> str:
 
 def check_pair(model, clean_tokens, corrupted_tokens) -> tuple[Tensor, Tensor]:
     """Both prompts as [batch pos] ids; they must have the same shape."""
-    clean, corrupted = model.prepare_tokens(clean_tokens), model.prepare_tokens(corrupted_tokens)
+    clean, corrupted = as_tokens(model, clean_tokens, "clean_tokens"), as_tokens(model, corrupted_tokens, "corrupted_tokens")
     if clean.shape[1] != corrupted.shape[1]:
         raise InputError(
             f"clean and corrupted prompts must have the same length: clean has {clean.shape[1]} tokens, "
@@ -148,13 +150,32 @@ def check_layers(model, layers: Sequence[int] | None) -> list[int]:
     n_layer = model.cfg.n_layer
     if layers is None:
         return list(range(n_layer))
-    layers = [int(l) for l in layers]
+    layers = as_index_list(layers, "layers", "layer")
     if not layers:
         raise InputError("layers is empty: give at least one layer, or None for all")
     for l in layers:
         if not 0 <= l < n_layer:
             raise InputError(f"layer {l} is out of range: the model has {n_layer} layers (0 to {n_layer - 1})")
     return layers
+
+
+class PatchingInputs(NamedTuple):
+    """The checked inputs of a patching method: prompts as [batch pos] ids, metric as a `Metric`,
+    layers as a list."""
+
+    target: str
+    direction: str
+    clean: Tensor
+    corrupted: Tensor
+    metric: Metric
+    layers: list[int]
+
+
+def check_inputs(model, clean_tokens, corrupted_tokens, metric, *, target, direction, layers) -> PatchingInputs:
+    """The checks activation and attribution patching share; raises InputError naming the bad option."""
+    target, direction = check_target(target), check_direction(direction)
+    clean, corrupted = check_pair(model, clean_tokens, corrupted_tokens)
+    return PatchingInputs(target, direction, clean, corrupted, as_metric(metric), check_layers(model, layers))
 
 
 def first_difference(clean: Tensor, corrupted: Tensor) -> int:
@@ -193,10 +214,10 @@ def activation_patching(
     Returns a `PatchingResult` whose values[layer, pos] / [layer, head] / [layer, pos, head] is
     the metric of the patched run (TransformerLens's `get_act_patch_*` numbers).
     """
-    target, direction = check_target(target), check_direction(direction)
-    clean, corrupted = check_pair(model, clean_tokens, corrupted_tokens)
-    metric = as_metric(metric)
-    layers = check_layers(model, layers)
+    check_sweep_options(max_batch, progress)
+    target, direction, clean, corrupted, metric, layers = check_inputs(
+        model, clean_tokens, corrupted_tokens, metric, target=target, direction=direction, layers=layers
+    )
     base_tokens, source_tokens = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
     hooks = [target_hook(target, l) for l in layers]
     if target.startswith(("head_q", "head_k", "head_v", "head_pattern")):  # patched z needs q, k, v, pattern
