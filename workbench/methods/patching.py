@@ -132,7 +132,8 @@ def check_direction(direction: str) -> str:
 
 def check_pair(model, clean_tokens, corrupted_tokens) -> tuple[Tensor, Tensor]:
     """Both prompts as [batch pos] ids; they must have the same shape."""
-    clean, corrupted = as_tokens(model, clean_tokens, "clean_tokens"), as_tokens(model, corrupted_tokens, "corrupted_tokens")
+    clean = as_tokens(model, clean_tokens, "clean_tokens")
+    corrupted = as_tokens(model, corrupted_tokens, "corrupted_tokens")
     if clean.shape[1] != corrupted.shape[1]:
         raise InputError(
             f"clean and corrupted prompts must have the same length: clean has {clean.shape[1]} tokens, "
