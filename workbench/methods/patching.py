@@ -36,6 +36,7 @@ from workbench.methods._resume import (
     BaseRun, CellGroup, ZDiff, all_rows, base_names, cached_runs, entry_of, run_cells, through_W_O,
 )
 from workbench.methods.metrics import Metric, as_metric, normalize, scalar
+from workbench.models.attention import Attention
 
 LAYER_POS_TARGETS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 HEAD_TARGETS = ("head_out", "head_q", "head_k", "head_v", "head_pattern")
@@ -310,7 +311,7 @@ def _row_only(z_diff: Float[Tensor, "batch pos head d_head"]) -> ZDiff:
     return take
 
 
-def _patched_z(attn, kind: str, layer: int, base, source) -> Float[Tensor, "batch pos head d_head"]:
+def _patched_z(attn: Attention, kind: str, layer: int, base, source) -> Float[Tensor, "batch pos head d_head"]:
     """Every head's output at every position when its `kind` input comes from the source run."""
     if kind == "head_out":
         return source["z", layer]
@@ -338,7 +339,7 @@ def _v_by_pos(layer: int, base, source) -> ZDiff:
     return take
 
 
-def _k_by_pos(attn, layer: int, base, source) -> ZDiff:
+def _k_by_pos(attn: Attention, layer: int, base, source) -> ZDiff:
     """Patching k at key position p: the head attends again with key p from the source run. Each
     cell is one head of a batched attention (the head axis indexes cells)."""
     q, k, v, z = (base[n, layer] for n in ("q", "k", "v", "z"))
