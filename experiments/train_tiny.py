@@ -416,8 +416,6 @@ def evaluate_loss(model: GPT, data: torch.Tensor, *, batch_size: int, max_batche
 
 
 if __name__ == "__main__":
-    from workbench.errors import WorkbenchError
-
     try:
         main()
     except WorkbenchError as e:  # bad input: one line, no traceback

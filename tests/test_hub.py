@@ -15,7 +15,7 @@ import pytest
 
 import workbench
 from workbench.errors import ModelNotFoundError, WorkbenchError
-from workbench.models import default, hub
+from workbench.models import hub
 
 # The target of issue 12: no usable hub costs at most this many seconds more than HF_HUB_OFFLINE=1.
 EXTRA_S = 5.0

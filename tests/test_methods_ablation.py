@@ -164,3 +164,34 @@ def test_sweep_refuses_hooks_left_attached(model):
         with pytest.raises(InputError, match="detach them first"):
             ablation_sweep(model, tokens, LogitDiff(1, 2), progress=False)
     assert not any(point.has_hooks for point in model.hook_dict.values())
+
+
+
+@pytest.mark.parametrize("reference, message", [
+    ([], "got an empty list"),  # issue 12.5: was AttributeError: 'list' object has no attribute 'shape'
+    ((), "got an empty tuple"),
+    ("", "got an empty str"),
+    (torch.zeros(0, 6, dtype=torch.long), r"got a tensor of shape \(0, 6\)"),
+    (torch.zeros(2, 6), "reference: tokens must be an integer tensor of token ids, got dtype torch.float32"),
+    (torch.zeros(2, 6, 1, dtype=torch.long), r"reference: tokens must have shape \[batch pos\] or \[pos\]"),
+])
+def test_bad_reference_is_named(model, reference, message):
+    tokens, _ = tokens_and_reference()
+    with pytest.raises(InputError, match=message):
+        ablate(model, tokens, Ablation("mean", heads=[(0, 0)]), reference=reference)
+    with pytest.raises(InputError, match=message):
+        ablation_sweep(model, tokens, LogitDiff(1, 2), method="resample", reference=reference, progress=False)
+
+
+def test_bool_is_not_an_index():
+    with pytest.raises(InputError, match="the layer in heads must be an integer, got bool True"):
+        Ablation(heads=[(True, 1)])
+    with pytest.raises(InputError, match="each of mlp_layers must be an integer, got bool False"):
+        Ablation(mlp_layers=[False])
+
+
+@pytest.mark.parametrize("max_batch", [0, -2])
+def test_max_batch_must_be_positive(model, max_batch):
+    tokens, _ = tokens_and_reference()
+    with pytest.raises(InputError, match=f"max_batch must be a positive number of sequences per forward or None, got {max_batch}"):
+        ablation_sweep(model, tokens, LogitDiff(1, 2), max_batch=max_batch, progress=False)

@@ -91,3 +91,24 @@ def test_frame_and_layers(model):
     result = attribution_patching(model, clean, corrupted, metric, target="head_v", layers=[1])
     df = result.to_frame()
     assert len(df) == model.cfg.n_head and set(df["layer"]) == {1} and set(df["method"]) == {"attribution"}
+
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(layers=[]), "layers is empty: give at least one layer, or None for all"),
+    (dict(layers=[0, 2]), r"layer 2 is out of range: the model has 2 layers \(0 to 1\)"),
+    (dict(clean_tokens=[]), "clean_tokens: tokens must be a torch.Tensor of token ids, a string or a list of strings, got list"),
+    (dict(corrupted_tokens=torch.zeros(1, 4)), "corrupted_tokens: tokens must be an integer tensor of token ids"),
+    (dict(corrupted_tokens=torch.zeros(1, 5, dtype=torch.long)), "clean has 4 tokens, corrupted has 5"),
+    (dict(target="resid"), "unknown patching target 'resid'; allowed: resid_pre"),
+    (dict(direction="up"), "direction must be 'denoise'"),
+])
+@pytest.mark.parametrize("method", [activation_patching, attribution_patching])
+def test_both_patching_methods_check_inputs_alike(model, method, options, message):
+    from workbench.errors import InputError
+
+    toks = torch.zeros(1, 4, dtype=torch.long)
+    args = {"clean_tokens": toks, "corrupted_tokens": toks, "metric": LogitDiff(1, 2), **options}
+    extra = {"progress": False} if method is activation_patching else {}
+    with pytest.raises(InputError, match=message):
+        method(model, args.pop("clean_tokens"), args.pop("corrupted_tokens"), args.pop("metric"), **args, **extra)

@@ -280,3 +280,10 @@ def test_hooks_left_attached_are_refused_not_half_applied(strong):
     assert not any(point.has_hooks for point in model.hook_dict.values())
     ours = activation_patching(model, clean, corrupted, metric, target="resid_pre", progress=False)
     assert (ours.values - loop_patch(model, "resid_pre", clean, corrupted, metric)).abs().max() <= TOL
+
+
+
+def test_max_batch_must_be_positive(model):
+    toks = torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(InputError, match="max_batch must be a positive number of sequences per forward or None, got 0"):
+        activation_patching(model, toks, toks, LogitDiff(1, 2), max_batch=0, progress=False)

@@ -149,7 +149,7 @@ def prompt_set_tokens(config: PromptSetOptions, model) -> dict[str, Tensor]:
     counts = {"clean_prompts": len(clean), "corrupted_prompts": len(corrupted), "answers": len(answers),
               "wrong_answers": len(wrong)}
     if len(set(counts.values())) != 1:
-        raise InputError(f"a prompt set needs one corrupted prompt, answer and wrong answer per clean prompt, got "
+        raise InputError("a prompt set needs one corrupted prompt, answer and wrong answer per clean prompt, got "
                          + ", ".join(f"{k}={v}" for k, v in counts.items()))
     clean_ids = [_encode(model, p, config.prepend_bos) for p in clean]
     corrupted_ids = [_encode(model, p, config.prepend_bos) for p in corrupted]

@@ -34,6 +34,7 @@ from workbench.errors import InputError
 from workbench.hooks import ActivationCache, act_name
 from workbench.methods.metrics import Metric
 from workbench.models import GPT
+from workbench.models.attention import Attention
 
 # Tokens computed in one forward (the memory budget), and logits kept at once for metrics that
 # are evaluated one cell at a time.
@@ -326,7 +327,7 @@ def _attention_half(block, state: _Tokens, base: BaseRun, layer: int, stop: int,
 ZDiff = Callable[[list[tuple]], Float[Tensor, "cell batch pos d_head"]]
 
 
-def through_W_O(z_diff: ZDiff, attn) -> Callable[[list[tuple]], Float[Tensor, "cell batch pos d_model"]]:
+def through_W_O(z_diff: ZDiff, attn: Attention) -> Callable[[list[tuple]], Float[Tensor, "cell batch pos d_model"]]:
     """Residual deltas of head cells: each cell's z change through its head's W_O (`attn.head_results`)."""
 
     def delta(keys: list[tuple]) -> Float[Tensor, "cell batch pos d_model"]:

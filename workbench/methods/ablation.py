@@ -25,6 +25,7 @@ from torch import Tensor
 
 from workbench.errors import InputError
 from workbench.hooks import act_name, act_names
+from workbench.methods._checks import as_index, as_index_list, as_tokens, check_seed, check_sweep_options, shown
 from workbench.methods._resume import (
     BaseRun, CellGroup, all_rows, base_names, cached_runs, entry_of, run_cells, through_W_O,
 )
@@ -49,14 +50,10 @@ class Ablation:
         if self.method not in METHODS:
             raise InputError(f"unknown ablation method {self.method!r}; allowed: {', '.join(METHODS)}")
         # Accept lists from callers and configs; store tuples so the ablation is hashable.
-        object.__setattr__(self, "heads", tuple(tuple(int(i) for i in x) for x in self.heads))
-        object.__setattr__(self, "attn_layers", tuple(int(l) for l in self.attn_layers))
-        object.__setattr__(self, "mlp_layers", tuple(int(l) for l in self.mlp_layers))
-        object.__setattr__(self, "neurons", tuple(tuple(int(i) for i in x) for x in self.neurons))
-        for what, pairs in (("heads", self.heads), ("neurons", self.neurons)):
-            for pair in pairs:
-                if len(pair) != 2:
-                    raise InputError(f"each of {what} is a (layer, index) pair, got {pair}")
+        object.__setattr__(self, "heads", _pairs(self.heads, "heads", "head"))
+        object.__setattr__(self, "attn_layers", tuple(as_index_list(self.attn_layers, "attn_layers", "layer")))
+        object.__setattr__(self, "mlp_layers", tuple(as_index_list(self.mlp_layers, "mlp_layers", "layer")))
+        object.__setattr__(self, "neurons", _pairs(self.neurons, "neurons", "neuron"))
         if not (self.heads or self.attn_layers or self.mlp_layers or self.neurons):
             raise InputError("an Ablation needs something to ablate: heads, attn_layers, mlp_layers or neurons")
 
@@ -97,6 +94,18 @@ class Ablation:
         return df
 
 
+def _pairs(values: object, what: str, item: str) -> tuple[tuple[int, int], ...]:
+    """(layer, index) pairs from a list of pairs or a [n 2] tensor."""
+    if isinstance(values, (str, bytes, dict, set)) or not hasattr(values, "__iter__"):
+        raise InputError(f"{what} must be a list of (layer, {item}) pairs, got {shown(values)}")
+    pairs = []
+    for pair in values:
+        if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
+            raise InputError(f"each of {what} must be a (layer, index) pair, e.g. (0, 1), got {shown(pair)}")
+        pairs.append((as_index(pair[0], f"the layer in {what}"), as_index(pair[1], f"the {item} in {what}")))
+    return tuple(pairs)
+
+
 def _replacement(
     method: str, reference_act: Tensor | None, batch: int, rows: Tensor | None, like: Tensor
 ) -> Tensor:
@@ -113,13 +122,18 @@ def _check_reference(model: GPT, method: str, tokens: Tensor, reference) -> Tens
         return None
     if reference is None:
         return tokens
-    if (isinstance(reference, Tensor) and reference.numel() == 0) or (
-        isinstance(reference, (list, tuple)) and len(reference) == 0
-    ):
+    if isinstance(reference, Tensor) and reference.numel() == 0:
+        given = f"a tensor of shape {tuple(reference.shape)}"
+    elif isinstance(reference, (list, tuple, str)) and len(reference) == 0:
+        given = f"an empty {type(reference).__name__}"
+    else:
+        given = None
+    if given:
         raise InputError(
-            f"{method} ablation needs a non-empty reference batch, got shape {tuple(reference.shape)}"
+            f"{method} ablation needs a non-empty reference batch (token ids [batch pos], a prompt or a list "
+            f"of prompts, or None for the prompts themselves), got {given}"
         )
-    reference = model.prepare_tokens(reference, name="reference")
+    reference = as_tokens(model, reference, "reference")
     if reference.shape[1] != tokens.shape[1]:
         raise InputError(
             f"the reference batch has {reference.shape[1]} positions but the prompts have {tokens.shape[1]}: "
@@ -144,8 +158,11 @@ def ablation_hooks(
 
     `reference`: the prompts whose activations "mean" averages and "resample" draws from
     (default: `tokens` themselves)."""
+    if not isinstance(ablation, Ablation):
+        raise InputError(f"ablation must be an Ablation, e.g. Ablation('zero', heads=[(0, 1)]), got {shown(ablation)}")
     ablation.check(model)
-    tokens = model.prepare_tokens(tokens, name="tokens")
+    seed = check_seed(seed)
+    tokens = as_tokens(model, tokens, "tokens")
     reference = _check_reference(model, ablation.method, tokens, reference)
     sites = ablation.sites()
     cache = None
@@ -232,7 +249,9 @@ def ablation_sweep(
     Returns values[layer, head]."""
     if method not in METHODS:
         raise InputError(f"unknown ablation method {method!r}; allowed: {', '.join(METHODS)}")
-    tokens = model.prepare_tokens(tokens, name="tokens")
+    check_sweep_options(max_batch, progress)
+    seed = check_seed(seed)
+    tokens = as_tokens(model, tokens, "tokens")
     metric = as_metric(metric)
     reference = _check_reference(model, method, tokens, reference)
     n_layer, n_head, batch = model.cfg.n_layer, model.cfg.n_head, tokens.shape[0]

@@ -15,14 +15,11 @@ import torch
 from torch import Tensor
 
 from workbench.hooks import act_name
-from workbench.methods.metrics import Metric, as_metric, scalar
+from workbench.methods.metrics import Metric, scalar
 from workbench.methods.patching import (
     LAYER_POS_TARGETS,
     PatchingResult,
-    check_direction,
-    check_layers,
-    check_pair,
-    check_target,
+    check_inputs,
     target_dims,
     target_hook,
 )
@@ -55,10 +52,9 @@ def attribution_patching(
     summed over the batch and over the activation's other axes (d_model, d_head, key_pos).
     Returns a `PatchingResult` with `method="attribution"`, axes as in `activation_patching`.
     """
-    target, direction = check_target(target), check_direction(direction)
-    clean, corrupted = check_pair(model, clean_tokens, corrupted_tokens)
-    metric = as_metric(metric)
-    layers = check_layers(model, layers)
+    target, direction, clean, corrupted, metric, layers = check_inputs(
+        model, clean_tokens, corrupted_tokens, metric, target=target, direction=direction, layers=layers
+    )
     base_tokens, source_tokens = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
     names = [target_hook(target, l) for l in layers]
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import einops
 import pandas as pd
@@ -31,11 +32,13 @@ from torch import Tensor
 
 from workbench.errors import InputError
 from workbench.hooks import act_name
+from workbench.methods._checks import as_index_list, as_tokens, check_sweep_options
 from workbench.methods._resume import (
     BaseRun, CellGroup, ZDiff, all_rows, base_names, cached_runs, entry_of, run_cells, through_W_O,
 )
 from workbench.methods.metrics import Metric, as_metric, clean_beats_corrupted, normalize, scalar
 from workbench.models import GPT
+from workbench.models.attention import Attention
 
 LAYER_POS_TARGETS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 HEAD_TARGETS = ("head_out", "head_q", "head_k", "head_v", "head_pattern")
@@ -137,8 +140,8 @@ def check_direction(direction: str) -> str:
 
 def check_pair(model: GPT, clean_tokens, corrupted_tokens) -> tuple[Tensor, Tensor]:
     """Both prompts as [batch pos] ids; they must have the same shape."""
-    clean = model.prepare_tokens(clean_tokens, name="clean_tokens")
-    corrupted = model.prepare_tokens(corrupted_tokens, name="corrupted_tokens")
+    clean = as_tokens(model, clean_tokens, "clean_tokens")
+    corrupted = as_tokens(model, corrupted_tokens, "corrupted_tokens")
     if clean.shape[1] != corrupted.shape[1]:
         raise InputError(
             f"clean and corrupted prompts must have the same length: clean has {clean.shape[1]} tokens, "
@@ -156,13 +159,32 @@ def check_layers(model: GPT, layers: Sequence[int] | None) -> list[int]:
     n_layer = model.cfg.n_layer
     if layers is None:
         return list(range(n_layer))
-    layers = [int(l) for l in layers]
+    layers = as_index_list(layers, "layers", "layer")
     if not layers:
         raise InputError("layers is empty: give at least one layer, or None for all")
     for l in layers:
         if not 0 <= l < n_layer:
             raise InputError(f"layer {l} is out of range: the model has {n_layer} layers (0 to {n_layer - 1})")
     return layers
+
+
+class PatchingInputs(NamedTuple):
+    """The checked inputs of a patching method: prompts as [batch pos] ids, metric as a `Metric`,
+    layers as a list."""
+
+    target: str
+    direction: str
+    clean: Tensor
+    corrupted: Tensor
+    metric: Metric
+    layers: list[int]
+
+
+def check_inputs(model, clean_tokens, corrupted_tokens, metric, *, target, direction, layers) -> PatchingInputs:
+    """The checks activation and attribution patching share; raises InputError naming the bad option."""
+    target, direction = check_target(target), check_direction(direction)
+    clean, corrupted = check_pair(model, clean_tokens, corrupted_tokens)
+    return PatchingInputs(target, direction, clean, corrupted, as_metric(metric), check_layers(model, layers))
 
 
 def first_difference(clean: Tensor, corrupted: Tensor) -> int:
@@ -202,10 +224,10 @@ def activation_patching(
     Returns a `PatchingResult` whose values[layer, pos] / [layer, head] / [layer, pos, head] is
     the metric of the patched run (TransformerLens's `get_act_patch_*` numbers).
     """
-    target, direction = check_target(target), check_direction(direction)
-    clean, corrupted = check_pair(model, clean_tokens, corrupted_tokens)
-    metric = as_metric(metric)
-    layers = check_layers(model, layers)
+    check_sweep_options(max_batch, progress)
+    target, direction, clean, corrupted, metric, layers = check_inputs(
+        model, clean_tokens, corrupted_tokens, metric, target=target, direction=direction, layers=layers
+    )
     base_tokens, source_tokens = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
     hooks = [target_hook(target, l) for l in layers]
     if target.startswith(("head_q", "head_k", "head_v", "head_pattern")):  # patched z needs q, k, v, pattern
@@ -297,7 +319,7 @@ def _row_only(z_diff: Float[Tensor, "batch pos head d_head"]) -> ZDiff:
     return take
 
 
-def _patched_z(attn, kind: str, layer: int, base, source) -> Float[Tensor, "batch pos head d_head"]:
+def _patched_z(attn: Attention, kind: str, layer: int, base, source) -> Float[Tensor, "batch pos head d_head"]:
     """Every head's output at every position when its `kind` input comes from the source run."""
     if kind == "head_out":
         return source["z", layer]
@@ -325,7 +347,7 @@ def _v_by_pos(layer: int, base, source) -> ZDiff:
     return take
 
 
-def _k_by_pos(attn, layer: int, base, source) -> ZDiff:
+def _k_by_pos(attn: Attention, layer: int, base, source) -> ZDiff:
     """Patching k at key position p: the head attends again with key p from the source run. Each
     cell is one head of a batched attention (the head axis indexes cells)."""
     q, k, v, z = (base[n, layer] for n in ("q", "k", "v", "z"))

@@ -1,0 +1,55 @@
+"""Checks of the options the methods share: each bad value is an `InputError` that names the option,
+says what it got and what is allowed."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+from torch import Tensor
+
+from workbench.errors import InputError
+
+
+def shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def as_tokens(model, value: Any, name: str) -> Tensor:
+    """`model.prepare_tokens(value)` ([batch pos] ids on the model's device), its errors naming `name`."""
+    return model.prepare_tokens(value, name=name)
+
+
+def as_index(value: Any, what: str) -> int:
+    """An integer index (int, or a NumPy / 0-d tensor integer); bools and floats are refused."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise InputError(f"{what} must be an integer, got {shown(value)}")
+
+
+def as_index_list(values: Any, what: str, item: str) -> list[int]:
+    """A list, tuple, range or 1-d tensor of integer indices (`what` names the option, `item` one entry)."""
+    if isinstance(values, (str, bytes, dict, set)) or not hasattr(values, "__iter__") or (
+        isinstance(values, Tensor) and values.ndim != 1
+    ):
+        raise InputError(f"{what} must be a list of {item} indices, got {shown(values)}")
+    return [as_index(v, f"each of {what}") for v in values]
+
+
+def check_seed(seed: Any) -> int:
+    return as_index(seed, "seed")
+
+
+def check_sweep_options(max_batch: Any, progress: Any) -> None:
+    """`max_batch`: None or a positive integer; `progress`: True, False or a callable(done, total)."""
+    if max_batch is not None and (as_index(max_batch, "max_batch") < 1):
+        raise InputError(f"max_batch must be a positive number of sequences per forward or None, got {max_batch}")
+    if not isinstance(progress, bool) and not callable(progress):
+        raise InputError(
+            f"progress must be True (a console bar), False (none) or a callable progress(done, total), "
+            f"got {shown(progress)}"
+        )
