@@ -170,10 +170,10 @@ def test_sweep_refuses_hooks_left_attached(model):
 @pytest.mark.parametrize("reference, message", [
     ([], "got an empty list"),  # issue 12.5: was AttributeError: 'list' object has no attribute 'shape'
     ((), "got an empty tuple"),
-    ("", "got an empty str"),
+    ("", r"reference: the prompt is empty \(no text\)"),
     (torch.zeros(0, 6, dtype=torch.long), r"got a tensor of shape \(0, 6\)"),
-    (torch.zeros(2, 6), "reference: tokens must be an integer tensor of token ids, got dtype torch.float32"),
-    (torch.zeros(2, 6, 1, dtype=torch.long), r"reference: tokens must have shape \[batch pos\] or \[pos\]"),
+    (torch.zeros(2, 6), "reference must be an integer tensor of token ids, got dtype torch.float32"),
+    (torch.zeros(2, 6, 1, dtype=torch.long), r"reference must have shape \[batch pos\] or \[pos\]"),
 ])
 def test_bad_reference_is_named(model, reference, message):
     tokens, _ = tokens_and_reference()

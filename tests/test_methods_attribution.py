@@ -97,8 +97,8 @@ def test_frame_and_layers(model):
 @pytest.mark.parametrize("options, message", [
     (dict(layers=[]), "layers is empty: give at least one layer, or None for all"),
     (dict(layers=[0, 2]), r"layer 2 is out of range: the model has 2 layers \(0 to 1\)"),
-    (dict(clean_tokens=[]), "clean_tokens: tokens must be a torch.Tensor of token ids, a string or a list of strings, got list"),
-    (dict(corrupted_tokens=torch.zeros(1, 4)), "corrupted_tokens: tokens must be an integer tensor of token ids"),
+    (dict(clean_tokens=[]), "clean_tokens must be a torch.Tensor of token ids, a string or a list of strings, got list"),
+    (dict(corrupted_tokens=torch.zeros(1, 4)), "corrupted_tokens must be an integer tensor of token ids"),
     (dict(corrupted_tokens=torch.zeros(1, 5, dtype=torch.long)), "clean has 4 tokens, corrupted has 5"),
     (dict(target="resid"), "unknown patching target 'resid'; allowed: resid_pre"),
     (dict(direction="up"), "direction must be 'denoise'"),

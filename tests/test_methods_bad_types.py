@@ -44,9 +44,9 @@ CASES = {
     "ablation not an Ablation": ("ablate(model, toks, 'zero')",
                                  r"ablation must be an Ablation, e.g. Ablation\('zero', heads=\[\(0, 1\)\]\), got str 'zero'"),
     "reference an int": ("ablate(model, toks, Ablation('mean', heads=[(0, 0)]), reference=5)",
-                         "reference: tokens must be a torch.Tensor of token ids, a string or a list of strings, got int"),
+                         "reference must be a torch.Tensor of token ids, a string or a list of strings, got int"),
     "reference a list of ids": ("ablate(model, toks, Ablation('mean', heads=[(0, 0)]), reference=[[1] * 6])",
-                                "reference: tokens must be a torch.Tensor of token ids"),
+                                "reference must be a torch.Tensor of token ids"),
     "seed a string": ("ablate(model, toks, Ablation('resample', heads=[(0, 0)]), seed='1')",
                       "seed must be an integer, got str '1'"),
     "heads of ints": ("Ablation(heads=[0, 1])", r"each of heads must be a \(layer, index\) pair, e.g. \(0, 1\), got int 0"),
@@ -78,9 +78,9 @@ CASES = {
            ("metric an int", "3", "metric must be a Metric or a callable logits -> scalar, got int"),
        )},
     "activation_patching corrupted None": ("activation_patching(model, toks, None, metric, progress=False)",
-                                           "corrupted_tokens: tokens must be a torch.Tensor of token ids.*got NoneType"),
+                                           "corrupted_tokens must be a torch.Tensor of token ids.*got NoneType"),
     "attribution_patching clean None": ("attribution_patching(model, None, toks, metric)",
-                                        "clean_tokens: tokens must be a torch.Tensor of token ids.*got NoneType"),
+                                        "clean_tokens must be a torch.Tensor of token ids.*got NoneType"),
 }
 
 

@@ -124,7 +124,7 @@ def _check_reference(model: GPT, method: str, tokens: Tensor, reference) -> Tens
         return tokens
     if isinstance(reference, Tensor) and reference.numel() == 0:
         given = f"a tensor of shape {tuple(reference.shape)}"
-    elif isinstance(reference, (list, tuple, str)) and len(reference) == 0:
+    elif isinstance(reference, (list, tuple)) and len(reference) == 0:
         given = f"an empty {type(reference).__name__}"
     else:
         given = None
