@@ -59,6 +59,9 @@ CASES = {
     "GPTConfig size": (lambda m, t: workbench.GPTConfig(n_layer=0), ValueError, "positive int"),
     "GPTConfig fields": (lambda m, t: workbench.GPTConfig.from_dict({"n_layers": 2}), ValueError, "unknown GPTConfig"),
     "dtype": (lambda m, t: workbench.load_model("shakespeare-2l", dtype="float8"), ValueError, "allowed: float32"),
+    "unknown device": (lambda m, t: workbench.load_model("shakespeare-2l", device="gpu"), ValueError, "unknown device 'gpu'"),
+    "a GPU this machine lacks": (lambda m, t: workbench.load_model("shakespeare-2l", device=f"cuda:{torch.cuda.device_count()}"),
+                                 ValueError, "CUDA device|CUDA is not available"),
 }
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from workbench.errors import InputError
+from workbench.models.loading import resolve_device
 from workbench.runs import (
     RunResults,
     check_record_version,
@@ -224,19 +225,8 @@ def load_experiment_model(config: ExperimentConfig):
 
 def check_device(device: str | None) -> None:
     """InputError for a device string torch does not know, or a GPU this machine does not have."""
-    if device is None:
-        return
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise InputError(f"unknown device {device!r} ({e}); e.g. cpu, cuda, cuda:1, mps") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"device {device!r}: CUDA is not available on this machine; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InputError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+    if device is not None:
+        resolve_device(device)
 
 
 def prepare(experiment: Experiment, config: ExperimentConfig, model) -> ExperimentConfig:
