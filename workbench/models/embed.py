@@ -23,6 +23,9 @@ class Embed(nn.Module):
     def forward(self, tokens: Int[Tensor, "*batch pos"]) -> Float[Tensor, "*batch pos d_model"]:
         return F.embedding(tokens, self.W_E)
 
+    def extra_repr(self) -> str:
+        return "W_E: [d_vocab={}, d_model={}]".format(*self.W_E.shape)
+
 
 class PosEmbed(nn.Module):
     """Token ids -> the embeddings of their positions, W_pos[0 .. pos-1] for every prompt of the
@@ -36,6 +39,9 @@ class PosEmbed(nn.Module):
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         # broadcast over the batch (a view: one [pos d_model] copy however large the batch)
         return einops.repeat(F.embedding(positions, self.W_pos), "pos d_model -> batch pos d_model", batch=tokens.shape[0])
+
+    def extra_repr(self) -> str:
+        return "W_pos: [n_ctx={}, d_model={}]".format(*self.W_pos.shape)
 
 
 class Unembed(nn.Module):
@@ -61,3 +67,6 @@ class Unembed(nn.Module):
 
     def forward(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
         return resid @ self.W_U
+
+    def extra_repr(self) -> str:
+        return "W_U: embed.W_E transposed (tied), b_U: zeros"
