@@ -1,5 +1,6 @@
-"""The typed GPT: config, layernorm, attention, mlp, gpt (the model), tokens (text and token ids),
-tokenizer, loading (checkpoints), bundled and default (the models shipped with the package).
+"""The typed GPT: config, embed (embed, pos_embed, unembed), layernorm, attention, mlp, gpt (the
+model), tokens (text and token ids), tokenizer, loading (checkpoints), bundled and default (the
+models shipped with the package).
 
 Axis vocabulary. Every annotation, einops pattern, DataFrame column and plot axis in workbench
 uses these names, and only these:
