@@ -185,6 +185,14 @@ def test_indexing_equals_transformerlens(index):
     assert close(o.A, t.A, 0) and close(o.B, t.B, 0) and close(o.AB, t.AB, 1e-10)
 
 
+def test_indexing_a_plain_matrix_equals_transformerlens():
+    A, B = pair(4, (6, 3), (3, 5))
+    ours, theirs = FactoredMatrix(A, B), TLFactoredMatrix(A, B)
+    for index in (0, -1, (0, 1), (-1, -1), slice(1, 4), (torch.tensor([4, 0]), 1), (..., torch.tensor([0, 3])), (None,)):
+        o, t = ours[index], theirs[index]
+        assert o.shape == t.shape and close(o.AB, t.AB, 1e-10), index
+
+
 def test_indexing_stacked_circuits_selects_heads():
     A, B = pair(2, (2, 3, 6, 4), (2, 3, 4, 6))
     fm = FactoredMatrix(A, B)
