@@ -17,6 +17,7 @@ from workbench.models.embed import Embed, PosEmbed, Unembed
 from workbench.models.layernorm import LayerNorm
 from workbench.models.mlp import MLP
 from workbench.models.tokens import TokenMixin
+from workbench.models.weights import WeightsMixin
 
 
 class Block(nn.Module):
@@ -41,7 +42,7 @@ class Block(nn.Module):
         return self.hook_resid_post(resid_mid + mlp_out)
 
 
-class GPT(TokenMixin, HookedRootModule):
+class GPT(TokenMixin, WeightsMixin, HookedRootModule):
     """A GPT-2-style decoder with TransformerLens's component and hook names (see `hook_names()`).
 
     `model(tokens)` checks its input (ids, or text which gets a BOS token) and returns logits;
