@@ -206,3 +206,24 @@ def test_to_moves_in_place(model, tokens):
     _, cache = model.run_with_cache(tokens)
     assert cache.to("meta") is cache  # the meta device stands in for a GPU on a CPU-only machine
     assert cache["resid_pre", 0].device.type == "meta" and cache["z", 1].device.type == "meta"
+
+
+@pytest.mark.parametrize("layer", [None, 0, 1])
+@pytest.mark.parametrize("mlp_input", [False, True])
+@pytest.mark.parametrize("expand_neurons", [False, True])
+@pytest.mark.parametrize("apply_ln", [False, True])
+def test_get_full_resid_decomposition(caches, layer, mlp_input, expand_neurons, apply_ln):
+    ours, theirs = caches
+    if mlp_input and layer is None:
+        with pytest.raises(InputError, match="mlp_input"):
+            ours.get_full_resid_decomposition(layer, mlp_input=True)
+        return
+    kw = dict(mlp_input=mlp_input, expand_neurons=expand_neurons, apply_ln=apply_ln, pos_slice=[1, 4], return_labels=True)
+    stack, labels = ours.get_full_resid_decomposition(layer, **kw)
+    with torch.no_grad():
+        tl_stack, tl_labels = theirs.get_full_resid_decomposition(layer, **kw)
+    assert labels == tl_labels
+    assert_close(stack, tl_stack)
+    if not apply_ln:  # the parts sum to the stream they decompose
+        target = ours["resid_post", 1] if layer is None else ours["resid_mid" if mlp_input else "resid_pre", layer]
+        assert_close(stack.sum(0), target[:, [1, 4]])

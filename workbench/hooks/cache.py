@@ -325,6 +325,55 @@ class ActivationCache(Mapping[str, Tensor]):
             stack = self.apply_ln_to_stack(stack, layer, pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack
 
+    def get_full_resid_decomposition(
+        self,
+        layer: int | None = None,
+        *,
+        mlp_input: bool = False,
+        expand_neurons: bool = True,
+        apply_ln: bool = False,
+        pos_slice: PosSlice = None,
+        return_labels: bool = False,
+    ) -> Float[Tensor, "component ... d_model"] | tuple[Tensor, list[str]]:
+        """The input of block `layer` (None, -1 or n_layer: of ln_final) as a sum of its finest
+        parts, in TransformerLens 4.x's order: every head's result ("L0H0", ...; with `mlp_input`
+        block `layer`'s heads too), every neuron's output post * W_out ("L0N0", ...; or each
+        mlp_out without the bias when not `expand_neurons`: "0_mlp_out", bias included), embed,
+        pos_embed, and "bias", the sum of the attention output biases b_O (and MLP output biases
+        with `expand_neurons`) that no head or neuron owns. Holds [layer d_mlp batch pos
+        d_model] floats with `expand_neurons`: keep prompts short. `apply_ln`: cached scale."""
+        layer = self._target_layer(layer)
+        if mlp_input and layer == self.n_layer:
+            raise InputError(f"mlp_input needs a block's layer (0 to {self.n_layer - 1}); layer {layer} is ln_final's input")
+        index = _pos_index(pos_slice)
+        heads, labels = self.stack_head_results(layer + int(mlp_input), pos_slice=pos_slice, return_labels=True)
+        parts = [heads]
+        blocks = self.model.blocks
+        if layer > 0 and expand_neurons:
+            for l in range(layer):
+                post = _take(self["post", l], index, -2)
+                neurons = einops.einsum(post, blocks[l].mlp.W_out.to(post.device), "... d_mlp, d_mlp d_model -> d_mlp ... d_model")
+                parts.append(neurons)
+                labels += [f"L{l}N{n}" for n in range(post.shape[-1])]
+        elif layer > 0:
+            mlp_outs, mlp_labels = self.decompose_resid(layer, pos_slice=pos_slice, mode="mlp", incl_embeds=False, return_labels=True)
+            parts.append(mlp_outs)
+            labels += mlp_labels
+        parts += [_take(self["embed"], index, -2)[None], _take(self["pos_embed"], index, -2)[None]]
+        labels += ["embed", "pos_embed"]
+        bias = heads.new_zeros(heads.shape[-1])
+        for l in range(layer + int(mlp_input)):
+            if blocks[l].attn.b_O is not None:
+                bias = bias + blocks[l].attn.b_O.to(bias.device)
+            if expand_neurons and l < layer and blocks[l].mlp.c_proj.bias is not None:
+                bias = bias + blocks[l].mlp.c_proj.bias.to(bias.device)
+        parts.append(bias.detach().expand(1, *heads.shape[1:]))
+        labels.append("bias")
+        stack = torch.cat(parts)
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer, mlp_input=mlp_input, pos_slice=pos_slice)
+        return (stack, labels) if return_labels else stack
+
     def stack_activation(
         self, activation_name: str, layer: int | None = None, sublayer_type: str | None = None
     ) -> Float[Tensor, "layer ..."]:
