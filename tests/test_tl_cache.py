@@ -227,3 +227,12 @@ def test_get_full_resid_decomposition(caches, layer, mlp_input, expand_neurons, 
     if not apply_ln:  # the parts sum to the stream they decompose
         target = ours["resid_post", 1] if layer is None else ours["resid_mid" if mlp_input else "resid_pre", layer]
         assert_close(stack.sum(0), target[:, [1, 4]])
+
+
+def test_apply_ln_to_stack_refuses_a_stack_sliced_differently_from_the_scale(model):
+    tokens = torch.randint(0, 50257, (1, 5), generator=torch.Generator().manual_seed(5))
+    _, cache = model.run_with_cache(tokens)
+    last = cache.decompose_resid(pos_slice=-1)  # [component 1 d_model]: would broadcast against [1 5 1]
+    with pytest.raises(InputError, match="pos_slice"):
+        cache.apply_ln_to_stack(last)
+    assert cache.apply_ln_to_stack(last, pos_slice=-1).shape == last.shape

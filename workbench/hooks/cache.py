@@ -421,6 +421,11 @@ class ActivationCache(Mapping[str, Tensor]):
         scale = _take(scale, _pos_index(pos_slice), -2)
         if self.has_batch_dim:
             scale = _take(scale, _pos_index(batch_slice), 0)
+        if tuple(residual_stack.shape[-scale.ndim:-1]) != tuple(scale.shape[:-1]):
+            # broadcasting would silently divide by the wrong positions' scales
+            raise InputError(f"the stack's batch and position axes {tuple(residual_stack.shape[1:-1])} do not match the "
+                             f"cached LayerNorm scale's {tuple(scale.shape[:-1])}: pass the pos_slice (and batch_slice) "
+                             f"the stack was made with")
         centred = residual_stack - residual_stack.mean(-1, keepdim=True)
         return centred / scale
 
