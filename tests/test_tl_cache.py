@@ -236,3 +236,14 @@ def test_apply_ln_to_stack_refuses_a_stack_sliced_differently_from_the_scale(mod
     with pytest.raises(InputError, match="pos_slice"):
         cache.apply_ln_to_stack(last)
     assert cache.apply_ln_to_stack(last, pos_slice=-1).shape == last.shape
+
+
+def test_compute_head_results_stores_what_transformerlens_computes(model, tokens, caches):
+    _, theirs = caches
+    tokens = torch.randint(0, 50257, (3, 12), generator=torch.Generator().manual_seed(3))  # the caches' prompt
+    _, cache = model.run_with_cache(tokens)
+    assert "blocks.1.attn.hook_result" not in cache.cache_dict
+    cache.compute_head_results()
+    for l in range(2):
+        assert_close(cache.cache_dict[f"blocks.{l}.attn.hook_result"], theirs[f"blocks.{l}.attn.hook_result"])
+    assert len(cache) == len(set(cache))  # each name listed once

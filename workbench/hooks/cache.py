@@ -1,15 +1,17 @@
 """`ActivationCache`: activations by hook name, with TransformerLens's shorthand and helpers.
 
 The stacking helpers (`accumulated_resid`, `decompose_resid`, `stack_head_results`,
-`stack_activation`) follow TransformerLens 4.x: the same components, order, labels and
-LayerNorm conventions, so a ported notebook gets the same numbers.
+`get_full_resid_decomposition`, `stack_activation`) and `apply_ln_to_stack` / `logit_attrs` follow
+TransformerLens 4.x: the same components, order, labels and LayerNorm conventions, so a ported
+notebook gets the same numbers (tests/test_tl_cache.py compares them with TransformerLens's).
 
 Two LayerNorm conventions exist for a stack of residual-stream pieces (`apply_ln=True`):
 
 - cached scale: centre each piece and divide it by the scale (sqrt(var + eps)) that the LayerNorm
   computed from the whole stream in the forward pass, without its weight and bias. Linear in the
   pieces, so a decomposition stays a decomposition; what `decompose_resid`, `stack_head_results`,
-  `logit_attrs` and `apply_ln_to_stack` use (as TransformerLens 4.x does).
+  `get_full_resid_decomposition`, `logit_attrs` and `apply_ln_to_stack` use (as TransformerLens
+  4.x does), and `accumulated_resid` before a block's ln1 / ln2.
 - recomputed: run each piece through the model's `ln_final` (its own mean and scale, then the
   LayerNorm weight and bias), so the last row of a logit lens times W_U is the model's logits.
   TransformerLens 4.x's `accumulated_resid(apply_ln=True)` does this when the target is the final
@@ -181,6 +183,16 @@ class ActivationCache(Mapping[str, Tensor]):
             self.cache_dict[name] = self.cache_dict[name][0]
         self.has_batch_dim = False
         return self
+
+    def compute_head_results(self) -> None:
+        """Store every block's per-head `hook_result` (computed from `hook_z`) in the cache, as
+        TransformerLens's method of that name. Not needed to read results: a cache holding
+        `hook_z` computes them when read; this trades memory for repeated reads."""
+        for l in range(self.n_layer):
+            name = act_name("result", l)
+            if name not in self.cache_dict and derived_from(name) in self.cache_dict:
+                self.cache_dict[name] = self[name]
+        self.derived = [n for n in self.derived if n not in self.cache_dict]
 
     # --------------------------------------------------------------- residual stream views
     @property
