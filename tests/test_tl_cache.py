@@ -185,6 +185,7 @@ def test_remove_batch_dim_works_in_place(model, bridge):
     with torch.no_grad():
         assert_close(ours.accumulated_resid(apply_ln=True), theirs.accumulated_resid(apply_ln=True))
         assert_close(ours.accumulated_resid(1, apply_ln=True, pos_slice=-1), theirs.accumulated_resid(1, apply_ln=True, pos_slice=-1))
+        assert_close(ours.accumulated_resid(apply_ln=True, pos_slice=-1), theirs.accumulated_resid(apply_ln=True, pos_slice=-1))
         assert_close(ours.stack_head_results(apply_ln=True), theirs.stack_head_results(apply_ln=True))
         stack = theirs.decompose_resid(apply_ln=False)
         assert_close(ours.logit_attrs(stack, torch.arange(9), has_batch_dim=False),

@@ -15,8 +15,8 @@ Two LayerNorm conventions exist for a stack of residual-stream pieces (`apply_ln
 - recomputed: run each piece through the model's `ln_final` (its own mean and scale, then the
   LayerNorm weight and bias), so the last row of a logit lens times W_U is the model's logits.
   TransformerLens 4.x's `accumulated_resid(apply_ln=True)` does this when the target is the final
-  LayerNorm; older TransformerLens (the version ARENA's exercises pin) used the cached scale there
-  too: `accumulated_resid(apply_ln=True, recompute_ln=False)` gives those numbers.
+  LayerNorm; older TransformerLens (before its pull request #1077, October 2025; the version ARENA's
+  exercises pin) used the cached scale there too: `accumulated_resid(apply_ln=True, recompute_ln=False)` gives those numbers.
 
 `pos_slice` takes TransformerLens's Slice inputs: None (every position), an int (that position;
 the position axis is dropped), a tuple (`(k,)` is `:k`, `(a, b)` is `a:b`, `(a, b, s)` is
