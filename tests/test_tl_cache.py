@@ -18,12 +18,14 @@ def assert_close(ours, theirs):
     assert ours.numel() == 0 or (ours - theirs).abs().max() <= 1e-4
 
 
+PROMPT = torch.randint(0, 50257, (3, 12), generator=torch.Generator().manual_seed(3))
+
+
 @pytest.fixture(scope="module")
 def caches(model, bridge):
-    tokens = torch.randint(0, 50257, (3, 12), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        _, ours = model.run_with_cache(tokens)
-        _, theirs = bridge.run_with_cache(tokens)
+        _, ours = model.run_with_cache(PROMPT)
+        _, theirs = bridge.run_with_cache(PROMPT)
         theirs.stack_head_results()  # TransformerLens computes hook_result from hook_z into its cache
     return ours, theirs
 
@@ -69,9 +71,8 @@ def test_accumulated_resid_cached_scale_option_is_the_older_convention(caches, m
     # the two conventions really differ here (so the default test above can tell them apart) ...
     assert (ours.accumulated_resid(apply_ln=True) - by_hand).abs().max() > 0.1
     # ... and the default's last row is what the unembedding reads: the model's logits
-    final = ours.accumulated_resid(apply_ln=True)[-1] @ model.W_U
-    assert_close(final, torch.nn.functional.layer_norm(
-        ours["resid_post", 1], (64,), model.ln_final.weight, model.ln_final.bias, model.ln_final.eps) @ model.W_U)
+    with torch.no_grad():
+        assert_close(ours.accumulated_resid(apply_ln=True)[-1] @ model.W_U, model(PROMPT))
     # intermediate layers use the cached scale of that block's ln1 in both conventions, as TransformerLens
     assert_close(ours.accumulated_resid(1, apply_ln=True, recompute_ln=False), theirs.accumulated_resid(1, apply_ln=True))
     with pytest.raises(InputError, match="final LayerNorm"):
@@ -239,10 +240,9 @@ def test_apply_ln_to_stack_refuses_a_stack_sliced_differently_from_the_scale(mod
     assert cache.apply_ln_to_stack(last, pos_slice=-1).shape == last.shape
 
 
-def test_compute_head_results_stores_what_transformerlens_computes(model, tokens, caches):
+def test_compute_head_results_stores_what_transformerlens_computes(model, caches):
     _, theirs = caches
-    tokens = torch.randint(0, 50257, (3, 12), generator=torch.Generator().manual_seed(3))  # the caches' prompt
-    _, cache = model.run_with_cache(tokens)
+    _, cache = model.run_with_cache(PROMPT)
     assert "blocks.1.attn.hook_result" not in cache.cache_dict
     cache.compute_head_results()
     for l in range(2):
