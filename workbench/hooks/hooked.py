@@ -218,7 +218,7 @@ class HookedRootModule(nn.Module):
             else:
                 logits = self._forward_checked(tokens, **forward_kwargs)
         store.update(grad_store)
-        return logits, ActivationCache(store, self.attention_layers(), derived=derived)
+        return logits, ActivationCache(store, self, derived=derived)
 
 
 def _position_selector(pos_slice) -> Callable[[str, Tensor], Tensor]:

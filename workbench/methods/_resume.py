@@ -85,7 +85,7 @@ def cached_runs(
     out, offset = [], 0
     for tokens in runs:
         rows = slice(offset, offset + tokens.shape[0])
-        out.append((logits[rows], ActivationCache({k: v[rows] for k, v in store.items()}, model.attention_layers())))
+        out.append((logits[rows], ActivationCache({k: v[rows] for k, v in store.items()}, model)))
         offset += tokens.shape[0]
     return out
 
