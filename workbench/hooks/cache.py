@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import einops
@@ -58,11 +58,18 @@ class AttentionLayer(Protocol):
 
 @runtime_checkable
 class CacheModel(Protocol):
-    """What a cache needs of its model: the attention layer of every block, in order. The helpers
-    that need more read it when called: `ln_final` (recomputed LayerNorm), `W_U` and
-    `to_single_token` (`logit_attrs`)."""
+    """What a cache needs of its model: the attention layer of every block, in order (n_layer,
+    n_head, per-head results); `ln_final` (recomputed LayerNorm), `W_U` and `to_single_token`
+    (`logit_attrs`), read when those helpers are called."""
+
+    ln_final: Callable[[Tensor], Tensor]
 
     def attention_layers(self) -> Sequence[AttentionLayer]: ...
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]: ...
+
+    def to_single_token(self, text: str) -> int: ...
 
 
 def _pos_index(pos_slice: PosSlice) -> int | slice | Tensor:
