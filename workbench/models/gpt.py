@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import einops
 import torch
+from tqdm.auto import tqdm
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
@@ -58,7 +60,7 @@ class GPT(TokenMixin, HookedRootModule):
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_final = LayerNorm(cfg)
         self.name = "untrained"  # set by load_model
-        self.setup_hooks()
+        self.setup()
         self.init_weights()
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
@@ -125,22 +127,43 @@ class GPT(TokenMixin, HookedRootModule):
     @torch.no_grad()
     def generate(
         self,
-        tokens: Tensor | str,
+        input: Tensor | str | list[str],
+        max_new_tokens: int = 10,
         *,
-        max_new_tokens: int = 50,
-        temperature: float = 1.0,
+        stop_at_eos: bool = True,
+        eos_token_id: int | None = None,
+        do_sample: bool = True,
         top_k: int | None = None,
+        temperature: float = 1.0,
         seed: int | None = None,
-    ) -> Int[Tensor, "batch pos"]:
-        """Sample a continuation (temperature 0 = greedy); returns prompt and continuation ids."""
-        tokens = self.prepare_tokens(tokens)  # checked once; the loop runs forward on ids only
+        prepend_bos: bool | None = None,
+        return_type: Literal["input", "str", "tokens"] = "input",
+        use_past_kv_cache: bool = True,
+        verbose: bool = False,
+    ) -> Int[Tensor, "batch pos"] | str | list[str]:
+        """Continue `input` by up to `max_new_tokens` tokens, sampled (temperature, top_k) from a
+        generator seeded with `seed` (None = 0, so a call repeats), or greedy with do_sample=False
+        or temperature 0. With `stop_at_eos` a sequence ends at <|endoftext|> (`eos_token_id`) and
+        is padded with it while others go on; the loop stops when all have ended.
+
+        Returns, as TransformerLens: with return_type "input", text for text and ids for ids; "str":
+        the prompt and continuation as text, special tokens left out (a string for a string or a
+        batch of one, else a list); "tokens": the [batch pos] ids of prompt and continuation. The whole prefix is recomputed at each step (no key/value cache;
+        `use_past_kv_cache` is accepted and changes nothing but speed in TransformerLens); a prefix
+        longer than the context keeps its last block_size tokens. `verbose` shows a progress bar."""
+        text_input = isinstance(input, str) or (isinstance(input, list) and bool(input) and isinstance(input[0], str))
+        tokens = self.prepare_tokens(input, name="input", prepend_bos=prepend_bos)  # checked once
         if temperature < 0:
             raise InputError(f"temperature must be >= 0, got {temperature}")
+        if return_type not in ("input", "str", "tokens"):
+            raise InputError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}")
+        eos = self.tokenizer.eos_token_id if eos_token_id is None else eos_token_id
         generator = torch.Generator(device=self.device)
         generator.manual_seed(0 if seed is None else seed)
-        for _ in range(max_new_tokens):
+        finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=self.device)
+        for _ in tqdm(range(max_new_tokens), disable=not verbose, desc="generate", unit="token"):
             logits = self._forward_checked(tokens[:, -self.cfg.block_size :])[:, -1].float()
-            if temperature == 0:
+            if temperature == 0 or not do_sample:
                 nxt = logits.argmax(-1, keepdim=True)
             else:
                 logits = logits / temperature
@@ -148,5 +171,13 @@ class GPT(TokenMixin, HookedRootModule):
                     kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, float("-inf"))
                 nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+            if stop_at_eos:
+                nxt = nxt.masked_fill(finished[:, None], eos)
+                finished |= nxt[:, 0] == eos
             tokens = torch.cat([tokens, nxt], dim=1)
-        return tokens
+            if stop_at_eos and bool(finished.all()):
+                break
+        if return_type == "tokens" or (return_type == "input" and not text_input):
+            return tokens
+        texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        return texts[0] if isinstance(input, str) or len(texts) == 1 else texts  # as TransformerLens
