@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Literal, Union
+from typing import Union
 
 import torch
 from jaxtyping import Float, Int
@@ -15,12 +15,12 @@ from workbench.errors import HookTypeError, HookUsageError, InputError, UnknownH
 from workbench.hooks.accounting import activation_layout, cache_bytes
 from workbench.hooks.cache import ActivationCache, AttentionLayer
 from workbench.hooks.hook_point import Direction, HookFn, HookPoint
-from workbench.hooks.names import act_name, derivable, legacy_name, pos_axis
+from workbench.hooks.names import act_name, derivable, derived_from, legacy_name, pos_axis
 
 NameOrPredicate = Union[str, Callable[[str], bool]]
 HookSpec = Sequence[tuple[NameOrPredicate, HookFn]]
 NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
-ReturnType = Literal["logits", "loss", "both", None]
+ReturnType = Union[str, None]  # "logits", "loss", "both" or None (checked in _run, with a message)
 RETURN_TYPES = ("logits", "loss", "both", None)
 
 
@@ -89,7 +89,7 @@ class HookedRootModule(nn.Module):
         *,
         loss_per_token: bool = False,
         prepend_bos: bool | None = None,
-        padding_side: Literal["right"] | None = None,
+        padding_side: str | None = None,
         stop_at_layer: int | None = None,
     ):
         """Check the input once (text is tokenized, with a BOS token unless `prepend_bos=False`),
@@ -143,8 +143,11 @@ class HookedRootModule(nn.Module):
         def stop_here(resid: Tensor, hook: HookPoint) -> None:
             raise _Stopped(resid)
 
+        # before the hooks on resid_pre of block k (TransformerLens never runs them), after those on
+        # the last resid_post (which TransformerLens runs)
         try:
-            with self.hooks(fwd_hooks=[(name, stop_here)]):  # after the user's hooks on that point
+            with self.hooks():
+                self.add_hook(name, stop_here, level=self.context_level, prepend=stop < n_layer)
                 self._forward_checked(tokens)
         except _Stopped as stopped:
             return stopped.resid
@@ -225,7 +228,7 @@ class HookedRootModule(nn.Module):
 
     def remove_all_hook_fns(
         self,
-        direction: Literal["fwd", "bwd", "both"] = "both",
+        direction: str = "both",
         including_permanent: bool = False,
         level: int | None = None,
     ) -> None:
@@ -242,7 +245,7 @@ class HookedRootModule(nn.Module):
     def reset_hooks(
         self,
         clear_contexts: bool = True,
-        direction: Literal["fwd", "bwd", "both"] = "both",
+        direction: str = "both",
         including_permanent: bool = False,
         level: int | None = None,
     ) -> None:
@@ -291,7 +294,7 @@ class HookedRootModule(nn.Module):
         clear_contexts: bool = False,
         loss_per_token: bool = False,
         prepend_bos: bool | None = None,
-        padding_side: Literal["right"] | None = None,
+        padding_side: str | None = None,
         stop_at_layer: int | None = None,
     ):
         """Run the model with hooks attached (see `hooks`); returns what `model(input, ...)` returns."""
@@ -315,7 +318,7 @@ class HookedRootModule(nn.Module):
         fwd_hooks: HookSpec = (),
         loss_per_token: bool = False,
         prepend_bos: bool | None = None,
-        padding_side: Literal["right"] | None = None,
+        padding_side: str | None = None,
         stop_at_layer: int | None = None,
     ) -> tuple[object, ActivationCache]:
         """Run the model and keep the activations named by `names_filter`.
@@ -373,6 +376,7 @@ class HookedRootModule(nn.Module):
                 output = self._run(tokens, return_type=return_type, loss_per_token=loss_per_token,
                                    stop_at_layer=stop_at_layer)
         store.update(grad_store)
+        derived = [n for n in derived if derived_from(n) in store]  # not those past stop_at_layer
         cache = ActivationCache(store, self.attention_layers(), derived=derived)
         if remove_batch_dim:
             cache = cache.remove_batch_dim()

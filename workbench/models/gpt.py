@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import einops
 import torch
@@ -137,7 +136,7 @@ class GPT(TokenMixin, HookedRootModule):
         temperature: float = 1.0,
         seed: int | None = None,
         prepend_bos: bool | None = None,
-        return_type: Literal["input", "str", "tokens"] = "input",
+        return_type: str = "input",
         use_past_kv_cache: bool = True,
         verbose: bool = False,
     ) -> Int[Tensor, "batch pos"] | str | list[str]:

@@ -8,7 +8,6 @@ point (`model(...)`, `run_with_cache`, `run_with_hooks`, `generate`, the methods
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import einops
 import torch
@@ -65,7 +64,7 @@ class TokenMixin:
         *,
         name: str = "tokens",
         prepend_bos: bool | None = None,
-        padding_side: Literal["right"] | None = None,
+        padding_side: str | None = None,
     ) -> Int[Tensor, "batch pos"]:
         """Check a model input and return it as [batch pos] int64 ids on the model's device.
 
@@ -110,7 +109,7 @@ class TokenMixin:
         input: str | Sequence[str],
         *,
         prepend_bos: bool | None = None,
-        padding_side: Literal["right"] | None = None,
+        padding_side: str | None = None,
     ) -> Int[Tensor, "batch pos"]:
         """GPT-2 BPE ids of a string or list of strings, with a BOS token unless `prepend_bos=False`,
         right-padded with <|endoftext|> (the only padding this model can run: it takes no attention mask).
@@ -143,7 +142,7 @@ class TokenMixin:
         input: Tensor | str | Sequence,
         *,
         prepend_bos: bool | None = None,
-        padding_side: Literal["right"] | None = None,
+        padding_side: str | None = None,
     ) -> list[str] | list[list[str]]:
         """Each token as its own string: of a prompt (with BOS unless `prepend_bos=False`), of ids
         ([pos], [1 pos], a 0-d tensor or a list of ints), or, for a list of strings or tensors, a
@@ -170,10 +169,10 @@ class TokenMixin:
         self,
         single_token: str | int | Tensor,
         input: str | Tensor,
-        mode: Literal["first", "last"] = "first",
+        mode: str = "first",
         *,
         prepend_bos: bool | None = None,
-        padding_side: Literal["right"] | None = None,
+        padding_side: str | None = None,
     ) -> int:
         """The position of `single_token` (a one-token string, an id or a 0-d tensor) in `input` (a
         prompt, tokenized with BOS unless `prepend_bos=False`, or [pos] / [1 pos] ids): its first
