@@ -311,3 +311,23 @@ def test_generate_sampling_is_seeded(model):
     a = model.generate(TEXTS[1], 5, seed=3, stop_at_eos=False)
     assert a == model.generate(TEXTS[1], 5, seed=3, stop_at_eos=False)
     assert isinstance(a, str)
+
+
+# ----------------------------------------------------------------------------- utils
+def test_transformerlens_test_prompt_prints_the_same_on_workbench_and_ours_too(model, bridge, capsys):
+    from transformer_lens.utilities import test_prompt as tl_test_prompt
+
+    import workbench.utils as wb_utils  # not `from ... import test_prompt`: pytest would collect it
+
+    prompt = "When Mary and John went to the store, John gave a drink to"
+    for answer in (" Mary", "Mary went", ["Mary", " John"]):
+        with torch.no_grad():
+            tl_test_prompt(prompt, answer, bridge, top_k=3)
+            on_bridge = capsys.readouterr().out
+            tl_test_prompt(prompt, answer, model, top_k=3)  # TransformerLens's own function, on a workbench model
+            on_workbench = capsys.readouterr().out
+        wb_utils.test_prompt(prompt, answer, model, top_k=3)
+        ours = capsys.readouterr().out
+        assert on_workbench == on_bridge and ours == on_bridge, answer
+        assert "Rank:" in ours
+    assert wb_utils.get_act_name("k6") == get_act_name("k6")
