@@ -37,7 +37,7 @@ class Hook:
 class HookPoint(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.name: str = ""  # set by HookedRootModule.setup_hooks
+        self.name: str = ""  # set by HookedRootModule.setup
         self.fwd_hooks: list[Hook] = []
         self.bwd_hooks: list[Hook] = []
         self.ctx: dict = {}  # scratch space for hooks (TransformerLens's hook.ctx); cleared by reset_hooks
