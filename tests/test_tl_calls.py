@@ -31,8 +31,10 @@ def test_loss_and_return_types_match_transformerlens(model, bridge, tokens, prep
             tl_logits, tl_loss = bridge(inp, return_type="both", prepend_bos=prepend_bos)
             assert close(logits, tl_logits) and close(loss, tl_loss)
             assert model(inp, return_type=None) is None
-    with pytest.raises(InputError, match="return_type"):
-        model(tokens, return_type="logit")
+    for call in (model, model.run_with_hooks, model.run_with_cache,
+                 lambda t, return_type: model.run_with_cache(t, return_type, incl_bwd=True)):
+        with pytest.raises(InputError, match="return_type"):
+            call(tokens, return_type="logit")
 
 
 def test_loss_fn_matches_transformerlens_and_a_hand_computation(model, bridge, tokens):
@@ -331,3 +333,10 @@ def test_transformerlens_test_prompt_prints_the_same_on_workbench_and_ours_too(m
         assert on_workbench == on_bridge and ours == on_bridge, answer
         assert "Rank:" in ours
     assert wb_utils.get_act_name("k6") == get_act_name("k6")
+
+
+def test_generate_refuses_prompts_it_would_have_to_pad(model):
+    with pytest.raises(InputError, match="one at a time"):
+        model.generate(TEXTS, 2)
+    out = model.generate(["The cat sat", "The dog ran"], 2, do_sample=False, stop_at_eos=False)
+    assert isinstance(out, list) and len(out) == 2 and out[0].startswith("The cat sat")

@@ -34,6 +34,11 @@ def next_token_loss(
     return -logprobs if per_token else -logprobs.mean()
 
 
+def _check_return_type(return_type: object) -> None:
+    if return_type not in RETURN_TYPES:
+        raise InputError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
+
+
 class _Stopped(Exception):
     """Raised by the stop_at_layer hook to end a forward early, carrying the residual stream."""
 
@@ -98,9 +103,9 @@ class HookedRootModule(nn.Module):
         - return_type "logits" [batch pos d_vocab], "loss" (`loss_fn`, mean next-token
           cross-entropy, or [batch pos-1] with `loss_per_token`), "both" (logits, loss), or None
           (runs the hooks, returns None);
-        - `stop_at_layer=k`: the residual stream entering block k [batch pos d_model] (after the
-          hooks on blocks.k.hook_resid_pre), whatever return_type says; k = n_layer gives the
-          residual stream before ln_final; negative k counts from the end.
+        - `stop_at_layer=k`: the residual stream entering block k [batch pos d_model], before any
+          hook on blocks.k.hook_resid_pre runs (as TransformerLens), whatever return_type says;
+          k = n_layer gives the residual stream before ln_final; negative k counts from the end.
         """
         tokens = self.prepare_tokens(input, name="input", prepend_bos=prepend_bos, padding_side=padding_side)
         return self._run(tokens, return_type=return_type, loss_per_token=loss_per_token, stop_at_layer=stop_at_layer)
@@ -112,8 +117,7 @@ class HookedRootModule(nn.Module):
     def _run(self, tokens: Tensor, *, return_type: ReturnType = "logits", loss_per_token: bool = False,
              stop_at_layer: int | None = None):
         """Run checked ids and return what `return_type` asks for (see `__call__`)."""
-        if return_type not in RETURN_TYPES:
-            raise InputError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
+        _check_return_type(return_type)
         if stop_at_layer is not None:
             return self._run_until(tokens, stop_at_layer)
         return self._outputs(self._forward_checked(tokens), tokens, return_type, loss_per_token)
@@ -340,6 +344,7 @@ class HookedRootModule(nn.Module):
             derived = [n for n in names if derivable(n)]
             names = [n for n in names if n not in derived]
         tokens = self.prepare_tokens(input, name="input", prepend_bos=prepend_bos, padding_side=padding_side)
+        _check_return_type(return_type)
         if remove_batch_dim and tokens.shape[0] != 1:
             raise InputError(f"remove_batch_dim=True needs a batch of one sequence, got {tokens.shape[0]}")
         if incl_bwd and stop_at_layer is not None:
@@ -378,8 +383,8 @@ class HookedRootModule(nn.Module):
         store.update(grad_store)
         derived = [n for n in derived if derived_from(n) in store]  # not those past stop_at_layer
         cache = ActivationCache(store, self.attention_layers(), derived=derived)
-        if remove_batch_dim:
-            cache = cache.remove_batch_dim()
+        if remove_batch_dim:  # works whether remove_batch_dim edits the cache in place or returns a new one
+            cache = cache.remove_batch_dim() or cache
         return output, cache
 
 

@@ -152,6 +152,12 @@ class GPT(TokenMixin, HookedRootModule):
         longer than the context keeps its last block_size tokens. `verbose` shows a progress bar."""
         text_input = isinstance(input, str) or (isinstance(input, list) and bool(input) and isinstance(input[0], str))
         tokens = self.prepare_tokens(input, name="input", prepend_bos=prepend_bos)  # checked once
+        if isinstance(input, list) and len({len(self.tokenizer.encode(t)) for t in input}) > 1:
+            raise InputError(
+                "generate: the prompts are of different token lengths; right padding would put "
+                "<|endoftext|> between a prompt and its continuation (this model takes no attention mask, "
+                "so it cannot left-pad as TransformerLens does): generate them one at a time"
+            )
         if temperature < 0:
             raise InputError(f"temperature must be >= 0, got {temperature}")
         if return_type not in ("input", "str", "tokens"):
