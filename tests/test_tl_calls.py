@@ -340,3 +340,23 @@ def test_generate_refuses_prompts_it_would_have_to_pad(model):
         model.generate(TEXTS, 2)
     out = model.generate(["The cat sat", "The dog ran"], 2, do_sample=False, stop_at_eos=False)
     assert isinstance(out, list) and len(out) == 2 and out[0].startswith("The cat sat")
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p_as_transformerlens():
+    from workbench.models.gpt import _keep_top
+
+    logits = torch.tensor([[0.1, 0.4, 0.2, 0.3]]).log()  # sorted: 0.4, 0.3, 0.2, 0.1
+    kept = lambda p: torch.isfinite(_keep_top(logits, top_k=None, top_p=p))[0].tolist()  # noqa: E731
+    assert kept(0.35) == [False, True, False, False]
+    assert kept(0.5) == [False, True, False, True]  # 0.4 < 0.5: the next one is needed
+    assert kept(0.75) == [False, True, True, True]
+    assert kept(1.0) == [True, True, True, True]
+    assert torch.isfinite(_keep_top(logits, top_k=2, top_p=0.1))[0].tolist() == [False, True, False, True]  # top_k first
+
+
+def test_generate_with_a_tiny_top_p_is_greedy(model):
+    prompt = model.to_tokens(TEXTS[0])
+    sampled = model.generate(prompt, 5, top_p=1e-6, stop_at_eos=False, seed=7)
+    assert torch.equal(sampled, greedy_by_hand(model, prompt, 5))
+    with pytest.raises(InputError, match="top_p"):
+        model.generate(prompt, 1, top_p=1.5)

@@ -133,6 +133,7 @@ class GPT(TokenMixin, HookedRootModule):
         eos_token_id: int | None = None,
         do_sample: bool = True,
         top_k: int | None = None,
+        top_p: float | None = None,
         temperature: float = 1.0,
         seed: int | None = None,
         prepend_bos: bool | None = None,
@@ -140,7 +141,8 @@ class GPT(TokenMixin, HookedRootModule):
         use_past_kv_cache: bool = True,
         verbose: bool = False,
     ) -> Int[Tensor, "batch pos"] | str | list[str]:
-        """Continue `input` by up to `max_new_tokens` tokens, sampled (temperature, top_k) from a
+        """Continue `input` by up to `max_new_tokens` tokens, sampled (temperature, then top_k or else
+        top_p, as TransformerLens) from a
         generator seeded with `seed` (None = 0, so a call repeats), or greedy with do_sample=False
         or temperature 0. With `stop_at_eos` a sequence ends at <|endoftext|> (`eos_token_id`) and
         is padded with it while others go on; the loop stops when all have ended.
@@ -160,6 +162,10 @@ class GPT(TokenMixin, HookedRootModule):
             )
         if temperature < 0:
             raise InputError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k <= 0:
+            raise InputError(f"top_k must be a positive number of tokens, got {top_k}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise InputError(f"top_p must be a probability in (0, 1], got {top_p}")
         if return_type not in ("input", "str", "tokens"):
             raise InputError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}")
         eos = self.tokenizer.eos_token_id if eos_token_id is None else eos_token_id
@@ -171,10 +177,7 @@ class GPT(TokenMixin, HookedRootModule):
             if temperature == 0 or not do_sample:
                 nxt = logits.argmax(-1, keepdim=True)
             else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                logits = _keep_top(logits / temperature, top_k=top_k, top_p=top_p)
                 nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)
             if stop_at_eos:
                 nxt = nxt.masked_fill(finished[:, None], eos)
@@ -186,3 +189,20 @@ class GPT(TokenMixin, HookedRootModule):
             return tokens
         texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
         return texts[0] if isinstance(input, str) or len(texts) == 1 else texts  # as TransformerLens
+
+
+def _keep_top(
+    logits: Float[Tensor, "batch d_vocab"], *, top_k: int | None, top_p: float | None
+) -> Float[Tensor, "batch d_vocab"]:
+    """Logits outside the `top_k` largest, or else outside the smallest set whose probability
+    reaches `top_p` (nucleus sampling; the top token always stays), set to -inf, as TransformerLens."""
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        return logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = torch.zeros_like(cumulative, dtype=torch.bool)
+        drop[:, 1:] = cumulative[:, :-1] > top_p  # a token stays unless the tokens above it hold more than top_p
+        return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
