@@ -136,7 +136,7 @@ def main() -> None:
                                cache_bytes_ratio_vs_tl=round(od / tt, 3))
                     del ours_cache, tl_cache
                 if args.device.startswith("cuda"):
-                    n_params = sum(p.numel() for n, p in ours.named_parameters() if n != "wpe.weight")
+                    n_params = sum(p.numel() for n, p in ours.named_parameters() if n != "pos_embed.W_pos")
                     flops = 2 * n_params * batch * pos + 2 * config.n_layer * batch * pos * pos * config.n_embd
                     gpu = torch.cuda.get_device_name()
                     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)

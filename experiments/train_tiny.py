@@ -204,9 +204,9 @@ def get_batch(
 
 def lm_loss(model: GPT, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the positions whose target is not -100; only those are unembedded."""
-    resid = model.run_blocks(model.embed(inputs))
+    resid = model.run_blocks(model.embed_input(inputs))
     keep = targets != -100
-    logits = model.unembed(resid[keep][None])[0]
+    logits = model.logits_from_resid(resid[keep][None])[0]
     return F.cross_entropy(logits, targets[keep])
 
 
@@ -224,7 +224,7 @@ def copy_loss(model: GPT, candidates: torch.Tensor, cfg: TrainConfig, g: torch.G
     """Next-token loss on a batch of repeated random spans of `candidates`, the softmax over `candidates`
     only (targets and logits both index into it)."""
     index, targets = random_span_rows(cfg.batch_size, len(candidates), cfg, g)
-    resid = model.run_blocks(model.embed(candidates[index[:, :-1]]))
+    resid = model.run_blocks(model.embed_input(candidates[index[:, :-1]]))
     keep = targets != -100
     logits = model.ln_final(resid[keep][None])[0] @ model.W_U[:, candidates]
     return F.cross_entropy(logits, targets[keep])
@@ -298,7 +298,7 @@ def train(argv: list[str] | None = None) -> dict:
     check_out(cfg.out, force=force)
     # Weight decay on matrices only; embeddings stay undecayed so that tokens the corpus never
     # shows keep distinct random embeddings (induction on random tokens needs to tell them apart).
-    decayed = {n: p.ndim == 2 and not n.startswith(("wte", "wpe")) for n, p in model.named_parameters()}
+    decayed = {n: p.ndim == 2 and not n.startswith(("embed.", "pos_embed.")) for n, p in model.named_parameters()}
     decay = [p for n, p in model.named_parameters() if decayed[n]]
     no_decay = [p for n, p in model.named_parameters() if not decayed[n]]
     opt = torch.optim.AdamW(

@@ -20,7 +20,7 @@ def test_replacing_resid_post_gives_hand_computed_logits(model, tokens):
     logits = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{last}.hook_resid_post", lambda a, hook: x)])
     ln = model.ln_final
     expected = F.layer_norm(x, (model.cfg.d_model,), ln.weight, ln.bias, ln.eps)
-    expected = expected @ model.wte.weight.T
+    expected = expected @ model.W_E.T  # the tied unembedding, by hand
     assert (logits - expected).abs().max() < 1e-4
     assert no_hooks_attached(model)
 
@@ -41,7 +41,7 @@ def test_zeroing_one_head_in_z_matches_hand_computation(model, tokens):
     resid_mid = cache["resid_mid", layer] - head_out
     block = model.blocks[layer]
     resid_post = resid_mid + block.mlp(block.ln2(resid_mid))
-    expected = model.unembed(model.run_blocks(resid_post, start=layer + 1))
+    expected = model.logits_from_resid(model.run_blocks(resid_post, start=layer + 1))
     assert (logits - expected).abs().max() < 1e-4
 
 
@@ -133,7 +133,7 @@ def test_backward_hooks_see_autograd_gradients_and_can_replace_them(model, token
     # a backward hook that zeroes the gradient at resid_pre of block 1 cuts it off from the embeddings
     logits = model.run_with_hooks(tokens, bwd_hooks=[("blocks.1.hook_resid_pre", lambda g, hook: torch.zeros_like(g))])
     logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None]).mean().backward()
-    assert model.wpe.weight.grad.abs().max() == 0
+    assert model.W_pos.grad.abs().max() == 0
     model.zero_grad(set_to_none=True)
     assert no_hooks_attached(model)
 

@@ -39,6 +39,8 @@ def tiny_nanogpt_checkpoint(**extra) -> dict:
             state[f"transformer.{k}"] = v
     state["transformer.ln_f.weight"] = state.pop("transformer.ln_final.weight")
     state["transformer.ln_f.bias"] = state.pop("transformer.ln_final.bias")
+    state["transformer.wte.weight"] = state.pop("transformer.embed.W_E")
+    state["transformer.wpe.weight"] = state.pop("transformer.pos_embed.W_pos")
     args = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=50257, bias=True)
     return {"model_args": args, "model": state, **extra}
 
@@ -120,5 +122,5 @@ def test_both_torch_save_formats_still_load(tmp_path):
     torch.save(ckpt, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
     for name in ("zip.pt", "legacy.pt"):
         model = workbench.load_model(tmp_path / name, device="cpu")
-        assert torch.equal(model.wte.weight, ckpt["model"]["transformer.wte.weight"])
+        assert torch.equal(model.W_E, ckpt["model"]["transformer.wte.weight"])
         assert torch.equal(model.blocks[0].attn.c_attn.weight, ckpt["model"]["transformer.h.0.attn.c_attn.weight"])

@@ -96,9 +96,15 @@ def model_state_sha256(model: torch.nn.Module) -> str:
     Each tensor contributes its name, shape and little-endian float32 bytes, so the hash does not
     depend on the device or the file format, and a model loaded in float32 or float16 from float16
     weights hashes the same. Casting float32 weights down to float16 or bfloat16 changes them, and
-    so the hash."""
+    so the hash.
+
+    Keys are hashed by the names they had when the hash was defined (`loading.RENAMED_KEYS`: embed.W_E
+    as wte.weight, pos_embed.W_pos as wpe.weight), so runs recorded before the rename still replay."""
+    from workbench.models.loading import RENAMED_KEYS
+
+    former = {new: old for old, new in RENAMED_KEYS.items()}
     h = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
+    for key, tensor in sorted(((former.get(k, k), v) for k, v in model.state_dict().items()), key=lambda kv: kv[0]):
         t = tensor.detach().to(device="cpu", dtype=torch.float32).contiguous()
         h.update(f"{key}:{tuple(t.shape)};".encode())
         h.update(t.numpy().astype("<f4", copy=False).data)  # a view of the bytes, not a copy

@@ -382,9 +382,9 @@ class HookedRootModule(nn.Module):
                                    stop_at_layer=stop_at_layer)
         store.update(grad_store)
         derived = [n for n in derived if derived_from(n) in store]  # not those past stop_at_layer
-        cache = ActivationCache(store, self.attention_layers(), derived=derived)
-        if remove_batch_dim:  # works whether remove_batch_dim edits the cache in place or returns a new one
-            cache = cache.remove_batch_dim() or cache
+        cache = ActivationCache(store, self, derived=derived)
+        if remove_batch_dim:
+            cache.remove_batch_dim()  # in place, as TransformerLens
         return output, cache
 
 

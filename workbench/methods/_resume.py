@@ -80,12 +80,12 @@ def cached_runs(
         store[hook.name] = x.detach()
 
     with torch.no_grad(), model.hooks(fwd_hooks=[(n, save) for n in dict.fromkeys(names)]):
-        resid = model.run_blocks(model.embed(torch.cat(list(runs))))
+        resid = model.run_blocks(model.embed_input(torch.cat(list(runs))))
         logits = unembed(model, resid[:, list(read)], vocab)
     out, offset = [], 0
     for tokens in runs:
         rows = slice(offset, offset + tokens.shape[0])
-        out.append((logits[rows], ActivationCache({k: v[rows] for k, v in store.items()}, model.attention_layers())))
+        out.append((logits[rows], ActivationCache({k: v[rows] for k, v in store.items()}, model)))
         offset += tokens.shape[0]
     return out
 
@@ -109,7 +109,7 @@ def unembed(
     """The model's logits; with `vocab`, only those token ids are computed and the rest are 0
     (for metrics that read a few tokens: the unembedding is the biggest matrix of the model)."""
     if vocab is None:
-        return model.unembed(resid)
+        return model.logits_from_resid(resid)
     ids = torch.tensor(list(vocab), device=resid.device)
     picked = model.ln_final(resid) @ model.W_U[:, ids]
     logits = picked.new_zeros(*picked.shape[:-1], model.cfg.d_vocab)

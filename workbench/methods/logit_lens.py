@@ -92,10 +92,10 @@ def logit_lens(
     names = act_names("resid_pre", range(model.cfg.n_layer)) + [act_name("resid_post", model.cfg.n_layer - 1)]
     store = {}
     with torch.no_grad(), model.hooks(fwd_hooks=[(n, lambda x, hook: store.__setitem__(hook.name, x)) for n in names]):
-        model.run_blocks(model.embed(tokens))  # the residual streams only: the lens does the unembedding
-        resid, labels = ActivationCache(store, model.attention_layers()).accumulated_resid(return_labels=True)
+        model.run_blocks(model.embed_input(tokens))  # the residual streams only: the lens does the unembedding
+        resid, labels = ActivationCache(store, model).accumulated_resid(return_labels=True)
         # every layer in one matmul: [(layer batch) pos d_model] -> [(layer batch) pos d_vocab]
-        flat = model.unembed(einops.rearrange(resid, "layer batch pos d_model -> (layer batch) pos d_model"))
+        flat = model.logits_from_resid(einops.rearrange(resid, "layer batch pos d_model -> (layer batch) pos d_model"))
         log_probs = einops.rearrange(flat.float().log_softmax(-1), "(layer batch) pos d_vocab -> layer batch pos d_vocab",
                                      layer=len(labels))
     top = log_probs.topk(top_k, dim=-1)

@@ -1,5 +1,7 @@
-"""The typed GPT: config, layernorm, attention, mlp, gpt (the model), tokens (text and token ids),
-tokenizer, loading (checkpoints), bundled and default (the models shipped with the package).
+"""The typed GPT: config, embed (embed, pos_embed, unembed), layernorm, attention, mlp, gpt (the
+model), weights (every layer's weights stacked, the OV and QK circuits), factored_matrix
+(`FactoredMatrix`), tokens (text and token ids), tokenizer, loading (checkpoints), bundled and
+default (the models shipped with the package).
 
 Axis vocabulary. Every annotation, einops pattern, DataFrame column and plot axis in workbench
 uses these names, and only these:
@@ -26,14 +28,18 @@ uses these names, and only these:
     token      one (row, position) pair that a packed sweep forward actually computes
     k          a rank among the most likely next tokens (the logit lens's top k)
     three      q, k and v, when the fused c_attn output is split
+    ldim       the rows of a `FactoredMatrix` A @ B (A's rows), e.g. d_model for a head's OV circuit
+    mdim       the inner width a `FactoredMatrix`'s factors share (A's columns, B's rows), e.g. d_head
+    rdim       the columns of a `FactoredMatrix` (B's columns)
 
 (`_` in an annotation is jaxtyping's unchecked axis. As a DataFrame column, `token` is the text of
 the token at `pos`.)
 """
 
 from workbench.models.config import PRESETS, GPTConfig
+from workbench.models.factored_matrix import FactoredMatrix
 from workbench.models.gpt import GPT, Block
 from workbench.models.loading import load_model
 from workbench.models.tokenizer import gpt2_tokenizer
 
-__all__ = ["GPT", "GPTConfig", "Block", "PRESETS", "gpt2_tokenizer", "load_model"]
+__all__ = ["GPT", "GPTConfig", "Block", "FactoredMatrix", "PRESETS", "gpt2_tokenizer", "load_model"]

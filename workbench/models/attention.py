@@ -1,7 +1,8 @@
 """Causal multi-head self-attention: c_attn -> heads -> c_proj.
 
 Weights are stored fused, as in GPT-2 checkpoints (one matmul for q, k and v); the per-head
-views `W_Q [head d_model d_head]`, `W_O [head d_head d_model]`, ... share their storage.
+views `W_Q [head d_model d_head]`, `W_O [head d_head d_model]`, ... share their storage, and `OV`
+and `QK` are each head's circuits as `FactoredMatrix`es (TransformerLens's definitions).
 
 The attention maths lives here once, as pieces that `forward` and the methods call:
 `split_qkv` (x -> q, k, v), `causal_mask`, `scores` (masked, scaled), `pattern`, `mix`
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from workbench.hooks.hook_point import HookPoint
 from workbench.models.config import GPTConfig
+from workbench.models.factored_matrix import FactoredMatrix
 
 
 class Attention(nn.Module):
@@ -151,10 +153,10 @@ class Attention(nn.Module):
         w = self.c_attn.weight[i * d_model : (i + 1) * d_model]
         return einops.rearrange(w, "(head d_head) d_model -> head d_model d_head", head=self.n_head)
 
-    def _qkv_bias(self, i: int) -> Float[Tensor, "head d_head"] | None:
-        if self.c_attn.bias is None:
-            return None
+    def _qkv_bias(self, i: int) -> Float[Tensor, "head d_head"]:
         d_model = self.c_attn.in_features
+        if self.c_attn.bias is None:  # a bias-free model: zeros, as its computation adds none
+            return self.c_attn.weight.new_zeros(self.n_head, self.d_head)
         b = self.c_attn.bias[i * d_model : (i + 1) * d_model]
         return einops.rearrange(b, "(head d_head) -> head d_head", head=self.n_head)
 
@@ -170,5 +172,16 @@ class Attention(nn.Module):
         return einops.rearrange(self.c_proj.weight, "d_model (head d_head) -> head d_head d_model", head=self.n_head)
 
     @property
-    def b_O(self) -> Float[Tensor, "d_model"] | None:
-        return self.c_proj.bias
+    def b_O(self) -> Float[Tensor, "d_model"]:
+        return self.c_proj.weight.new_zeros(self.c_proj.out_features) if self.c_proj.bias is None else self.c_proj.bias
+
+    # The head's circuits as TransformerLens defines them, [head d_model d_model] of rank d_head.
+    @property
+    def OV(self) -> FactoredMatrix:
+        """W_V @ W_O per head: what a head writes for each residual-stream direction it reads."""
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """W_Q @ W_K.T per head: x_q @ QK @ x_k / sqrt(d_head) is the attention score before biases."""
+        return FactoredMatrix(self.W_Q, self.W_K.mT)

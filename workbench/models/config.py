@@ -1,10 +1,14 @@
-"""`GPTConfig`: the hyperparameters of a GPT-2 / nanoGPT decoder, with nanoGPT's names."""
+"""`GPTConfig`: the hyperparameters of a GPT-2 / nanoGPT decoder, with nanoGPT's names, and
+TransformerLens's `HookedTransformerConfig` names for them, read-only."""
 
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
+
+import torch
 
 from workbench.errors import ModelConfigError
 
@@ -17,6 +21,13 @@ class GPTConfig:
 
     `activation`: GPT-2 uses the tanh approximation of GELU ("gelu_tanh"); nanoGPT's own
     training code uses the exact erf GELU ("gelu"). Mixing them up shifts logits by ~1e-3.
+
+    The fields carry nanoGPT's names (n_layer, n_head, n_embd, vocab_size, block_size). TransformerLens's
+    names (n_layers, n_heads, d_model, d_vocab, n_ctx, act_fn, eps, ...) are read-only properties
+    derived from them, or constants every GPT-2 shares, so each value has one source. Three depend on
+    the model rather than its shape: `device`, `dtype` and `model_name` read the model live (a model's
+    `cfg` is its own copy, bound to it by `GPT.__init__`; a config not bound to a model, such as
+    `PRESETS["gpt2"]`, which many models may share, says None).
     """
 
     n_layer: int = 12
@@ -41,7 +52,34 @@ class GPTConfig:
         if self.activation not in ("gelu_tanh", "gelu"):
             raise ModelConfigError(f"GPTConfig.activation must be 'gelu_tanh' or 'gelu', got {self.activation!r}")
 
-    # Names from the interpretability literature (TransformerLens's cfg), derived.
+    # ---------------------------------------------- TransformerLens's names (HookedTransformerConfig)
+    # The same for every GPT-2 (class constants: not fields, so not saved and frozen like the rest).
+    normalization_type: ClassVar[str] = "LN"
+    positional_embedding_type: ClassVar[str] = "standard"  # learned absolute positions (W_pos)
+    original_architecture: ClassVar[str] = "GPT2LMHeadModel"
+    tokenizer_name: ClassVar[str] = "gpt2"  # every workbench model uses GPT-2's tokenizer
+    init_range: ClassVar[float] = 0.02  # std of GPT.init_weights
+    attn_only: ClassVar[bool] = False
+    final_rms: ClassVar[bool] = False
+    default_prepend_bos: ClassVar[bool] = True  # text inputs get a BOS token
+    n_key_value_heads: ClassVar[int | None] = None  # no grouped-query attention
+    use_split_qkv_input: ClassVar[bool] = False
+    # TransformerLens computes attn.hook_result only with this flag set; workbench computes it whenever
+    # it is hooked or cached, with no flag, so it stays False (no forward computes it unasked).
+    use_attn_result: ClassVar[bool] = False
+
+    @property
+    def n_layers(self) -> int:
+        return self.n_layer
+
+    @property
+    def n_heads(self) -> int:
+        return self.n_head
+
+    @property
+    def n_ctx(self) -> int:
+        return self.block_size
+
     @property
     def d_model(self) -> int:
         return self.n_embd
@@ -57,6 +95,49 @@ class GPTConfig:
     @property
     def d_vocab(self) -> int:
         return self.vocab_size
+
+    @property
+    def d_vocab_out(self) -> int:
+        return self.vocab_size  # the unembedding is tied to the embedding
+
+    @property
+    def eps(self) -> float:
+        return self.layer_norm_eps
+
+    @property
+    def act_fn(self) -> str:
+        return {"gelu_tanh": "gelu_new", "gelu": "gelu"}[self.activation]  # TransformerLens's names
+
+    # Read off the model this config is bound to (None when unbound).
+    @property
+    def device(self) -> str | None:
+        model = self._model()
+        return None if model is None else str(model.device)
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        model = self._model()
+        return None if model is None else model.dtype
+
+    @property
+    def model_name(self) -> str | None:
+        model = self._model()
+        return None if model is None else model.name
+
+    def bound_to(self, model: Any) -> GPTConfig:
+        """A copy of this config whose `device`, `dtype` and `model_name` are `model`'s, read live
+        (held by a weak reference: the config keeps no model alive)."""
+        cfg = dataclasses.replace(self)
+        object.__setattr__(cfg, "_model_ref", weakref.ref(model))
+        return cfg
+
+    def _model(self) -> Any:
+        ref = self.__dict__.get("_model_ref")
+        return None if ref is None else ref()
+
+    def __getstate__(self) -> dict:
+        # a weak reference cannot be pickled or copied; the model that holds this config binds its copy
+        return {k: v for k, v in self.__dict__.items() if k != "_model_ref"}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import einops
 import torch
 from tqdm.auto import tqdm
 from jaxtyping import Float, Int
@@ -15,9 +14,11 @@ from workbench.hooks.hook_point import HookPoint
 from workbench.hooks.hooked import HookedRootModule
 from workbench.models.attention import Attention
 from workbench.models.config import GPTConfig
+from workbench.models.embed import Embed, PosEmbed, Unembed
 from workbench.models.layernorm import LayerNorm
 from workbench.models.mlp import MLP
 from workbench.models.tokens import TokenMixin
+from workbench.models.weights import WeightsMixin
 
 
 class Block(nn.Module):
@@ -42,34 +43,37 @@ class Block(nn.Module):
         return self.hook_resid_post(resid_mid + mlp_out)
 
 
-class GPT(TokenMixin, HookedRootModule):
-    """A GPT-2-style decoder with TransformerLens hook names (see `hook_names()`).
+class GPT(TokenMixin, WeightsMixin, HookedRootModule):
+    """A GPT-2-style decoder with TransformerLens's component and hook names (see `hook_names()`).
 
     `model(tokens)` checks its input (ids, or text which gets a BOS token) and returns logits;
-    `forward` takes checked [batch pos] ids. Text helpers come from `TokenMixin` (tokens.py),
-    hooks and caching from `HookedRootModule` (workbench/hooks)."""
+    `forward` takes checked [batch pos] ids. As in TransformerLens, `embed` is the token embedding
+    only (W_E), `pos_embed` the position embedding (W_pos) and `unembed` maps the normalised final
+    residual stream to logits (W_U, tied to W_E); `embed_input` and `logits_from_resid` are the two
+    ends of the forward. Text helpers come from `TokenMixin` (tokens.py), hooks and caching from
+    `HookedRootModule` (workbench/hooks)."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.d_model)
+        self.cfg = cfg.bound_to(self)  # this model's own copy: cfg.device, dtype, model_name read the model
+        self.embed = Embed(cfg)  # the checkpoint's wte
         self.hook_embed = HookPoint()
+        self.pos_embed = PosEmbed(cfg)  # the checkpoint's wpe
         self.hook_pos_embed = HookPoint()
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_final = LayerNorm(cfg)
+        self.unembed = Unembed(self.embed)  # tied: W_U is W_E transposed
         self.name = "untrained"  # set by load_model
         self.setup()
         self.init_weights()
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
         """Logits for [batch pos] ids already checked by `prepare_tokens` (call `model(...)`, which checks)."""
-        return self.unembed(self.run_blocks(self.embed(tokens)))
+        return self.logits_from_resid(self.run_blocks(self.embed_input(tokens)))
 
-    def embed(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        pos_embed = einops.repeat(self.wpe(positions), "pos d_model -> batch pos d_model", batch=tokens.shape[0])
-        return self.hook_embed(self.wte(tokens)) + self.hook_pos_embed(pos_embed)
+    def embed_input(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        """The residual stream entering block 0: token plus position embeddings (through their hooks)."""
+        return self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(tokens))
 
     def run_blocks(
         self, resid: Float[Tensor, "batch pos d_model"], *, start: int = 0, stop: int | None = None
@@ -79,18 +83,23 @@ class GPT(TokenMixin, HookedRootModule):
             resid = block(resid)
         return resid
 
-    def unembed(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
-        return self.ln_final(resid) @ self.wte.weight.T  # unembedding tied to the token embedding
+    def logits_from_resid(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+        """Logits of a final residual stream (the last block's resid_post): `ln_final`, then `unembed`."""
+        return self.unembed(self.ln_final(resid))
 
     # ------------------------------------------------------------------ weights
-    def init_weights(self, *, std: float = 0.02) -> None:
-        """GPT-2 / nanoGPT initialisation: weights ~ N(0, std) (GPT-2 uses 0.02 at d_model 768), biases
-        zero, LayerNorms identity, and the projections into the residual stream scaled by 1/sqrt(2 n_layer)."""
+    def init_weights(self, *, std: float | None = None) -> None:
+        """GPT-2 / nanoGPT initialisation: weights ~ N(0, std) (default `cfg.init_range`, GPT-2's 0.02),
+        biases zero, LayerNorms identity, and the projections into the residual stream scaled by
+        1/sqrt(2 n_layer)."""
+        std = self.cfg.init_range if std is None else std
+        nn.init.normal_(self.embed.W_E, mean=0.0, std=std)
+        nn.init.normal_(self.pos_embed.W_pos, mean=0.0, std=std)
         for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
+            if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
             if isinstance(module, LayerNorm):
                 nn.init.ones_(module.weight)
                 if module.bias is not None:
@@ -99,25 +108,34 @@ class GPT(TokenMixin, HookedRootModule):
             nn.init.normal_(block.attn.c_proj.weight, mean=0.0, std=std / math.sqrt(2 * self.cfg.n_layer))
             nn.init.normal_(block.mlp.c_proj.weight, mean=0.0, std=std / math.sqrt(2 * self.cfg.n_layer))
 
+    # TransformerLens's names for the embedding weights (the components' own, not copies).
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
-        return self.wte.weight
+        return self.embed.W_E
 
     @property
     def W_pos(self) -> Float[Tensor, "pos d_model"]:
-        return self.wpe.weight
+        return self.pos_embed.W_pos
 
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
-        return self.wte.weight.T
+        return self.unembed.W_U
+
+    @property
+    def b_U(self) -> Float[Tensor, " d_vocab"]:
+        return self.unembed.b_U
 
     @property
     def device(self) -> torch.device:
-        return self.wte.weight.device
+        return self.embed.W_E.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.wte.weight.dtype
+        return self.embed.W_E.dtype
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.cfg = self.cfg.bound_to(self)  # a copied or unpickled model: its config reads the copy
 
     def attention_layers(self) -> list[Attention]:
         return [block.attn for block in self.blocks]

@@ -34,3 +34,12 @@ class LayerNorm(nn.Module):
             normalized = F.layer_norm(x, x.shape[-1:], None, None, self.eps)
         normalized = self.hook_normalized(normalized) * self.weight
         return normalized if self.bias is None else normalized + self.bias
+
+    # TransformerLens's names for the affine parameters (the parameters themselves; zeros for no bias).
+    @property
+    def w(self) -> Float[Tensor, "d_model"]:
+        return self.weight
+
+    @property
+    def b(self) -> Float[Tensor, "d_model"]:
+        return self.weight.new_zeros(self.weight.shape) if self.bias is None else self.bias

@@ -23,8 +23,8 @@ HUB_REPOS = {name: repo_of(name) for name in PRESETS}
 
 # Source key (HF GPT2LMHeadModel and nanoGPT share names, after dropping "transformer.") -> ours.
 KEY_TABLE = {
-    r"wte\.weight": "wte.weight",
-    r"wpe\.weight": "wpe.weight",
+    r"wte\.weight": "embed.W_E",
+    r"wpe\.weight": "pos_embed.W_pos",
     r"h\.(\d+)\.ln_1\.(weight|bias)": r"blocks.\1.ln1.\2",
     r"h\.(\d+)\.attn\.c_attn\.(weight|bias)": r"blocks.\1.attn.c_attn.\2",
     r"h\.(\d+)\.attn\.c_proj\.(weight|bias)": r"blocks.\1.attn.c_proj.\2",
@@ -37,6 +37,9 @@ KEY_TABLE = {
 CONV1D = re.compile(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
 # Causal-mask buffers of old checkpoints, and the unembedding that GPT-2 ties to wte.
 IGNORED = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)|lm_head\.weight")
+# Workbench's own keys before embed and pos_embed took TransformerLens's component names: how
+# workbench-format files written before then (the bundled model among them) are read.
+RENAMED_KEYS = {"wte.weight": "embed.W_E", "wpe.weight": "pos_embed.W_pos"}
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -150,7 +153,7 @@ def convert_state_dict(source: dict[str, torch.Tensor], *, conv1d: bool) -> dict
                 break
         else:
             raise CheckpointError(f"unexpected key {key!r} in checkpoint; expected GPT-2 / nanoGPT parameter names")
-    if lm_head is not None and "wte.weight" in out and not torch.equal(lm_head, out["wte.weight"]):
+    if lm_head is not None and "embed.W_E" in out and not torch.equal(lm_head, out["embed.W_E"]):
         raise CheckpointError("lm_head.weight differs from wte.weight: untied unembeddings are not supported")
     return out
 
@@ -185,6 +188,7 @@ def load_directory(path: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
         raise CheckpointError(f"{config_file} is not valid JSON: {e}") from None
     state = read_weights(weights_path(path))
     if raw.get("format") == FORMAT:
+        state = {RENAMED_KEYS.get(k, k): v for k, v in state.items()}
         return GPTConfig.from_dict(raw["config"]), state  # stored fp16; `build` casts to the dtype asked for
     return config_from_hf(raw), convert_state_dict(state, conv1d=True)
 

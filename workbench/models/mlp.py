@@ -25,7 +25,7 @@ class MLP(nn.Module):
         post: Float[Tensor, "batch pos d_mlp"] = self.hook_post(F.gelu(pre, approximate=self.approximate))
         return self.c_proj(post)
 
-    # Per-neuron weights as TransformerLens lays them out (views, not copies).
+    # Per-neuron weights as TransformerLens lays them out (views, not copies; zeros for a bias-free model).
     @property
     def W_in(self) -> Float[Tensor, "d_model d_mlp"]:
         return self.c_fc.weight.T
@@ -33,3 +33,11 @@ class MLP(nn.Module):
     @property
     def W_out(self) -> Float[Tensor, "d_mlp d_model"]:
         return self.c_proj.weight.T
+
+    @property
+    def b_in(self) -> Float[Tensor, "d_mlp"]:
+        return self.c_fc.weight.new_zeros(self.c_fc.out_features) if self.c_fc.bias is None else self.c_fc.bias
+
+    @property
+    def b_out(self) -> Float[Tensor, "d_model"]:
+        return self.c_proj.weight.new_zeros(self.c_proj.out_features) if self.c_proj.bias is None else self.c_proj.bias
