@@ -69,6 +69,9 @@ def test_run_with_cache_return_type_and_remove_batch_dim_match_transformerlens(m
     for name in ("hook_embed", "blocks.1.attn.hook_pattern", "blocks.0.hook_resid_post", "ln_final.hook_scale"):
         assert close(cache[name], tl_cache[name]), name
     assert cache["blocks.1.attn.hook_pattern"].ndim == 3  # [head query_pos key_pos]
+    with torch.no_grad():
+        _, batched = model.run_with_cache(TEXTS[0])
+    assert close(cache["result", 1], batched["result", 1][0])  # computed from hook_z when read, batch axis gone too
     with pytest.raises(InputError, match="batch of one"):
         model.run_with_cache(TEXTS, remove_batch_dim=True)
 
