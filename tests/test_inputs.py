@@ -30,8 +30,8 @@ def test_prompt_with_no_text_is_refused_not_run_as_bos_alone(model):
                  lambda t: model.generate(t, max_new_tokens=1), lambda t: model.to_str_tokens(t)):
         with pytest.raises(InputError, match=EMPTY):
             call("")
-    with pytest.raises(InputError, match=f"^tokens\\[1\\]: {EMPTY}"):
-        model(["some text", ""])
+    with pytest.raises(InputError, match=f"^input\\[1\\]: {EMPTY}"):
+        model(["some text", ""])  # the argument is `input`, as TransformerLens names it
     with pytest.raises(InputError, match=f"^text: {EMPTY}"):
         model.to_tokens("")
     bos = torch.tensor([[50256]])

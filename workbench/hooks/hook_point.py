@@ -8,6 +8,7 @@ gradient of the activation; returning a tensor replaces that gradient.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -20,37 +21,73 @@ HookFn = Callable[..., "Tensor | None"]
 Direction = Literal["fwd", "bwd"]
 
 
+@dataclass(frozen=True, eq=False)
+class Hook:
+    """One attachment of a hook function: permanent hooks survive `reset_hooks()` unless asked;
+    `level` is the `model.hooks(...)` context that attached it (None outside any)."""
+
+    fn: HookFn
+    is_permanent: bool = False
+    level: int | None = None
+
+    def matches(self, including_permanent: bool, level: int | None) -> bool:
+        return (including_permanent or not self.is_permanent) and (level is None or self.level == level)
+
+
 class HookPoint(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.name: str = ""  # set by HookedRootModule.setup_hooks
-        self.fwd_hooks: list[HookFn] = []
-        self.bwd_hooks: list[HookFn] = []
+        self.name: str = ""  # set by HookedRootModule.setup
+        self.fwd_hooks: list[Hook] = []
+        self.bwd_hooks: list[Hook] = []
+        self.ctx: dict = {}  # scratch space for hooks (TransformerLens's hook.ctx); cleared by reset_hooks
 
     @property
     def has_hooks(self) -> bool:
         return bool(self.fwd_hooks or self.bwd_hooks)
 
-    def add_hook(self, fn: HookFn, dir: Direction = "fwd") -> Callable[[], None]:
-        """Attach `fn`; returns a function that detaches exactly this attachment."""
+    def add_hook(
+        self,
+        fn: HookFn,
+        dir: Direction = "fwd",
+        *,
+        is_permanent: bool = False,
+        level: int | None = None,
+        prepend: bool = False,
+    ) -> Callable[[], None]:
+        """Attach `fn` (first, with `prepend`); returns a function that detaches exactly this attachment."""
         hooks = self._hooks_for(dir)
-        hooks.append(fn)
+        entry = Hook(fn, is_permanent, level)
+        hooks.insert(0, entry) if prepend else hooks.append(entry)
 
         def remove() -> None:
             for i, h in enumerate(hooks):
-                if h is fn:
+                if h is entry:
                     del hooks[i]
                     return
 
         return remove
 
-    def remove_hooks(self, dir: Literal["fwd", "bwd", "both"] = "both") -> None:
-        if dir in ("fwd", "both"):
-            self.fwd_hooks.clear()
-        if dir in ("bwd", "both"):
-            self.bwd_hooks.clear()
+    def remove_hooks(
+        self,
+        dir: Literal["fwd", "bwd", "both"] = "fwd",
+        *,
+        including_permanent: bool = False,
+        level: int | None = None,
+    ) -> None:
+        """Detach hooks in direction `dir` (TransformerLens's default: "fwd"): all but the permanent
+        ones, all of them with `including_permanent`, only those of context `level` if given."""
+        if dir not in ("fwd", "bwd", "both"):
+            raise HookUsageError(f"hook direction must be 'fwd', 'bwd' or 'both', got {dir!r}")
+        for d in ("fwd", "bwd"):
+            if dir in (d, "both"):
+                hooks = self._hooks_for(d)
+                hooks[:] = [h for h in hooks if not h.matches(including_permanent, level)]
 
-    def _hooks_for(self, dir: str) -> list[HookFn]:
+    def clear_context(self) -> None:
+        self.ctx = {}
+
+    def _hooks_for(self, dir: str) -> list[Hook]:
         if dir == "fwd":
             return self.fwd_hooks
         if dir == "bwd":
@@ -62,13 +99,14 @@ class HookPoint(nn.Module):
         return layer_of(self.name)
 
     def forward(self, x: Tensor) -> Tensor:
-        for fn in self.fwd_hooks:
-            out = fn(x, hook=self)
-            if out is not None:
-                x = self._checked(out, x, fn)
+        if self.fwd_hooks:
+            for h in list(self.fwd_hooks):  # a copy: a hook may attach or detach hooks
+                out = h.fn(x, hook=self)
+                if out is not None:
+                    x = self._checked(out, x, h.fn)
         if self.bwd_hooks and x.requires_grad:
-            for fn in self.bwd_hooks:
-                x.register_hook(self._grad_hook(fn))
+            for h in self.bwd_hooks:
+                x.register_hook(self._grad_hook(h.fn))
         return x
 
     def _grad_hook(self, fn: HookFn) -> Callable[[Tensor], Tensor | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from tqdm.auto import tqdm
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
@@ -63,7 +64,7 @@ class GPT(TokenMixin, WeightsMixin, HookedRootModule):
         self.ln_final = LayerNorm(cfg)
         self.unembed = Unembed(self.embed)  # tied: W_U is W_E transposed
         self.name = "untrained"  # set by load_model
-        self.setup_hooks()
+        self.setup()
         self.init_weights()
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
@@ -143,28 +144,83 @@ class GPT(TokenMixin, WeightsMixin, HookedRootModule):
     @torch.no_grad()
     def generate(
         self,
-        tokens: Tensor | str,
+        input: Tensor | str | list[str],
+        max_new_tokens: int = 10,
         *,
-        max_new_tokens: int = 50,
-        temperature: float = 1.0,
+        stop_at_eos: bool = True,
+        eos_token_id: int | None = None,
+        do_sample: bool = True,
         top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float = 1.0,
         seed: int | None = None,
-    ) -> Int[Tensor, "batch pos"]:
-        """Sample a continuation (temperature 0 = greedy); returns prompt and continuation ids."""
-        tokens = self.prepare_tokens(tokens)  # checked once; the loop runs forward on ids only
+        prepend_bos: bool | None = None,
+        return_type: str = "input",
+        use_past_kv_cache: bool = True,
+        verbose: bool = False,
+    ) -> Int[Tensor, "batch pos"] | str | list[str]:
+        """Continue `input` by up to `max_new_tokens` tokens, sampled (temperature, then top_k or else
+        top_p, as TransformerLens) from a
+        generator seeded with `seed` (None = 0, so a call repeats), or greedy with do_sample=False
+        or temperature 0. With `stop_at_eos` a sequence ends at <|endoftext|> (`eos_token_id`) and
+        is padded with it while others go on; the loop stops when all have ended.
+
+        Returns, as TransformerLens: with return_type "input", text for text and ids for ids; "str":
+        the prompt and continuation as text, special tokens left out (a string for a string or a
+        batch of one, else a list); "tokens": the [batch pos] ids of prompt and continuation. The whole prefix is recomputed at each step (no key/value cache;
+        `use_past_kv_cache` is accepted and changes nothing but speed in TransformerLens); a prefix
+        longer than the context keeps its last block_size tokens. `verbose` shows a progress bar."""
+        text_input = isinstance(input, str) or (isinstance(input, list) and bool(input) and isinstance(input[0], str))
+        tokens = self.prepare_tokens(input, name="input", prepend_bos=prepend_bos)  # checked once
+        if isinstance(input, list) and len({len(self.tokenizer.encode(t)) for t in input}) > 1:
+            raise InputError(
+                "generate: the prompts are of different token lengths; right padding would put "
+                "<|endoftext|> between a prompt and its continuation (this model takes no attention mask, "
+                "so it cannot left-pad as TransformerLens does): generate them one at a time"
+            )
         if temperature < 0:
             raise InputError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k <= 0:
+            raise InputError(f"top_k must be a positive number of tokens, got {top_k}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise InputError(f"top_p must be a probability in (0, 1], got {top_p}")
+        if return_type not in ("input", "str", "tokens"):
+            raise InputError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}")
+        eos = self.tokenizer.eos_token_id if eos_token_id is None else eos_token_id
         generator = torch.Generator(device=self.device)
         generator.manual_seed(0 if seed is None else seed)
-        for _ in range(max_new_tokens):
+        finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=self.device)
+        for _ in tqdm(range(max_new_tokens), disable=not verbose, desc="generate", unit="token"):
             logits = self._forward_checked(tokens[:, -self.cfg.block_size :])[:, -1].float()
-            if temperature == 0:
+            if temperature == 0 or not do_sample:
                 nxt = logits.argmax(-1, keepdim=True)
             else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                logits = _keep_top(logits / temperature, top_k=top_k, top_p=top_p)
                 nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+            if stop_at_eos:
+                nxt = nxt.masked_fill(finished[:, None], eos)
+                finished |= nxt[:, 0] == eos
             tokens = torch.cat([tokens, nxt], dim=1)
-        return tokens
+            if stop_at_eos and bool(finished.all()):
+                break
+        if return_type == "tokens" or (return_type == "input" and not text_input):
+            return tokens
+        texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        return texts[0] if isinstance(input, str) or len(texts) == 1 else texts  # as TransformerLens
+
+
+def _keep_top(
+    logits: Float[Tensor, "batch d_vocab"], *, top_k: int | None, top_p: float | None
+) -> Float[Tensor, "batch d_vocab"]:
+    """Logits outside the `top_k` largest, or else outside the smallest set whose probability
+    reaches `top_p` (nucleus sampling; the top token always stays), set to -inf, as TransformerLens."""
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        return logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = torch.zeros_like(cumulative, dtype=torch.bool)
+        drop[:, 1:] = cumulative[:, :-1] > top_p  # a token stays unless the tokens above it hold more than top_p
+        return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
