@@ -20,7 +20,7 @@ there (positions before the first differing token) gets the base run's metric wi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -31,10 +31,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from workbench.errors import InputError
-from workbench.hooks import act_name
+from workbench.hooks import ActivationCache, act_name
 from workbench.methods._checks import as_index_list, as_tokens, check_sweep_options
 from workbench.methods._resume import (
-    BaseRun, CellGroup, ZDiff, all_rows, base_names, cached_runs, entry_of, run_cells, through_W_O,
+    BaseRun, CellGroup, ZDiff, all_rows, base_names, cached_runs, entry_of, run_cells, through_W_O, unembed,
 )
 from workbench.methods.metrics import Metric, as_metric, clean_beats_corrupted, normalize, scalar
 from workbench.models import GPT
@@ -199,7 +199,7 @@ def first_difference(clean: Tensor, corrupted: Tensor) -> int:
 
 def activation_patching(
     model: GPT,
-    clean_tokens: Tensor | str | Sequence[str],
+    clean_tokens: Tensor | str | Sequence[str] | None,
     corrupted_tokens: Tensor | str | Sequence[str],
     metric: Metric | Callable[[Tensor], Tensor],
     *,
@@ -208,6 +208,7 @@ def activation_patching(
     layers: Sequence[int] | None = None,
     max_batch: int | None = None,
     progress: bool | Callable[[int, int], None] = True,
+    clean_cache: ActivationCache | Mapping[str, Tensor] | None = None,
 ) -> PatchingResult:
     """Run one prompt, restore one activation from the other, and measure `metric`, for every cell.
 
@@ -220,14 +221,27 @@ def activation_patching(
     memory budget every forward keeps to).
     `progress`: True for a console bar, False for none, or a callback `progress(done, total)`
     called with the number of cells done after each forward (e.g. to drive a dashboard's bar).
+    `clean_cache`: the clean run's activations (e.g. `model.run_with_cache(clean_tokens)[1]`, batch
+    axis kept) in place of `clean_tokens`, which must then be None: TransformerLens's `get_act_patch_*`
+    calling convention (`workbench.patching`). Denoising only. The cache must hold the patched
+    activations and the last block's `hook_resid_post` (for `clean_value`); every cell is run, since
+    where the prompts agree is unknown, and `str_tokens` are the corrupted prompt's.
 
     Returns a `PatchingResult` whose values[layer, pos] / [layer, head] / [layer, pos, head] is
     the metric of the patched run (TransformerLens's `get_act_patch_*` numbers).
     """
     check_sweep_options(max_batch, progress)
-    target, direction, clean, corrupted, metric, layers = check_inputs(
-        model, clean_tokens, corrupted_tokens, metric, target=target, direction=direction, layers=layers
-    )
+    if clean_cache is None:
+        target, direction, clean, corrupted, metric, layers = check_inputs(
+            model, clean_tokens, corrupted_tokens, metric, target=target, direction=direction, layers=layers
+        )
+    else:
+        if clean_tokens is not None:
+            raise InputError("give clean_tokens or clean_cache, not both (clean_tokens=None with a clean_cache)")
+        if check_direction(direction) != "denoise":
+            raise InputError("clean_cache patches clean activations into the corrupted run: direction must be 'denoise'")
+        target, metric, layers = check_target(target), as_metric(metric), check_layers(model, layers)
+        clean, corrupted = None, as_tokens(model, corrupted_tokens, "corrupted_tokens")
     base_tokens, source_tokens = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
     hooks = [target_hook(target, l) for l in layers]
     if target.startswith(("head_q", "head_k", "head_v", "head_pattern")):  # patched z needs q, k, v, pattern
@@ -236,9 +250,18 @@ def activation_patching(
         hooks += [act_name("z", l) for l in layers]
     read = metric.read_positions(base_tokens.shape[1])
     names = hooks + base_names(model.cfg.n_layer)
-    (base_logits, base_cache), (source_logits, source_cache) = cached_runs(
-        model, [base_tokens, source_tokens], names, read, metric.vocab
-    )
+    if clean_cache is None:
+        (base_logits, base_cache), (source_logits, source_cache) = cached_runs(
+            model, [base_tokens, source_tokens], names, read, metric.vocab
+        )
+        d = first_difference(clean, corrupted)
+    else:
+        ((base_logits, base_cache),) = cached_runs(model, [base_tokens], names, read, metric.vocab)
+        source_cache = _from_clean_cache(model, clean_cache, hooks, base_tokens)
+        final = source_cache["resid_post", model.cfg.n_layer - 1]
+        with torch.no_grad():
+            source_logits = unembed(model, final[:, read], metric.vocab)
+        d = 0
     base = BaseRun(base_tokens, base_logits, base_cache, model.cfg.n_layer)
     clean_logits, corrupted_logits = (source_logits, base_logits) if direction == "denoise" else (base_logits, source_logits)
     clean_value = float(scalar(metric.evaluate(clean_logits), metric.name))
@@ -246,9 +269,8 @@ def activation_patching(
 
     n_pos, n_head = base_tokens.shape[1], model.cfg.n_head
     dims = target_dims(target)
-    shape = [len(layers)] + [{"pos": n_pos, "head": n_head}[d] for d in dims[1:]]
+    shape = [len(layers)] + [{"pos": n_pos, "head": n_head}[dim] for dim in dims[1:]]
     values = torch.full(shape, float("nan"))
-    d = first_difference(clean, corrupted)
     groups = [
         _cell_group(model, target, layer, i, base_cache, source_cache, d, n_pos)
         for i, layer in enumerate(layers)
@@ -258,8 +280,29 @@ def activation_patching(
     return PatchingResult(
         values=values, dims=dims, target=target, direction=direction, method="activation", metric=metric.name,
         clean_value=clean_value, corrupted_value=corrupted_value, layers=layers,
-        str_tokens=model.to_str_tokens(clean[0]),
+        str_tokens=model.to_str_tokens((corrupted if clean is None else clean)[0]),
     )
+
+
+def _from_clean_cache(
+    model: GPT, clean_cache: ActivationCache | Mapping[str, Tensor], hooks: list[str], corrupted: Tensor
+) -> ActivationCache:
+    """The activations a sweep reads from the source run, taken from a given clean cache."""
+    if not getattr(clean_cache, "has_batch_dim", True):
+        raise InputError("clean_cache has no batch axis (remove_batch_dim): run run_with_cache without it")
+    out = {}
+    for name in dict.fromkeys(hooks + [act_name("resid_post", model.cfg.n_layer - 1)]):
+        try:
+            x = clean_cache[name]
+        except KeyError:
+            raise InputError(f"clean_cache does not hold {name!r}, which this sweep patches or reads; "
+                             "cache the clean run with model.run_with_cache(clean_tokens)") from None
+        pos_axis = -1 if name.endswith("hook_pattern") else 1  # pattern: [batch head query_pos key_pos]
+        if x.ndim < 2 or x.shape[0] != corrupted.shape[0] or x.shape[pos_axis] != corrupted.shape[1]:
+            raise InputError(f"clean_cache[{name!r}] has shape {tuple(x.shape)}, but the corrupted tokens are "
+                             f"[batch pos] = {tuple(corrupted.shape)}: the clean run must have the same batch and length")
+        out[name] = x.detach().to(corrupted.device)
+    return ActivationCache(out, model)
 
 
 def _cell_group(model: GPT, target: str, layer: int, i: int, base, source, d: int, n_pos: int) -> CellGroup:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from tqdm.auto import tqdm
@@ -88,6 +89,60 @@ class GPT(TokenMixin, WeightsMixin, HookedRootModule):
         return self.unembed(self.ln_final(resid))
 
     # ------------------------------------------------------------------ weights
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name: str,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        fold_ln: bool = True,
+        center_writing_weights: bool = True,
+        center_unembed: bool = True,
+        fold_value_biases: bool = True,
+        refactor_factored_attn_matrices: bool = False,
+        **options,
+    ) -> GPT:
+        """`load_model(model_name, device=, dtype=)` under TransformerLens's name and arguments
+        ("gpt2-small", TransformerLens's old alias, is "gpt2").
+
+        The weights are never processed. TransformerLens's processing options (on by default there)
+        change weights and activations but not probabilities, so a model loaded with any of them on
+        gives TransformerLens's log-probabilities, loss and logit differences, but not its logits
+        (center_unembed shifts each position's logits by a constant), residual stream, v / z,
+        W_E / W_U / W_Q ..., or direct logit attributions: a warning says so.
+        `from_pretrained_no_processing` (or every option False) is TransformerLens's unprocessed model,
+        with equal numbers and no warning. Other TransformerLens options are refused."""
+        if options:
+            raise InputError(
+                f"from_pretrained does not take {', '.join(sorted(options))}; it takes device, dtype and "
+                "TransformerLens's weight-processing flags (fold_ln, center_writing_weights, center_unembed, "
+                "fold_value_biases, refactor_factored_attn_matrices)"
+            )
+        flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed,
+                     fold_value_biases=fold_value_biases, refactor_factored_attn_matrices=refactor_factored_attn_matrices)
+        on = [name for name, value in flags.items() if value]
+        if on:
+            warnings.warn(
+                f"workbench does not process weights ({', '.join(on)} requested): the model is loaded unprocessed, as "
+                "TransformerLens's from_pretrained_no_processing. Probabilities, loss and logit differences equal "
+                "TransformerLens's processed model; its logits (shifted per position), residual stream, v / z, "
+                "weights and direct logit attributions do not. Pass fold_ln=False, center_writing_weights=False, "
+                "center_unembed=False, fold_value_biases=False or call from_pretrained_no_processing to compare "
+                "with TransformerLens's unprocessed numbers.",
+                UserWarning, stacklevel=2,
+            )
+        return cls.from_pretrained_no_processing(model_name, device=device, dtype=dtype)
+
+    @classmethod
+    def from_pretrained_no_processing(
+        cls, model_name: str, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+    ) -> GPT:
+        """`load_model(model_name, device=, dtype=)`: TransformerLens's unprocessed model, same numbers."""
+        from workbench.models.loading import load_model  # loading builds GPTs
+
+        return load_model({"gpt2-small": "gpt2"}.get(model_name, model_name), device=device, dtype=dtype)
+
     def init_weights(self, *, std: float | None = None) -> None:
         """GPT-2 / nanoGPT initialisation: weights ~ N(0, std) (default `cfg.init_range`, GPT-2's 0.02),
         biases zero, LayerNorms identity, and the projections into the residual stream scaled by
