@@ -1,7 +1,22 @@
 """Head detectors: induction, previous-token and duplicate-token scores for every head.
 
 `DETECTORS` is the one registry of them (name -> `scores(model, tokens) -> HeadScores`): the
-attention_heads experiment and the dashboard run what it lists."""
+attention_heads experiment and the dashboard run what it lists.
+
+Definition (ours): a head's score is its attention from a query position to the key position the
+detector expects, averaged over the (sequence, query position) pairs where that key exists, and only
+those: for `induction`, queries whose token occurred earlier (key: the position after its most recent
+earlier copy); for `duplicate_token`, the same queries (key: that copy); for `previous_token`, every
+position but the first (key: the one before).
+
+TransformerLens's notebooks (Main_Demo, ARENA 1.2) average a whole diagonal instead: on [BOS] + r + r
+(r of length L) the induction score is `pattern.diagonal(offset=1 - L).mean()`, L + 2 entries per
+sequence, two of which (the last two queries of the first copy, attending to BOS and r[0]) are not
+repeated tokens; on the same patterns it differs from ours by about 0.01. Their previous-token score,
+`pattern.diagonal(-1).mean()`, is ours. `transformer_lens.head_detector.detect_head` (error_measure
+"mul") divides the attention on its detection pattern by the attention of every query row, so
+queries with no earlier copy count as 0 there and its induction and duplicate-token scores are lower
+than ours on text with few repeats; it also marks every earlier copy, not only the most recent."""
 
 from __future__ import annotations
 
