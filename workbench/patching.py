@@ -72,37 +72,40 @@ def get_act_patch_mlp_out(
     return _sweep(model, corrupted_tokens, clean_cache, patching_metric, "mlp_out", options)
 
 
-def _head_all_pos(kind: str, hook: str):
+_ACT = {"out": "z", "q": "q", "k": "k", "v": "v", "pattern": "pattern"}  # act_name's short names
+
+
+def _head_all_pos(kind: str):
     def sweep(
         model, corrupted_tokens: Int[Tensor, "batch pos"], clean_cache, patching_metric: Callable, **options
     ) -> Float[Tensor, "layer head"]:
         return _sweep(model, corrupted_tokens, clean_cache, patching_metric, f"head_{kind}", options)
 
-    sweep.__doc__ = f"The metric with one head's `{hook}` restored from the clean run at every position: [layer head]."
+    sweep.__doc__ = f"The metric with one head's {_ACT[kind]!r} activation restored from the clean run at every position: [layer head]."
     sweep.__name__ = sweep.__qualname__ = f"get_act_patch_attn_head_{kind}_all_pos"
     return sweep
 
 
-def _head_by_pos(kind: str, hook: str):
+def _head_by_pos(kind: str):
     def sweep(
         model, corrupted_tokens: Int[Tensor, "batch pos"], clean_cache, patching_metric: Callable, **options
     ) -> Float[Tensor, "layer pos head"]:
         return _sweep(model, corrupted_tokens, clean_cache, patching_metric, f"head_{kind}_by_pos", options)
 
-    sweep.__doc__ = f"The metric with one head's `{hook}` at one position restored from the clean run: [layer pos head]."
+    sweep.__doc__ = f"The metric with one head's {_ACT[kind]!r} activation at one position restored from the clean run: [layer pos head]."
     sweep.__name__ = sweep.__qualname__ = f"get_act_patch_attn_head_{kind}_by_pos"
     return sweep
 
 
-get_act_patch_attn_head_out_all_pos = _head_all_pos("out", "hook_z")
-get_act_patch_attn_head_q_all_pos = _head_all_pos("q", "hook_q")
-get_act_patch_attn_head_k_all_pos = _head_all_pos("k", "hook_k")
-get_act_patch_attn_head_v_all_pos = _head_all_pos("v", "hook_v")
-get_act_patch_attn_head_pattern_all_pos = _head_all_pos("pattern", "hook_pattern")
-get_act_patch_attn_head_out_by_pos = _head_by_pos("out", "hook_z")
-get_act_patch_attn_head_q_by_pos = _head_by_pos("q", "hook_q")
-get_act_patch_attn_head_k_by_pos = _head_by_pos("k", "hook_k")  # pos: the key position
-get_act_patch_attn_head_v_by_pos = _head_by_pos("v", "hook_v")  # pos: the key position
+get_act_patch_attn_head_out_all_pos = _head_all_pos("out")
+get_act_patch_attn_head_q_all_pos = _head_all_pos("q")
+get_act_patch_attn_head_k_all_pos = _head_all_pos("k")
+get_act_patch_attn_head_v_all_pos = _head_all_pos("v")
+get_act_patch_attn_head_pattern_all_pos = _head_all_pos("pattern")
+get_act_patch_attn_head_out_by_pos = _head_by_pos("out")
+get_act_patch_attn_head_q_by_pos = _head_by_pos("q")
+get_act_patch_attn_head_k_by_pos = _head_by_pos("k")  # pos: the key position
+get_act_patch_attn_head_v_by_pos = _head_by_pos("v")  # pos: the key position
 
 
 def get_act_patch_attn_head_pattern_by_pos(

@@ -31,7 +31,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from workbench.errors import InputError
-from workbench.hooks import ActivationCache, act_name
+from workbench.hooks import ActivationCache, act_name, act_names
 from workbench.methods._checks import as_index_list, as_tokens, check_sweep_options
 from workbench.methods._resume import (
     BaseRun, CellGroup, ZDiff, all_rows, base_names, cached_runs, entry_of, run_cells, through_W_O, unembed,
@@ -290,14 +290,14 @@ def _from_clean_cache(
     """The activations a sweep reads from the source run, taken from a given clean cache."""
     if not getattr(clean_cache, "has_batch_dim", True):
         raise InputError("clean_cache has no batch axis (remove_batch_dim): run run_with_cache without it")
-    out = {}
+    out, patterns = {}, set(act_names("pattern", range(model.cfg.n_layer)))
     for name in dict.fromkeys(hooks + [act_name("resid_post", model.cfg.n_layer - 1)]):
         try:
             x = clean_cache[name]
         except KeyError:
             raise InputError(f"clean_cache does not hold {name!r}, which this sweep patches or reads; "
                              "cache the clean run with model.run_with_cache(clean_tokens)") from None
-        pos_axis = -1 if name.endswith("hook_pattern") else 1  # pattern: [batch head query_pos key_pos]
+        pos_axis = -1 if name in patterns else 1  # pattern: [batch head query_pos key_pos]
         if x.ndim < 2 or x.shape[0] != corrupted.shape[0] or x.shape[pos_axis] != corrupted.shape[1]:
             raise InputError(f"clean_cache[{name!r}] has shape {tuple(x.shape)}, but the corrupted tokens are "
                              f"[batch pos] = {tuple(corrupted.shape)}: the clean run must have the same batch and length")
