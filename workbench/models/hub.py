@@ -73,18 +73,21 @@ def hub_problem(name: str = "gpt2", *, timeout: float = HUB_TIMEOUT) -> str | No
     hub = endpoint()
     url = hf_hub_url(repo_of(name), FILES[0], endpoint=hub)
     outcome: list[str | None] = []
+    silent = f"the hub at {hub} did not answer within {timeout:g} s (one HEAD request for {url})"
 
     def ask() -> None:
         try:
             code = get_session().request("HEAD", url, timeout=timeout).status_code
             outcome.append(None if code < 400 else f"the hub at {hub} answered HTTP {code} to HEAD {url}")
         except Exception as e:  # DNS, refused, reset, TLS, timeout: all mean "no usable hub"
-            outcome.append(f"the hub at {hub} could not be reached ({type(e).__name__}: {e})")
+            # the client's own timeout can fire just before the join below gives up: same meaning
+            timed_out = "timeout" in type(e).__name__.lower()
+            outcome.append(silent if timed_out else f"the hub at {hub} could not be reached ({type(e).__name__}: {e})")
 
     thread = threading.Thread(target=ask, name="workbench-hub-probe", daemon=True)
     thread.start()
     thread.join(timeout)
-    return outcome[0] if outcome else f"the hub at {hub} did not answer within {timeout:g} s (one HEAD request for {url})"
+    return outcome[0] if outcome else silent
 
 
 def unavailable(name: str, problem: str) -> str:
