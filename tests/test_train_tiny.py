@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -30,8 +31,10 @@ def test_tiny_training_run_end_to_end(tmp_path):
     args = ["--steps", "4", "--copy-steps", "3", "--copy-frequent-steps", "2", "--copy-pool", "50",
             "--batch-size", "2", "--block-size", "32", "--n-embd", "32", "--n-head", "2",
             "--eval-batches", "1", "--warmup-steps", "2", "--eval-every", "2", "--out", str(out)]
+    # one thread: bit-identical reruns (a multi-threaded reduction can split differently under load)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "experiments/train_tiny.py", *args], cwd=REPO, check=True,
-                   capture_output=True, text=True)
+                   capture_output=True, text=True, env=env)
     card = json.loads((out / "model_card.json").read_text())
     assert card["steps"] == 4 and card["curriculum_steps"] == 3 and card["tokens_seen"] == (3 + 4) * 2 * 32
     assert [(h["phase"], h["step"]) for h in card["history"]] == [
@@ -45,7 +48,7 @@ def test_tiny_training_run_end_to_end(tmp_path):
     assert model.cfg.n_embd == 32 and model.dtype == torch.float32
     # the same seed gives the same weights
     subprocess.run([sys.executable, "experiments/train_tiny.py", *args[:-1], str(tmp_path / "again")], cwd=REPO,
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, env=env)
     assert sha256_file(tmp_path / "again" / "model.safetensors") == card["weights_sha256"]
 
 
