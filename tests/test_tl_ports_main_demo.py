@@ -358,3 +358,29 @@ def test_generate_on_the_bundled_model():
     assert isinstance(output, str) and output.startswith("ROMEO:\nWhat light through yonder")
     assert len(model.to_str_tokens(output, prepend_bos=False)) > len(model.to_str_tokens("ROMEO:\nWhat light through yonder", prepend_bos=False))
     assert greedy[0] == greedy[1] and greedy[0].startswith("ROMEO:")
+
+
+def test_names_filter_hooks_context_and_cache_helpers(bridge, model):
+    """The hooks section's other forms: a names filter on run_with_cache, the `model.hooks` context manager,
+    and the cache's helpers as the notebook's neighbouring cells call them."""
+    def snippet(model, lib):
+        utils = lib.utils
+        gpt2_tokens = model.to_tokens(gpt2_text)
+        logits, pattern_cache = model.run_with_cache(gpt2_tokens, names_filter=lambda name: name.endswith("pattern"))
+        captured = []
+
+        def store_resid(resid, hook):
+            captured.append(resid.clone())
+
+        with model.hooks(fwd_hooks=[(utils.get_act_name("resid_post", 0), store_resid)]):
+            hooked_logits = model(gpt2_tokens)
+        after = model(gpt2_tokens)
+        _, cache = model.run_with_cache(gpt2_tokens)
+        accumulated, labels = cache.accumulated_resid(return_labels=True, apply_ln=True)
+        return {"keys": sorted(pattern_cache.keys()), "pattern": pattern_cache["pattern", 1],
+                "captured": captured, "n_captured_after": len(captured), "hooked_logits": hooked_logits,
+                "after": after, "accumulated": accumulated, "labels": labels,
+                "decomposed": cache.decompose_resid(layer=1, mode="attn"),
+                "head_results": cache.stack_head_results(layer=2, pos_slice=(2, 6))}
+
+    run_both(snippet, bridge, model)
