@@ -37,7 +37,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from workbench.errors import InputError, NotCachedError
-from workbench.hooks.names import act_name, derivable, derived_from, layer_of
+from workbench.hooks.names import act_name, as_layer, derivable, derived_from, layer_of
 
 PosSlice = int | slice | tuple | list | Tensor | np.ndarray | None
 TokenSpec = str | int | Int[Tensor, "..."]  # one token, [batch], [pos] or [batch pos] ids
@@ -127,6 +127,8 @@ class ActivationCache(Mapping[str, Tensor]):
     # --------------------------------------------------------------- mapping protocol
     def __getitem__(self, key: str | tuple) -> Tensor:
         if isinstance(key, tuple):
+            if len(key) > 1:
+                key = (key[0], as_layer(key[1]), *key[2:])  # cache["attn", topk_index // n_heads]
             if len(key) > 1 and isinstance(key[1], int) and key[1] < 0:  # counted from the last layer
                 if key[1] < -self.n_layer:
                     raise NotCachedError(f"layer {key[1]} is out of range for a cache of {self.n_layer} layers "

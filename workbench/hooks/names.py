@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from torch import Tensor
+
 from workbench.errors import UnknownHookError
 
 _ATTN = {"q", "k", "v", "z", "result", "attn_scores", "pattern"}
@@ -30,7 +32,18 @@ _LAYER_TYPES = {"a": "attn", "attention": "attn", "m": "mlp", "b": "", "block": 
 _LN_OF = {"ln1": "ln1", "ln2": "ln2", "attn": "ln1", "mlp": "ln2"}
 
 
-def act_name(name: str, layer: int | str | None = None, layer_type: str | None = None) -> str:
+def as_layer(layer: int | str | Tensor | None) -> int | str | None:
+    """A layer index as act_name spells it: a one-element integer tensor (e.g. `topk(...).indices //
+    n_heads`, as notebooks pass it) is its int, as TransformerLens's f-string formats it."""
+    if isinstance(layer, Tensor):
+        if layer.numel() != 1 or layer.is_floating_point() or layer.is_complex():
+            raise UnknownHookError(f"a layer given as a tensor must hold one integer, got shape "
+                                   f"{tuple(layer.shape)} and dtype {layer.dtype}")
+        return int(layer.item())
+    return layer
+
+
+def act_name(name: str, layer: int | str | Tensor | None = None, layer_type: str | None = None) -> str:
     """Full hook name from TransformerLens shorthand, as `transformer_lens.utils.get_act_name` builds it.
 
     ("pattern", 3) -> "blocks.3.attn.hook_pattern"; ("resid_pre", 0) -> "blocks.0.hook_resid_pre";
@@ -38,11 +51,13 @@ def act_name(name: str, layer: int | str | None = None, layer_type: str | None =
     "blocks.2.ln2.hook_scale"; ("scale",) -> "ln_final.hook_scale"; ("embed",) -> "hook_embed";
     ("in", 3) -> "blocks.3.hook_in" (TransformerLens's newer name, which this model does not have:
     looking it up says which name it has instead). A full name passes through when no layer is given.
+    The layer may be a one-element integer tensor, as in TransformerLens.
 
     Differences from TransformerLens, both where its name would not exist on a GPT-2: a LayerNorm
     activation in a block needs its LayerNorm ("ln1"/"ln2", or "a"/"attn" for ln1, "m"/"mlp" for
     ln2) and raises UnknownHookError without one; TransformerLens builds "blocks.L.hook_scale".
     """
+    layer = as_layer(layer)
     if ("." in name or name.startswith("hook_")) and layer is None and layer_type is None:
         return name
     match = re.match(r"([a-z]+)(\d+)([a-z]?.*)", name)
