@@ -349,7 +349,9 @@ def _reads(metric: CustomMetric, runs: Sequence[Tensor]) -> tuple[tuple[int, ...
         if grad is None:
             raise _Unsafe("its value does not depend on the logits through autograd")
         grads.append(grad != 0)
-    read = torch.stack(grads).any(0).any(0)  # [pos d_vocab]
+    read = grads[0].any(0)  # [pos d_vocab]
+    for grad in grads[1:]:
+        read |= grad.any(0)
     positions = read.any(-1).nonzero().flatten().tolist()
     if not positions:
         raise _Unsafe("its gradient is zero at every logit")
@@ -366,9 +368,9 @@ def _reads(metric: CustomMetric, runs: Sequence[Tensor]) -> tuple[tuple[int, ...
 def _unchanged(metric: CustomMetric, runs: Sequence[Tensor], positions: tuple[int, ...],
                vocab: tuple[int, ...] | None) -> bool:
     """Whether metric(logits) stays the same whatever fills the logits outside `positions` x
-    `vocab`: on every run (filled with 0, the other runs' logits, +-big constants, big noise), and
-    on the base run with the kept logits redrawn at random within each row's range (filled with 0
-    and noise), which moves a max or argmax among the kept ids across the others. Evidence, not
+    `vocab`: on every run (filled with 0, +-big constants, big noise), and
+    on the base run with the kept logits redrawn at random within each row's range (filled with 0),
+    which moves a max or argmax among the kept ids across the others. Evidence, not
     proof: a metric that reads a logit only beyond 1000x the largest logit of these runs, or
     through a branch none of them takes, would pass."""
     n_pos, d_vocab = runs[0].shape[1:]
@@ -379,32 +381,36 @@ def _unchanged(metric: CustomMetric, runs: Sequence[Tensor], positions: tuple[in
     else:
         kept[pos[:, None], torch.tensor(vocab, device=kept.device)] = True
     generator = torch.Generator(device=kept.device).manual_seed(0)
-
-    def rand(like: Tensor, normal: bool) -> Tensor:
-        draw = torch.randn if normal else torch.rand
-        return draw(like.shape, generator=generator, device=like.device).to(like.dtype)
-
     base = runs[0]
     # Far beyond any logit a patched run can reach (a threshold there would go unnoticed), but
     # finite in the logits' dtype and when squared.
     big = min(1e3 * (float(max(r.abs().max() for r in runs)) + 1), torch.finfo(base.dtype).max ** 0.5)
+    noise = torch.randn(base.shape, generator=generator, device=base.device).to(base.dtype) * big
     lo, hi = base.amin(-1, keepdim=True), base.amax(-1, keepdim=True)
     checks = []  # (logits, fills)
     for i, logits in enumerate(runs):
-        fills = [torch.zeros_like(logits), logits.new_full(logits.shape, big), logits.new_full(logits.shape, -big),
-                 rand(logits, True) * big]
-        fills += [other for j, other in enumerate(runs) if j != i and other.shape == logits.shape]
-        checks.append((logits, fills))
+        checks.append((logits, [0.0, big, -big, noise if noise.shape == logits.shape else 0.0]))
     for _ in range(_REDRAWS):
-        redrawn = torch.where(kept, lo + (hi - lo) * rand(base, False), base)
-        checks.append((redrawn, [torch.zeros_like(base), rand(base, True) * big]))
+        redrawn = torch.rand(base.shape, generator=generator, device=base.device).to(base.dtype)
+        checks.append((torch.where(kept, lo + (hi - lo) * redrawn, base), [0.0]))
+    # One buffer for every call (fresh full-size tensors cost more than the metric); each value is
+    # copied out before the buffer is written again.
+    buffer = torch.empty_like(base)
+
+    def value_on(logits: Tensor, fill: Tensor | float | None) -> Tensor:
+        x = buffer if buffer.shape == logits.shape else torch.empty_like(logits)
+        if fill is None:
+            x.copy_(logits)
+        else:
+            torch.where(kept, logits, torch.as_tensor(fill, dtype=x.dtype, device=x.device), out=x)
+        return scalar(metric.fn(x), metric.name).detach().float().clone()
+
     try:
         with torch.no_grad():
             for logits, fills in checks:
-                expected = scalar(metric.fn(logits.detach().clone()), metric.name)
+                expected = value_on(logits, None)
                 for fill in fills:
-                    got = scalar(metric.fn(torch.where(kept, logits, fill)), metric.name)
-                    if not torch.isclose(got.float(), expected.float(), rtol=1e-5, atol=1e-6):
+                    if not torch.isclose(value_on(logits, fill), expected, rtol=1e-5, atol=1e-6):
                         return False
     except Exception:  # noqa: BLE001 - e.g. it cannot take the fills: do not narrow
         return False
@@ -412,7 +418,7 @@ def _unchanged(metric: CustomMetric, runs: Sequence[Tensor], positions: tuple[in
 
 
 # Random redraws of the kept logits in the check above (each costs two calls of the metric).
-_REDRAWS = 8
+_REDRAWS = 4
 
 def scalar(value: object, name: str = "metric") -> Tensor:
     """Check that a metric returned a scalar (a 0-d tensor or a number) and return it as a tensor."""
