@@ -118,6 +118,18 @@ def reads(setup, fn):
     return find_reads(CustomMetric(fn), runs)
 
 
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_reads_found_under_no_grad_and_inference_mode(setup, mode):
+    """Sweeps are often run inside torch.no_grad(); the gradient that finds the reads must still work."""
+    model, clean, corrupted = setup
+    with mode(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found = reads(setup, plain)
+        values = activation_patching(model, clean, corrupted, plain, target="head_out", progress=False).values
+    assert isinstance(found, FoundReads) and found.vocab == (5, 6, 7, 8)
+    assert torch.allclose(values, loop(model, clean, corrupted, plain, "head_out"), atol=TOL, rtol=0)
+
+
 def test_reads_found_from_the_gradient(setup):
     n = setup[1].shape[1]
     for fn in (plain, METRICS["partial"]):

@@ -332,16 +332,17 @@ def find_reads(metric: Metric, runs: Sequence[Float[Tensor, "batch pos d_vocab"]
 def _reads(metric: CustomMetric, runs: Sequence[Tensor]) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
     grads = []
     for logits in runs:
-        x = logits.detach().clone().requires_grad_(True)
         try:
-            with torch.enable_grad():
-                value = metric.fn(x)
-            value = scalar(value, metric.name)
-            if not value.requires_grad:
-                raise _Unsafe("its value has no gradient with respect to the logits, e.g. it uses argmax or .item()")
-            if not torch.isfinite(value):
-                raise _Unsafe("its value on an unpatched run is not finite")
-            (grad,) = torch.autograd.grad(value, x, allow_unused=True)
+            # Sweeps run under no_grad (or a caller's inference_mode): the gradient needs both off.
+            with torch.inference_mode(False), torch.enable_grad():
+                x = logits.detach().clone().requires_grad_(True)
+                value = scalar(metric.fn(x), metric.name)
+                if value.grad_fn is None:
+                    raise _Unsafe("its value has no gradient with respect to the logits, e.g. it uses argmax "
+                                  "or .item()")
+                if not torch.isfinite(value):
+                    raise _Unsafe("its value on an unpatched run is not finite")
+                (grad,) = torch.autograd.grad(value, x, allow_unused=True)
         except _Unsafe:
             raise
         except Exception as error:  # noqa: BLE001 - any failure means: do not narrow
