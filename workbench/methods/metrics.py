@@ -313,9 +313,9 @@ def find_reads(metric: Metric, runs: Sequence[Float[Tensor, "batch pos d_vocab"]
     patching sweep). The candidates are the positions and token ids where the gradient of the
     metric with respect to the logits is nonzero on some run, then those positions with every id.
     A candidate is taken only if the metric's value is unchanged, on every run, when every logit
-    outside it is replaced by 0 (what a sweep passes), by the other run's logit, by large positive
-    and negative constants and by large noise: a gradient that happens to be zero (a max, a
-    threshold, an argmax) is caught that way. Where no candidate passes (or the metric has no
+    outside it is replaced by 0 (what a sweep passes), by large positive and negative constants and
+    by large noise, and when the logits it keeps are redrawn at random (`_unchanged`): a gradient
+    that happens to be zero (a max, a threshold, an argmax) is caught that way. Where no candidate passes (or the metric has no
     gradient, or fails), it warns once and returns `metric` (every logit is then computed)."""
     if not isinstance(metric, CustomMetric) or metric.positions is not None or not runs:
         return metric
@@ -369,10 +369,9 @@ def _reads(metric: CustomMetric, runs: Sequence[Tensor]) -> tuple[tuple[int, ...
 def _unchanged(metric: CustomMetric, runs: Sequence[Tensor], positions: tuple[int, ...],
                vocab: tuple[int, ...] | None) -> bool:
     """Whether metric(logits) stays the same whatever fills the logits outside `positions` x
-    `vocab`: on every run (filled with 0, +-big constants, big noise), and
-    on the base run with the kept logits redrawn at random within each row's range (filled with 0),
-    which moves a max or argmax among the kept ids across the others. Evidence, not
-    proof: a metric that reads a logit only beyond 1000x the largest logit of these runs, or
+    `vocab`: on every run (filled with 0, +-big constants, big noise), and on the base run with the
+    kept logits redrawn at random within each row's range (filled with 0), which moves a max or
+    argmax among the kept ids across the others. Evidence, not proof: a metric that reads a logit only beyond 1000x the largest logit of these runs, or
     through a branch none of them takes, would pass."""
     n_pos, d_vocab = runs[0].shape[1:]
     kept = torch.zeros(n_pos, d_vocab, dtype=torch.bool, device=runs[0].device)
@@ -389,7 +388,7 @@ def _unchanged(metric: CustomMetric, runs: Sequence[Tensor], positions: tuple[in
     noise = torch.randn(base.shape, generator=generator, device=base.device).to(base.dtype) * big
     lo, hi = base.amin(-1, keepdim=True), base.amax(-1, keepdim=True)
     checks = []  # (logits, fills)
-    for i, logits in enumerate(runs):
+    for logits in runs:
         checks.append((logits, [0.0, big, -big, noise if noise.shape == logits.shape else 0.0]))
     for _ in range(_REDRAWS):
         redrawn = torch.rand(base.shape, generator=generator, device=base.device).to(base.dtype)
@@ -420,6 +419,7 @@ def _unchanged(metric: CustomMetric, runs: Sequence[Tensor], positions: tuple[in
 
 # Random redraws of the kept logits in the check above (each costs two calls of the metric).
 _REDRAWS = 4
+
 
 def scalar(value: object, name: str = "metric") -> Tensor:
     """Check that a metric returned a scalar (a 0-d tensor or a number) and return it as a tensor."""
