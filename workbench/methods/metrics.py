@@ -278,7 +278,7 @@ class FoundReads(Metric):
             self._buffer = None
         return value
 
-    def _spread(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, "batch n_pos d_vocab"]:
+    def _spread(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, "batch _ d_vocab"]:
         shape = (logits.shape[0], self.n_pos, logits.shape[-1])
         buffer = self._buffer
         if buffer is None or buffer.shape != shape or buffer.dtype != logits.dtype or buffer.device != logits.device:
