@@ -14,7 +14,10 @@ same threads. Three sweeps:
 * zero-ablating each head, [layer head]: `ablation_sweep` vs a loop of `bridge.run_with_hooks`
   (TransformerLens has no ablation sweep);
 
-and, for each, a plain loop of one hooked workbench forward per cell. Prints the times, the
+and, for each, a plain loop of one hooked workbench forward per cell. The two patching sweeps are
+also timed with the metric as TransformerLens code passes it: a plain callable (`lambda logits:
+(logits[:, -1, a] - logits[:, -1, b]).mean()`) and `functools.partial(logit_diff, answer=a,
+wrong=b)`; the three metric forms are timed interleaved (A B C A B C ...). Prints the times, the
 ratios and the largest difference between the numbers; exits 1 if the numbers disagree.
 Writes the table to benchmarks/results/patching_sweeps[-quick].md.
 """
@@ -22,6 +25,7 @@ Writes the table to benchmarks/results/patching_sweeps[-quick].md.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -40,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import workbench  # noqa: E402
-from workbench.methods import LogitDiff, ablation_sweep, activation_patching, ioi_prompts  # noqa: E402
+from workbench.methods import LogitDiff, ablation_sweep, activation_patching, ioi_prompts, logit_diff  # noqa: E402
 
 TOKENIZER_DIR = REPO / "tests" / "data" / "gpt2-tokenizer"
 TOL = 1e-4
@@ -72,6 +76,18 @@ def timed(fn, repeats: int = 1):
         out = fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), out
+
+
+def timed_interleaved(fns: dict, repeats: int) -> dict:
+    """{name: (median seconds, result of the last call)}, the functions called in turn, `repeats` rounds."""
+    times = {name: [] for name in fns}
+    out = {}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            out[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]), out[name]) for name in fns}
 
 
 def tl_logit_diff(answer: int, wrong: int):
@@ -174,30 +190,43 @@ def main(argv: list[str] | None = None) -> int:
             bridge(clean)
         ablation_sweep(model, clean, ours_metric, progress=False)
 
+        forms = {
+            "LogitDiff": ours_metric,
+            "plain callable": tl_logit_diff(int(ioi.answer), int(ioi.wrong)),
+            "partial(logit_diff)": functools.partial(logit_diff, answer=int(ioi.answer), wrong=int(ioi.wrong)),
+        }
+
+        def patching_forms(target):
+            return {form: (lambda m=m: activation_patching(model, clean, corrupted, m, target=target,
+                                                           progress=False).values)
+                    for form, m in forms.items()}
+
+        for m in list(forms.values())[1:]:  # warm-up of the callable path
+            activation_patching(model, clean, corrupted, m, target="head_out", progress=False)
         cases = [
-            ("resid_pre patching [layer pos]", n_layer * n_pos,
-             lambda: activation_patching(model, clean, corrupted, ours_metric, target="resid_pre", progress=False).values,
+            ("resid_pre patching [layer pos]", n_layer * n_pos, patching_forms("resid_pre"),
              lambda: tl_resid_pre(bridge, clean, corrupted, tl_metric),
              lambda: loop_resid_pre(model, clean, corrupted, ours_metric)),
-            ("head_out patching [layer head]", n_layer * n_head,
-             lambda: activation_patching(model, clean, corrupted, ours_metric, target="head_out", progress=False).values,
+            ("head_out patching [layer head]", n_layer * n_head, patching_forms("head_out"),
              lambda: tl_head_out(bridge, clean, corrupted, tl_metric),
              lambda: loop_head_out(model, clean, corrupted, ours_metric)),
             ("zero-ablation sweep [layer head]", n_layer * n_head,
-             lambda: ablation_sweep(model, clean, ours_metric, progress=False).values,
+             {"LogitDiff": lambda: ablation_sweep(model, clean, ours_metric, progress=False).values},
              lambda: tl_ablation(bridge, clean, tl_metric, n_layer, n_head),
              lambda: loop_ablation(model, clean, ours_metric)),
         ]
         rows, ok = [], True
         for name, cells, ours, tl, loop in cases:
-            t_ours, v_ours = timed(ours, args.repeats)
+            t_forms = timed_interleaved(ours, args.repeats)
             t_tl, v_tl = timed(tl)
             t_loop, v_loop = timed(loop)
-            diff = max(float((v_ours - v_tl).abs().max()), float((v_ours - v_loop).abs().max()))
-            ok &= diff <= TOL
-            rows.append((name, cells, t_ours, t_tl, t_loop, diff))
-            print(f"{name}: workbench {t_ours:.2f}s, TransformerLens {t_tl:.2f}s ({t_tl / t_ours:.1f}x), "
-                  f"one forward per cell {t_loop:.2f}s ({t_loop / t_ours:.1f}x), max |diff| {diff:.1e}", flush=True)
+            for form, (t_ours, v_ours) in t_forms.items():
+                diff = max(float((v_ours - v_tl).abs().max()), float((v_ours - v_loop).abs().max()))
+                ok &= diff <= TOL
+                rows.append((name, form, cells, t_ours, t_tl, t_loop, diff))
+                print(f"{name}, metric {form}: workbench {t_ours:.2f}s, TransformerLens {t_tl:.2f}s "
+                      f"({t_tl / t_ours:.1f}x), one forward per cell {t_loop:.2f}s ({t_loop / t_ours:.1f}x), "
+                      f"max |diff| {diff:.1e}", flush=True)
 
     shape = "4 layers x 8 heads, d_model 256 (--quick)" if args.quick else "GPT-2 124M (12 layers x 12 heads, d_model 768)"
     lines = [
@@ -207,13 +236,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.threads} threads, torch {torch.__version__}; a {n_pos}-token IOI pair "
         f"(`ioi_prompts(n=1, template=5)`); workbench: median of {args.repeats}. "
         "TransformerLens: `TransformerBridge` without weight processing; its patching time includes its "
-        "clean `run_with_cache`. \"Loop\": one hooked workbench forward per cell.",
+        "clean `run_with_cache`, with a plain callable metric. \"Loop\": one hooked workbench forward per "
+        "cell, with `LogitDiff`. Workbench's metric forms: `LogitDiff(a, b)`, a plain callable "
+        "`(logits[:, -1, a] - logits[:, -1, b]).mean()`, `functools.partial(logit_diff, answer=a, wrong=b)`, "
+        "timed interleaved.",
         "",
-        "| sweep | cells | workbench | TransformerLens | ratio | loop | ratio | max abs diff |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| sweep | metric | cells | workbench | TransformerLens | ratio | loop | ratio | max abs diff |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, cells, t_ours, t_tl, t_loop, diff in rows:
-        lines.append(f"| {name} | {cells} | {t_ours:.2f} s | {t_tl:.2f} s | {t_tl / t_ours:.1f}x | "
+    for name, form, cells, t_ours, t_tl, t_loop, diff in rows:
+        lines.append(f"| {name} | {form} | {cells} | {t_ours:.2f} s | {t_tl:.2f} s | {t_tl / t_ours:.1f}x | "
                      f"{t_loop:.2f} s | {t_loop / t_ours:.1f}x | {diff:.1e} |")
     lines += ["", f"Numbers agree to {TOL:g}: {'yes' if ok else 'NO'}."]
     report = "\n".join(lines) + "\n"

@@ -16,7 +16,9 @@ What is left is packed as a flat list of (row, position) tokens: every position-
 pads them back to [row query_pos] to attend over [row key_pos]. Packing axes (defined with the
 rest of the axis vocabulary in workbench/models/__init__.py): `cell` (one patched run), `row` (one
 (cell, prompt) pair, `(cell batch)`) and `token` (one (row, position) pair that is actually computed).
-Cells whose change cannot reach a position the metric reads get the base run's metric.
+Cells whose change cannot reach a position the metric reads get the base run's metric. A plain
+callable metric first has what it reads found (`metrics.find_reads`, from its gradient on the
+unpatched runs, checked), so it gets the same treatment.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from tqdm.auto import tqdm
 
 from workbench.errors import InputError
 from workbench.hooks import ActivationCache, act_name
-from workbench.methods.metrics import Metric
+from workbench.methods.metrics import Metric, find_reads
 from workbench.models import GPT
 from workbench.models.attention import Attention
 
@@ -50,12 +52,15 @@ def entry_of(layer: int, stage: str) -> int:
 @dataclass
 class BaseRun:
     """The unpatched run every cell resumes from: its tokens, its logits at the positions the
-    metric reads (`read_logits`) and cached activations."""
+    metric reads (`read_logits`) and cached activations. `other_logits`: logits of other unpatched
+    runs of the same shape (a patching sweep's source run), on which what a plain callable metric
+    reads is checked too."""
 
     tokens: Tensor
     read_logits: Float[Tensor, "batch pos d_vocab"]
     cache: ActivationCache
     n_layer: int
+    other_logits: tuple[Tensor, ...] = ()
 
     def entry_resid(self, entry: int) -> Float[Tensor, "batch pos d_model"]:
         if entry == 2 * self.n_layer:
@@ -167,9 +172,11 @@ def run_cells(
     at `TOKEN_BUDGET` either way. `progress` is True for a console bar, False for none, or a
     callback `progress(cells_done, cells_total)` (the dashboard's bar) called after each forward."""
     batch, n_pos = base.tokens.shape
+    baseline = float(metric.evaluate(base.read_logits))
+    if base.read_logits.shape[1] == n_pos:  # all logits of the base run: a callable's reads can be found
+        metric = find_reads(metric, [base.read_logits, *base.other_logits])
     read = metric.read_positions(n_pos)
     stop = max(read) + 1
-    baseline = float(metric.evaluate(base.read_logits))
     todo = []
     for g in groups:
         for key, index, first in zip(g.keys, g.index, g.first):

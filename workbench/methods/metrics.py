@@ -4,16 +4,20 @@ Each metric comes twice. The function (`logit_diff(logits, answer, wrong)`) eval
 set of logits and returns a scalar. The class (`LogitDiff(answer, wrong)`) is what the sweeps take:
 it says which positions it reads (`positions`), so a sweep unembeds only those, and it evaluates
 many patched runs at once (`evaluate` takes logits with a leading `cell` axis, one entry per
-patched cell packed into the batch). Any plain callable `metric(logits) -> scalar` works too; a
-sweep then computes logits at every position and calls it once per cell, which is slower.
+patched cell packed into the batch). Any plain callable `metric(logits) -> scalar` works too (as
+TransformerLens code passes them, e.g. `functools.partial(logit_diff, answer=..., wrong=...)`): a
+sweep calls it once per cell on full-shaped logits [batch pos d_vocab], and first finds which
+logits it reads (`find_reads`), so that only those are computed; where that cannot be established
+it computes every logit and warns once.
 
 Every metric is a mean over the batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import KW_ONLY, dataclass
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 
 import einops
 import torch
@@ -238,6 +242,185 @@ class CustomMetric(Metric):
         return torch.stack([scalar(self.fn(cell), self.name) for cell in logits])
 
 
+@dataclass(eq=False)
+class FoundReads(Metric):
+    """A plain callable `fn(logits) -> scalar` together with what it was found to read
+    (`find_reads`): `positions` (indices in [0, n_pos)) and `vocab` (None: every token id).
+    `evaluate` takes logits at those positions ([*cell batch len(positions) d_vocab]; ids outside
+    `vocab` may be anything) and calls fn once per cell on full-shaped logits [batch n_pos d_vocab]
+    that hold them, with 0 at every other position and id."""
+
+    fn: Callable[[Tensor], Tensor]
+    n_pos: int
+    _: KW_ONLY
+    positions: tuple[int, ...] = ()
+    vocab: tuple[int, ...] | None = None
+    name: str = "custom"
+    batched: bool = False
+    # One zero buffer reused across cells (filling a fresh [batch n_pos d_vocab] tensor per cell would
+    # cost more than the sweep); dropped if fn writes into it, which its version counter shows.
+    _buffer: Tensor | None = field(default=None, init=False, repr=False)
+    _version: int | None = field(default=None, init=False, repr=False)
+
+    def evaluate(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell"]:
+        if logits.ndim == 3:
+            return self._call(logits)
+        if logits.ndim != 4:
+            raise InputError(f"{self.name}: expected logits [batch pos d_vocab] or [cell batch pos d_vocab], "
+                             f"got shape {tuple(logits.shape)}")
+        return torch.stack([self._call(cell) for cell in logits])
+
+    def _call(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
+        full = self._spread(logits)
+        # clone: fn may return a view of its input, which the next cell overwrites
+        value = scalar(self.fn(full), self.name).detach().clone()
+        if _version_of(full) is None or _version_of(full) != self._version:
+            self._buffer = None
+        return value
+
+    def _spread(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, "batch _ d_vocab"]:
+        shape = (logits.shape[0], self.n_pos, logits.shape[-1])
+        buffer = self._buffer
+        if buffer is None or buffer.shape != shape or buffer.dtype != logits.dtype or buffer.device != logits.device:
+            buffer = logits.new_zeros(shape)
+        pos = torch.tensor(self.positions, device=logits.device)
+        if self.vocab is None:
+            buffer[:, pos] = logits
+        else:
+            ids = torch.tensor(self.vocab, device=logits.device)
+            buffer[:, pos[:, None], ids] = logits[:, :, ids]
+        self._buffer, self._version = buffer, _version_of(buffer)
+        return buffer
+
+
+def _version_of(t: Tensor) -> int | None:
+    """A tensor's in-place write counter (None for inference-mode tensors, which keep none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
+class _Unsafe(Exception):
+    """Why what a callable metric reads could not be established."""
+
+
+def find_reads(metric: Metric, runs: Sequence[Float[Tensor, "batch pos d_vocab"]]) -> Metric:
+    """For a plain callable (a `CustomMetric` that reads every position): a `FoundReads` that
+    computes only the logits it reads; any other metric as is.
+
+    `runs` are full logits of unpatched runs (the base run first, then e.g. the source run of a
+    patching sweep). The candidates are the positions and token ids where the gradient of the
+    metric with respect to the logits is nonzero on some run, then those positions with every id.
+    A candidate is taken only if the metric's value is unchanged, on every run, when every logit
+    outside it is replaced by 0 (what a sweep passes), by large positive and negative constants and
+    by large noise, and when the logits it keeps are redrawn at random (`_unchanged`): a gradient
+    that happens to be zero (a max, a threshold, an argmax) is caught that way. Where no candidate passes (or the metric has no
+    gradient, or fails), it warns once and returns `metric` (every logit is then computed)."""
+    if not isinstance(metric, CustomMetric) or metric.positions is not None or not runs:
+        return metric
+    try:
+        positions, vocab = _reads(metric, runs)
+    except _Unsafe as reason:
+        warnings.warn(f"could not establish which logits the metric {metric.name!r} reads ({reason}); computing "
+                      "the logits at every position and token id for each cell, which is slower. Pass a Metric "
+                      "(e.g. LogitDiff) to make it fast.", stacklevel=4)
+        return metric
+    return FoundReads(metric.fn, runs[0].shape[1], positions=positions, vocab=vocab, name=metric.name)
+
+
+def _reads(metric: CustomMetric, runs: Sequence[Tensor]) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    grads = []
+    for logits in runs:
+        try:
+            # Sweeps run under no_grad (or a caller's inference_mode): the gradient needs both off.
+            with torch.inference_mode(False), torch.enable_grad():
+                x = logits.detach().clone().requires_grad_(True)
+                value = scalar(metric.fn(x), metric.name)
+                if value.grad_fn is None:
+                    raise _Unsafe("its value has no gradient with respect to the logits, e.g. it uses argmax "
+                                  "or .item()")
+                if not torch.isfinite(value):
+                    raise _Unsafe("its value on an unpatched run is not finite")
+                (grad,) = torch.autograd.grad(value, x, allow_unused=True)
+        except _Unsafe:
+            raise
+        except Exception as error:  # noqa: BLE001 - any failure means: do not narrow
+            raise _Unsafe(f"evaluating it for its gradient failed: {type(error).__name__}: {error}") from None
+        if grad is None:
+            raise _Unsafe("its value does not depend on the logits through autograd")
+        grads.append(grad != 0)
+    read = grads[0].any(0)  # [pos d_vocab]
+    for grad in grads[1:]:
+        read |= grad.any(0)
+    positions = read.any(-1).nonzero().flatten().tolist()
+    if not positions:
+        raise _Unsafe("its gradient is zero at every logit")
+    d_vocab = read.shape[-1]
+    vocab = read[positions].any(0).nonzero().flatten().tolist()
+    candidates = [(tuple(positions), tuple(vocab))] if len(vocab) <= d_vocab // 2 else []
+    candidates.append((tuple(positions), None))
+    for pos, ids in candidates:
+        if _unchanged(metric, runs, pos, ids):
+            return pos, ids
+    raise _Unsafe("its value changes with logits outside the positions where its gradient is nonzero")
+
+
+def _unchanged(metric: CustomMetric, runs: Sequence[Tensor], positions: tuple[int, ...],
+               vocab: tuple[int, ...] | None) -> bool:
+    """Whether metric(logits) stays the same whatever fills the logits outside `positions` x
+    `vocab`: on every run (filled with 0, +-big constants, big noise), and on the base run with the
+    kept logits redrawn at random within each row's range (filled with 0), which moves a max or
+    argmax among the kept ids across the others. Evidence, not proof: a metric that reads a logit only beyond 1000x the largest logit of these runs, or
+    through a branch none of them takes, would pass."""
+    n_pos, d_vocab = runs[0].shape[1:]
+    kept = torch.zeros(n_pos, d_vocab, dtype=torch.bool, device=runs[0].device)
+    pos = torch.tensor(positions, device=kept.device)
+    if vocab is None:
+        kept[pos] = True
+    else:
+        kept[pos[:, None], torch.tensor(vocab, device=kept.device)] = True
+    generator = torch.Generator(device=kept.device).manual_seed(0)
+    base = runs[0]
+    # Far beyond any logit a patched run can reach (a threshold there would go unnoticed), but
+    # finite in the logits' dtype and when squared.
+    big = min(1e3 * (float(max(r.abs().max() for r in runs)) + 1), torch.finfo(base.dtype).max ** 0.5)
+    noise = torch.randn(base.shape, generator=generator, device=base.device).to(base.dtype) * big
+    lo, hi = base.amin(-1, keepdim=True), base.amax(-1, keepdim=True)
+    checks = []  # (logits, fills)
+    for logits in runs:
+        checks.append((logits, [0.0, big, -big, noise if noise.shape == logits.shape else 0.0]))
+    for _ in range(_REDRAWS):
+        redrawn = torch.rand(base.shape, generator=generator, device=base.device).to(base.dtype)
+        checks.append((torch.where(kept, lo + (hi - lo) * redrawn, base), [0.0]))
+    # One buffer for every call (fresh full-size tensors cost more than the metric); each value is
+    # copied out before the buffer is written again.
+    buffer = torch.empty_like(base)
+
+    def value_on(logits: Tensor, fill: Tensor | float | None) -> Tensor:
+        x = buffer if buffer.shape == logits.shape else torch.empty_like(logits)
+        if fill is None:
+            x.copy_(logits)
+        else:
+            torch.where(kept, logits, torch.as_tensor(fill, dtype=x.dtype, device=x.device), out=x)
+        return scalar(metric.fn(x), metric.name).detach().float().clone()
+
+    try:
+        with torch.no_grad():
+            for logits, fills in checks:
+                expected = value_on(logits, None)
+                for fill in fills:
+                    if not torch.isclose(value_on(logits, fill), expected, rtol=1e-5, atol=1e-6):
+                        return False
+    except Exception:  # noqa: BLE001 - e.g. it cannot take the fills: do not narrow
+        return False
+    return True
+
+
+# Random redraws of the kept logits in the check above (each costs two calls of the metric).
+_REDRAWS = 4
+
+
 def scalar(value: object, name: str = "metric") -> Tensor:
     """Check that a metric returned a scalar (a 0-d tensor or a number) and return it as a tensor."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -253,7 +436,8 @@ def scalar(value: object, name: str = "metric") -> Tensor:
 
 
 def as_metric(metric: object) -> Metric:
-    """A `Metric` as is; a plain callable wrapped in `CustomMetric` (reads every position)."""
+    """A `Metric` as is; a plain callable wrapped in `CustomMetric` (reads every position, until a
+    sweep finds what it reads: `find_reads`)."""
     if isinstance(metric, Metric):
         return metric
     if not callable(metric):

@@ -262,7 +262,7 @@ def activation_patching(
         with torch.no_grad():
             source_logits = unembed(model, final[:, read], metric.vocab)
         d = 0
-    base = BaseRun(base_tokens, base_logits, base_cache, model.cfg.n_layer)
+    base = BaseRun(base_tokens, base_logits, base_cache, model.cfg.n_layer, other_logits=(source_logits,))
     clean_logits, corrupted_logits = (source_logits, base_logits) if direction == "denoise" else (base_logits, source_logits)
     clean_value = float(scalar(metric.evaluate(clean_logits), metric.name))
     corrupted_value = float(scalar(metric.evaluate(corrupted_logits), metric.name))
