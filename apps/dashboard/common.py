@@ -31,7 +31,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"
 IOI_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 IOI_ANSWER, IOI_WRONG = " Mary", " John"
-# The default model's notice tells script users to pass --model; the dashboard takes these instead.
+# How to get GPT-2, ending the default model's notice: the dashboard's ways, not the scripts' --model.
 DASHBOARD_GET_GPT2 = ("To use GPT-2 124M, run once with network access: python -c \"import workbench; "
                       "workbench.load_model('gpt2')\" (it is then cached), or choose 'a local path' in the sidebar, "
                       "open the dashboard with ?model=/path/to/a/gpt2/directory in the URL, or start it with "
@@ -69,10 +69,7 @@ class Session:
 @st.cache_resource(show_spinner=False)
 def default_model() -> tuple[str, str]:
     """(name, notice) of the default model, asked once per server (it may probe the network)."""
-    from workbench.models.default import GET_GPT2
-
-    name, notice = workbench.resolve_default_model()
-    return name, notice.replace(GET_GPT2, DASHBOARD_GET_GPT2)
+    return workbench.resolve_default_model(get_gpt2=DASHBOARD_GET_GPT2)
 
 
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=2)

@@ -217,16 +217,11 @@ def load_experiment_model(config: ExperimentConfig):
     from workbench.models.default import load_default_model
     from workbench.models.loading import load_model
 
-    check_device(config.device)
+    if config.device is not None:
+        resolve_device(config.device)  # InputError for an unknown device or a GPU this machine lacks
     if config.model is None:
         return load_default_model(device=config.device, dtype=config.dtype, verbose=False)
     return load_model(config.model, device=config.device, dtype=config.dtype)
-
-
-def check_device(device: str | None) -> None:
-    """InputError for a device string torch does not know, or a GPU this machine does not have."""
-    if device is not None:
-        resolve_device(device)
 
 
 def prepare(experiment: Experiment, config: ExperimentConfig, model) -> ExperimentConfig:

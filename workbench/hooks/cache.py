@@ -59,17 +59,14 @@ class AttentionLayer(Protocol):
 @runtime_checkable
 class CacheModel(Protocol):
     """What a cache needs of its model: the attention layer of every block, in order (n_layer,
-    n_head, per-head results); `ln_final` (recomputed LayerNorm), `W_U` and `to_single_token`
+    n_head, per-head results); `ln_final` (recomputed LayerNorm) and `tokens_to_residual_directions`
     (`logit_attrs`), read when those helpers are called."""
 
     ln_final: Callable[[Tensor], Tensor]
 
     def attention_layers(self) -> Sequence[AttentionLayer]: ...
 
-    @property
-    def W_U(self) -> Float[Tensor, "d_model d_vocab"]: ...
-
-    def to_single_token(self, text: str) -> int: ...
+    def tokens_to_residual_directions(self, tokens: TokenSpec) -> Float[Tensor, "... d_model"]: ...
 
 
 def _pos_index(pos_slice: PosSlice) -> int | slice | Tensor:
@@ -105,7 +102,7 @@ class ActivationCache(Mapping[str, Tensor]):
     `cache["pattern", 3]` is shorthand for `cache["blocks.3.attn.hook_pattern"]`; a negative
     layer counts from the last (`cache["resid_post", -1]`). `model`: the model the activations
     came from, which gives the cache its n_layer and n_head, computes per-head results when they
-    are read, and serves `ln_final` and `W_U` to the helpers that need them. `has_batch_dim`:
+    are read, and serves `ln_final` and the unembedding directions to the helpers that need them. `has_batch_dim`:
     whether activations have a leading batch axis (False after `remove_batch_dim`).
     """
 
@@ -470,12 +467,12 @@ class ActivationCache(Mapping[str, Tensor]):
         positions; a 1-d tensor whose length is not the batch size is one per position), or
         [batch pos]; it must already match `pos_slice` / `batch_slice`, which say which positions
         and batch rows the stack holds."""
-        directions = self._residual_directions(tokens)
+        directions = self.model.tokens_to_residual_directions(tokens)
         if incorrect_tokens is not None:
             if _token_shape(tokens) != _token_shape(incorrect_tokens):
                 raise InputError(f"tokens and incorrect_tokens must have the same shape, got "
                                  f"{_token_shape(tokens)} and {_token_shape(incorrect_tokens)}")
-            directions = directions - self._residual_directions(incorrect_tokens)
+            directions = directions - self.model.tokens_to_residual_directions(incorrect_tokens)
         scaled = self.apply_ln_to_stack(residual_stack, -1, pos_slice=pos_slice, batch_slice=batch_slice,
                                         has_batch_dim=has_batch_dim)
         batch_index = _pos_index(batch_slice)
@@ -483,17 +480,6 @@ class ActivationCache(Mapping[str, Tensor]):
                 and directions.shape[0] == scaled.shape[1]):
             directions = directions[:, None]  # one direction per example, broadcast over positions
         return (scaled * directions).sum(-1)
-
-    def _residual_directions(self, tokens: TokenSpec) -> Float[Tensor, "... d_model"]:
-        """The unembedding column of each token, [*tokens.shape d_model] (one token: [d_model])."""
-        W_U = self.model.W_U
-        if isinstance(tokens, Tensor) and tokens.numel() > 1:
-            return einops.rearrange(W_U[:, tokens.to(W_U.device)], "d_model ... -> ... d_model")
-        if isinstance(tokens, str):
-            token = self.model.to_single_token(tokens)
-        else:
-            token = int(tokens)
-        return W_U[:, token]
 
 
 def _token_shape(tokens: TokenSpec) -> tuple[int, ...]:

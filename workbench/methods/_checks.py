@@ -16,11 +16,6 @@ def shown(value: Any) -> str:
     return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
 
 
-def as_tokens(model, value: Any, name: str) -> Tensor:
-    """`model.prepare_tokens(value)` ([batch pos] ids on the model's device), its errors naming `name`."""
-    return model.prepare_tokens(value, name=name)
-
-
 def as_index(value: Any, what: str) -> int:
     """An integer index (int, or a NumPy / 0-d tensor integer); bools and floats are refused."""
     if not isinstance(value, bool):

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from workbench.errors import InputError
 from workbench.hooks import act_name, act_names
-from workbench.methods._checks import as_index, as_index_list, as_tokens, check_seed, check_sweep_options, shown
+from workbench.methods._checks import as_index, as_index_list, check_seed, check_sweep_options, shown
 from workbench.methods._resume import (
     BaseRun, CellGroup, all_rows, base_names, cached_runs, entry_of, run_cells, through_W_O,
 )
@@ -133,7 +133,7 @@ def _check_reference(model: GPT, method: str, tokens: Tensor, reference) -> Tens
             f"{method} ablation needs a non-empty reference batch (token ids [batch pos], a prompt or a list "
             f"of prompts, or None for the prompts themselves), got {given}"
         )
-    reference = as_tokens(model, reference, "reference")
+    reference = model.prepare_tokens(reference, name="reference")
     if reference.shape[1] != tokens.shape[1]:
         raise InputError(
             f"the reference batch has {reference.shape[1]} positions but the prompts have {tokens.shape[1]}: "
@@ -162,7 +162,7 @@ def ablation_hooks(
         raise InputError(f"ablation must be an Ablation, e.g. Ablation('zero', heads=[(0, 1)]), got {shown(ablation)}")
     ablation.check(model)
     seed = check_seed(seed)
-    tokens = as_tokens(model, tokens, "tokens")
+    tokens = model.prepare_tokens(tokens, name="tokens")
     reference = _check_reference(model, ablation.method, tokens, reference)
     sites = ablation.sites()
     cache = None
@@ -251,7 +251,7 @@ def ablation_sweep(
         raise InputError(f"unknown ablation method {method!r}; allowed: {', '.join(METHODS)}")
     check_sweep_options(max_batch, progress)
     seed = check_seed(seed)
-    tokens = as_tokens(model, tokens, "tokens")
+    tokens = model.prepare_tokens(tokens, name="tokens")
     metric = as_metric(metric)
     reference = _check_reference(model, method, tokens, reference)
     n_layer, n_head, batch = model.cfg.n_layer, model.cfg.n_head, tokens.shape[0]

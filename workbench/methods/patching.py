@@ -32,7 +32,7 @@ from torch import Tensor
 
 from workbench.errors import InputError
 from workbench.hooks import ActivationCache, act_name, act_names
-from workbench.methods._checks import as_index_list, as_tokens, check_sweep_options
+from workbench.methods._checks import as_index_list, check_sweep_options
 from workbench.methods._resume import (
     BaseRun, CellGroup, ZDiff, all_rows, base_names, cached_runs, entry_of, run_cells, through_W_O, unembed,
 )
@@ -140,8 +140,8 @@ def check_direction(direction: str) -> str:
 
 def check_pair(model: GPT, clean_tokens, corrupted_tokens) -> tuple[Tensor, Tensor]:
     """Both prompts as [batch pos] ids; they must have the same shape."""
-    clean = as_tokens(model, clean_tokens, "clean_tokens")
-    corrupted = as_tokens(model, corrupted_tokens, "corrupted_tokens")
+    clean = model.prepare_tokens(clean_tokens, name="clean_tokens")
+    corrupted = model.prepare_tokens(corrupted_tokens, name="corrupted_tokens")
     if clean.shape[1] != corrupted.shape[1]:
         raise InputError(
             f"clean and corrupted prompts must have the same length: clean has {clean.shape[1]} tokens, "
@@ -241,7 +241,7 @@ def activation_patching(
         if check_direction(direction) != "denoise":
             raise InputError("clean_cache patches clean activations into the corrupted run: direction must be 'denoise'")
         target, metric, layers = check_target(target), as_metric(metric), check_layers(model, layers)
-        clean, corrupted = None, as_tokens(model, corrupted_tokens, "corrupted_tokens")
+        clean, corrupted = None, model.prepare_tokens(corrupted_tokens, name="corrupted_tokens")
     base_tokens, source_tokens = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
     hooks = [target_hook(target, l) for l in layers]
     if target.startswith(("head_q", "head_k", "head_v", "head_pattern")):  # patched z needs q, k, v, pattern

@@ -18,16 +18,17 @@ def _gpt2_cached() -> bool:
     return hub.cached("gpt2") is not None
 
 
-def resolve_default_model(*, timeout: float = hub.HUB_TIMEOUT) -> tuple[str, str]:
+def resolve_default_model(*, timeout: float = hub.HUB_TIMEOUT, get_gpt2: str = GET_GPT2) -> tuple[str, str]:
     """(name, notice): "gpt2" if its weights are cached or the hub answers an HTTP request within
-    `timeout` seconds (HF_HUB_OFFLINE=1 means it never asks), otherwise the bundled model."""
+    `timeout` seconds (HF_HUB_OFFLINE=1 means it never asks), otherwise the bundled model.
+    `get_gpt2`: how to get GPT-2, ending the bundled model's notice (the dashboard names its own ways)."""
     if _gpt2_cached():
         return "gpt2", "Using GPT-2 124M (gpt2) from the local Hugging Face cache."
     if (problem := hub.hub_problem("gpt2", timeout=timeout)) is None:
         return "gpt2", "Using GPT-2 124M (gpt2), downloading it from the Hugging Face hub."
     return DEFAULT_BUNDLED, (
         f"GPT-2 weights are not in the local Hugging Face cache and {problem}: using the bundled model "
-        f"{DEFAULT_BUNDLED!r} (2 layers, trained on Tiny Shakespeare). {GET_GPT2}"
+        f"{DEFAULT_BUNDLED!r} (2 layers, trained on Tiny Shakespeare). {get_gpt2}"
     )
 
 
