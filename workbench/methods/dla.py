@@ -74,7 +74,7 @@ class DLAResult:
     total: Float[Tensor, "batch"]
     attn_out: Float[Tensor, "batch layer"]
     mlp_out: Float[Tensor, "batch layer"]
-    accumulated: Float[Tensor, "batch layer"]
+    accumulated: Float[Tensor, "batch _"]  # one column per accumulated_labels
     accumulated_labels: list[str]
 
     @property
