@@ -313,7 +313,9 @@ def _token_ids(model: GPT, spec: object, batch: int, what: str) -> tuple[Tensor,
         if ids.shape != (batch,):
             raise InputError(f"{what} must be {allowed}; got ids of shape {list(spec.shape)} for {batch} prompts")
         ids = ids.long().cpu()
-        text = f"logit[{model.tokenizer.decode([int(ids[0])])!r}]" if bool((ids == ids[0]).all()) else f"logit[{what}]"
+        per_prompt = "token" if what == "metric_direction" else what
+        text = (f"logit[{model.tokenizer.decode([int(ids[0])])!r}]" if bool((ids == ids[0]).all())
+                else f"logit[{per_prompt}]")  # a token per prompt, e.g. logit[answer] - logit[wrong]
     else:
         try:
             token = as_index(spec, what)
