@@ -316,7 +316,7 @@ def dla_layer_figure(layers, *, title: str | None = None) -> go.Figure:
             error_y={"type": "data", "symmetric": False, "array": (rows["max"] - rows["value"]).tolist(),
                      "arrayminus": (rows["value"] - rows["min"]).tolist()},
             hovertemplate=f"layer %{{x}} {name}: %{{y:.3f}} logits<extra></extra>"))
-    fig.update_layout(title=title or "Direct logit attribution per layer (mean over prompts; bars: min to max)",
+    fig.update_layout(title=title or "Per layer: attention and MLP (mean; bars: min to max)",
                       barmode="group", height=360, margin={"t": 60, "b": 10},
                       xaxis_title="layer", yaxis_title="logits")
     return fig
@@ -329,7 +329,7 @@ def dla_accumulated_figure(accumulated, *, title: str | None = None) -> go.Figur
         x=accumulated["layer"].tolist(), y=accumulated["value"].tolist(), mode="lines+markers",
         error_y={"type": "data", "array": accumulated["std"].tolist()},
         hovertemplate="%{x}: %{y:.3f} logits<extra></extra>"))
-    fig.update_layout(title=title or "Accumulated: read off the residual stream (frozen final LayerNorm scale)",
+    fig.update_layout(title=title or "Accumulated: the stream after each sublayer (mean +- std)",
                       height=340, margin={"t": 60, "b": 10}, xaxis_title="layer", yaxis_title="logits")
     return fig
 
