@@ -542,6 +542,22 @@ def test_runs_page_replots_and_replays(app, tmp_path):
     assert at.dataframe[1].value["match"].all()
 
 
+def test_runs_page_replots_a_dla_run(app, tmp_path):
+    """The Runs page draws a recorded DLA run with the page's own figures: the same head heatmap,
+    per-layer bars and accumulated view."""
+    at = open_and_run(app, "dla")
+    on_page = charts(at)
+    at.button(key="save.dla").click().run()
+    (run,) = find_runs(tmp_path / "runs")
+    at = page(at, "runs")
+    assert not errors(at)
+    replotted = charts(at)
+    assert len(replotted) == len(on_page) == 3
+    assert_close(z_of(heatmaps(replotted[0])[0]), z_of(heatmaps(on_page[0])[0]))
+    for a, b in zip(replotted[1]["data"] + replotted[2]["data"], on_page[1]["data"] + on_page[2]["data"]):
+        assert_close(torch.tensor(a["y"]), torch.tensor(b["y"]))
+
+
 def test_runs_page_without_runs_says_so(app):
     at = page(app, "runs")
     assert not errors(at)
