@@ -8,7 +8,8 @@ unembedding (`W_U[:, answer] - W_U[:, wrong]` for a logit difference). With the 
 frozen at the value the run computed (TransformerLens's "cached scale", `ActivationCache.
 apply_ln_to_stack`), this is linear in the components: each gets
 `(x - mean(x)) / scale * w . d`, and the LayerNorm's bias gives `b . d`, a term of its own. The
-terms sum to the model's own logit (difference) at `pos`, exactly up to float error.
+terms sum to the model's own logit (difference) at `pos`, exactly up to float error (GPT-2 has no
+unembedding bias: `b_U` is zeros, so nothing else enters a logit).
 
 Cost: one cached forward (only the activations at `pos`) and small matmuls. Centring is a
 symmetric projection and the scale one number per prompt, so `(x - mean(x)) / scale . (w * d)`
