@@ -38,6 +38,8 @@ class DLAConfig(PromptSetOptions, ExperimentConfig):
     def applies(self, name: str) -> bool:
         if name in ("corrupted_prompts", "ioi_corruption"):
             return False  # one run of the clean prompts: nothing is corrupted
+        if name == "metric":
+            return False  # the prompt set's direction (DIRECTIONS) is read, not its patching metric
         return super().applies(name)
 
     def validate(self) -> None:
