@@ -291,15 +291,16 @@ class _FrozenRun:
     def __init__(self, model: GPT, base_cache, source_cache) -> None:
         self.model, self.base, self.source = model, base_cache, source_cache
 
-    def _sender_delta(self, s: Sender, pos: Tensor) -> Float[Tensor, "batch pos d_model"]:
-        """The sender's change of the residual stream at positions `pos`: its head's z change through
-        W_O (entering at resid_mid), or its MLP output change (entering at resid_post)."""
-        if s.head is None:
-            return (self.source["mlp_out", s.layer] - self.base["mlp_out", s.layer])[:, pos]
-        attn = self.model.blocks[s.layer].attn
-        z_diff = (self.source["z", s.layer] - self.base["z", s.layer])[:, pos, s.head : s.head + 1]
-        heads = torch.tensor([s.head], device=z_diff.device)
-        return attn.head_results(z_diff, heads=heads)[:, :, 0]
+    def _head_deltas(self, layer: int, heads: list[int], pos: Tensor) -> Float[Tensor, "cell batch pos d_model"]:
+        """Sender heads' changes of the residual stream at positions `pos` (entering at resid_mid):
+        each head's z change through its W_O."""
+        z_diff = (self.source["z", layer] - self.base["z", layer])[:, pos][:, :, heads]  # [batch pos cell d_head]
+        out = self.model.blocks[layer].attn.head_results(z_diff, heads=torch.tensor(heads, device=z_diff.device))
+        return einops.rearrange(out, "batch pos cell d_model -> cell batch pos d_model")
+
+    def _mlp_delta(self, layer: int, pos: Tensor) -> Float[Tensor, "batch pos d_model"]:
+        """A sender MLP's change of the residual stream at positions `pos` (entering at resid_post)."""
+        return (self.source["mlp_out", layer] - self.base["mlp_out", layer])[:, pos]
 
     def run(
         self, senders: Sequence[Sender], pos: Tensor, until: int, at: Callable[[int, Tensor], None] | None = None
@@ -314,9 +315,9 @@ class _FrozenRun:
         delta = self.base["z", 0].new_zeros(len(senders), batch, len(pos), self.model.cfg.d_model)
         for layer in range(ordered[0].layer, until):
             block = self.model.blocks[layer]
-            for i, s in enumerate(ordered):
-                if s.layer == layer and s.head is not None:
-                    delta[i] = self._sender_delta(s, pos)
+            joining = [i for i, s in enumerate(ordered) if s.layer == layer and s.head is not None]
+            if joining:
+                delta[joining] = self._head_deltas(layer, [ordered[i].head for i in joining], pos)
             live = sum(1 for s in ordered if s.layer < layer or (s.layer == layer and s.head is not None))
             if live:  # heads frozen: resid_mid changes only by delta; the MLP recomputes
                 resid_mid = self.base["resid_mid", layer][:, pos] + delta[:live]
@@ -326,7 +327,7 @@ class _FrozenRun:
                 delta[:live] += mlp_out - self.base["mlp_out", layer][:, pos]
             for i, s in enumerate(ordered):
                 if s.layer == layer and s.head is None:
-                    delta[i] = self._sender_delta(s, pos)
+                    delta[i] = self._mlp_delta(layer, pos)
             if at is not None:
                 at(layer + 1, delta[: sum(1 for s in ordered if s.layer <= layer)])
         out = torch.empty_like(delta)
