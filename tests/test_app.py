@@ -669,3 +669,68 @@ def test_hover_never_reads_minus_zero():
     assert trace.customdata[1][0].endswith("normalised: -0.25")
     assert trace.customdata[1][1].endswith("normalised: n/a") and trace.z[1][1] is None
     assert str(trace.z[0][0]) == "0.0"
+
+
+# ----------------------------------------------------------------------------- path patching
+def test_path_patching_page_matches_the_library(app, lib_model, monkeypatch):
+    """The page opens on the task and receivers the experiment's "auto" picks (the induction heads' keys
+    on the bundled model), and its heatmap and table are the library's path_patching for those inputs;
+    other receivers (the logits, MLP senders) too; changing the plot option does not recompute."""
+    from workbench.experiments import path_patching as experiment
+    from workbench.experiments.path_patching import default_receivers, parse_receivers
+    from workbench.methods.path_patching import path_patching
+
+    calls = count_calls(monkeypatch, experiment, "path_patching")
+    at = page(app, "path_patching")
+    assert at.radio(key="p.path.source").value == "induction"
+    receivers = parse_receivers(default_receivers("induction", lib_model))
+    assert at.multiselect(key="p.path.heads").value == [f"L{l}H{h}" for l, h, _ in receivers]
+    at.button[0].click().run()
+    assert not at.exception and not errors(at), errors(at)
+    pairs = prompts.induction_prompts(n=8, seq_len=10, seed=0, vocab_size=lib_model.cfg.vocab_size)
+    expected = path_patching(lib_model, pairs.clean_tokens, pairs.corrupted_tokens, pairs.metric(),
+                             receivers=receivers, direction="noise", progress=False)
+    (trace,) = heatmaps(charts(at)[0])
+    assert_close(z_of(trace), expected.effect)
+    assert [m.value for m in at.metric][:2] == [f"{expected.clean_value:.3f}", f"{expected.corrupted_value:.3f}"]
+    table = at.dataframe[0].value
+    best = expected.to_frame().query("computed").sort_values("effect", key=abs, ascending=False)
+    assert table["component"].tolist() == best["component"].tolist()
+    if "shakespeare" in lib_model.name:
+        assert table["component"].iloc[0] == "L0H3"  # the previous-token head writes the induction keys
+    at.radio(key="p.path.show").set_value("value").run()
+    assert_close(z_of(heatmaps(charts(at)[0])[0]), expected.values)
+    assert len(calls) == 1
+
+    at.radio(key="p.path.receiver_kind").set_value("logits")
+    at.selectbox(key="p.path.senders").set_value("mlps")
+    at.button[0].click().run()
+    assert not at.exception and not errors(at), errors(at)
+    expected = path_patching(lib_model, pairs.clean_tokens, pairs.corrupted_tokens, pairs.metric(),
+                             receivers="logits", senders="mlps", direction="noise", progress=False)
+    (bar,) = charts(at)[0]["data"]
+    assert_close(torch.tensor(bar["y"], dtype=torch.float64), expected.values)
+
+
+def test_path_patching_page_saves_a_run_that_replays_and_refuses_empty_receivers(app, tmp_path, monkeypatch):
+    from workbench.experiments import path_patching as experiment
+
+    calls = count_calls(monkeypatch, experiment, "path_patching")
+    at = page(app, "path_patching")
+    at.button[0].click().run()
+    at.button(key="save.path_patching").click().run()
+    assert not at.exception and not errors(at), errors(at)
+    assert len(calls) == 1  # saved what the page computed
+    (run,) = find_runs(tmp_path / "runs")
+    assert run.parent.name == "path_patching"
+    assert replay(run).ok
+
+    at.multiselect(key="p.path.heads").set_value([])
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("receivers is empty" in e for e in errors(at)), errors(at)
+    at.multiselect(key="p.path.heads").set_value(["L1H0"])
+    at.selectbox(key="p.path.input").set_value("q")
+    at.button[0].click().run()
+    assert not at.exception and not errors(at), errors(at)
+    assert any("L1H0.q" in c.value for c in at.caption)

@@ -259,3 +259,32 @@ def test_every_page_renders_and_runs(server, page, shots):
 
     for name in ("model", "logit_lens", "attention", "patching", "ablation", "dla", "runs"):
         assert (shots / f"{name}.png").stat().st_size > 10_000, name
+
+
+def test_path_patching_page_runs_and_saves(server, page, shots):
+    """Path patching opens on the task's receivers (the induction heads' keys on the bundled model),
+    draws the sender heatmap, records a run, and runs again into the logits."""
+    page.goto(f"{server}/path_patching")
+    page.get_by_role("heading", name="Path patching").wait_for()
+    settle(page)
+    page.get_by_role("button", name="Run path patching").click()
+    page.wait_for_selector(PLOT, timeout=SLOW)
+    settle(page)
+    check_page(page, plots=1)
+    title = page.evaluate("() => document.querySelector('.js-plotly-plot').layout.title.text")
+    assert "Path patching into L1H" in title and ".k" in title, title
+    page.get_by_role("button", name="Save run").click()
+    page.get_by_text("Saved run").wait_for()
+    settle(page)
+    shoot(page, shots, "path_patching")
+
+    assert page.get_by_role("combobox", name="Receiver heads").count() == 1
+    page.get_by_text("the logits").click()
+    settle(page)
+    page.get_by_role("button", name="Run path patching").click()
+    page.wait_for_function("() => document.querySelector('.js-plotly-plot').layout.title.text.includes('logits')",
+                           timeout=SLOW)
+    settle(page)
+    check_page(page, plots=1)
+    assert page.get_by_text("Saved run").count() == 0
+    assert (shots / "path_patching.png").stat().st_size > 10_000

@@ -25,3 +25,16 @@ def test_compare_tensor_exact_and_within_tolerance():
     assert not near_tie.ok and not near_tie.required and "0.5% of entries differ" in near_tie.detail
     nan = torch.tensor([1.0, float("nan")])
     assert compare_tensor("nan", nan, nan.clone(), EXACT).ok
+
+
+def test_skipped_cells_compare_by_place():
+    """Path patching leaves senders that reach no receiver NaN: the same NaNs replay as a match, a
+    sender computed in one run and skipped in the other does not."""
+    values = torch.tensor([[0.5, -1.0], [float("nan"), float("nan")]])
+    tol = tolerance_for(torch.float32, torch.bfloat16)
+    assert compare_tensor("values", values, values + 1e-3, tol).ok
+    moved = values.clone()
+    moved[1, 0] = 0.5
+    result = compare_tensor("values", values, moved, tol)
+    assert not result.ok and "NaNs in different places" in result.detail
+    assert not compare_tensor("values", values, moved, EXACT).ok

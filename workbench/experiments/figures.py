@@ -203,6 +203,32 @@ def patching_figure(frame, *, show: str = "normalized", head: int | None = None,
     return fig
 
 
+# ----------------------------------------------------------------------------- path patching
+def path_patching_figure(frame, *, show: str = "effect", title: str | None = None) -> go.Figure:
+    """A path patching table (`PathPatchingResult.to_frame()`, recorded or fresh) as a [layer x head]
+    heatmap of `show` ("effect", "value" or "normalized", see PATCHING_SHOW) for head senders, or a
+    [component] bar chart otherwise; senders that reach no receiver are blank (labelled "-")."""
+    if show == "normalized" and frame["normalized"].isna().all():
+        show = "value"
+    first = frame.iloc[0]
+    label = str(first.get("metric", "metric")) if show == "value" else PATCHING_SHOW.get(show, show)
+    base = "corrupted" if first.get("direction") == "denoise" else "clean"
+    title = title or (f"Path patching into {first.get('receivers', '')} ({first.get('direction', '')}, "
+                      f"from the {base} run): {label}")
+    heads = frame["head"].notna()
+    if heads.all():
+        grid = frame.pivot(index="layer", columns="head", values=show)
+        fig = heatmap(grid.to_numpy(), x=[str(h) for h in grid.columns], y=[str(l) for l in grid.index],
+                      x_title="head", y_title="layer", title=title, colorbar=label.split(" (")[0], diverging=True)
+        cell_text(fig, [["-" if v != v else f"{v:+.2f}" for v in row] for row in grid.to_numpy().tolist()], size=9)
+        return fig
+    values = [None if v != v else v for v in frame[show]]
+    fig = go.Figure(go.Bar(x=list(frame["component"]), y=values, marker_color=[
+        "#b2182b" if v is not None and v < 0 else "#2166ac" for v in values]))
+    fig.update_layout(title=title, height=360, xaxis_title="component", yaxis_title=label.split(" (")[0])
+    return fig
+
+
 # ----------------------------------------------------------------------------- ablation
 def ablation_figure(frame, *, title: str | None = None) -> go.Figure:
     """An ablation table (one row per head: layer, head, effect; recorded or fresh) as a
