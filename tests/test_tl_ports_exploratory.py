@@ -459,9 +459,12 @@ def test_head_scores_on_repeated_random_tokens(bridge, model):
 def test_backup_name_movers(bridge, model):
     """Section "Backup Name Mover Heads": find the top head by direct logit attribution, add a hook that
     zeroes its final-position `z` to the model's global state (`model.blocks[layer].attn.hook_z.add_hook`),
-    run `run_with_cache(tokens)` (which runs the hook and then removes every non-permanent hook), print the
-    logit differences, redo the per-head attribution on the ablated cache, and compare the final LayerNorm
-    scales (`cache["ln_final.hook_scale"]`)."""
+    run `run_with_cache(tokens)`, print the logit differences, redo the per-head attribution on the ablated
+    cache, and compare the final LayerNorm scales (`cache["ln_final.hook_scale"]`). The notebook's text says
+    run_with_cache then removes every hook, the ablation included; in TransformerLens 4.x the ablation hook
+    stays attached (this test checks it on the bridge), and so it does in workbench: a later run is still
+    ablated. The snippet ends with `model.reset_hooks()` (not in the
+    notebook) so the shared fixtures stay clean."""
     def snippet(model, lib):
         s = setup_ioi(model, lib)
         cache, tokens = s.cache, s.tokens
@@ -479,7 +482,7 @@ def test_backup_name_movers(bridge, model):
 
         model.blocks[top_name_mover_layer].attn.hook_z.add_hook(ablate_top_head_hook)
         ablated_logits, ablated_cache = model.run_with_cache(tokens)
-        after = model(tokens)  # the hook is gone: this is the clean run again
+        after = model(tokens)  # the hook is still attached: ablated again
         out = {"top": top_name_mover, "ablated_diff": s.logits_to_ave_logit_diff(ablated_logits, s.answer_tokens),
                "dla_of_top": per_head_logit_diffs.flatten()[top_name_mover].item(),
                "naive": s.original_average_logit_diff - per_head_logit_diffs.flatten()[top_name_mover].item(),
@@ -493,12 +496,15 @@ def test_backup_name_movers(bridge, model):
                                 .mean().item(), 3)
         out["ablated_scale"] = ablated_cache["ln_final.hook_scale"][:, -1].detach().cpu().round(decimals=2)
         out["original_scale"] = cache["ln_final.hook_scale"][:, -1].detach().cpu().round(decimals=2)
+        model.reset_hooks()
+        out["after_reset"] = model(tokens)
         return out
 
     ours, _ = run_both(snippet, bridge, model)
     assert (ours["ablated_z"] == 0).all()  # the hook ran during run_with_cache
     assert ours["ablated_per_head"].flatten()[ours["top"]] == 0  # the ablated head's attribution is gone
-    assert_same(ours["after"], model(model.to_tokens([p for p in setup_ioi(model, WB).prompts])))
+    assert (ours["after"] != ours["after_reset"]).any()  # the hook outlived run_with_cache, on both libraries
+    assert not any(hook_point.has_hooks for hook_point in model.hook_dict.values())
 
 
 def test_a_layer_given_as_a_tensor_as_the_notebook_passes_it(bridge, model, tokens):

@@ -3,7 +3,7 @@ import changed.
 
 Sources the cells were checked against, call for call (which methods, which arguments, in which order):
 - the TransformerLens 4.x edition of the notebook (loads `TransformerBridge.boot_transformers("openai-community/gpt2")`
-  with compatibility mode), as stored at kirti8192/TransformerLens@49369f9eb (a fork of
+  with compatibility mode), as stored at kirti8192/TransformerLens@49369f9e (a fork of
   TransformerLensOrg/TransformerLens), demos/Main_Demo.ipynb;
 - the classic edition (`HookedTransformer.from_pretrained("gpt2-small")`), TransformerLensOrg/TransformerLens
   demos/Main_Demo.ipynb @3425b8db (setup and loss cells) and @04815d37 (caching and attention cells).
