@@ -545,7 +545,8 @@ def test_empty_prompt_is_a_message_on_every_page_and_cannot_be_saved(app):
     assert "save.lens" not in [b.key for b in at.button]
     at = page(at, "attention")
     assert any("prompt is empty" in e for e in errors(at)), errors(at)  # the pattern over the prompt
-    for name, key in (("patching", "patch"), ("ablation", "ablate")):
+    for name, key, save in (("patching", "patch", "patching"), ("ablation", "ablate", "ablation"),
+                            ("path_patching", "path", "path_patching")):
         at = page(at, name)
         at.radio(key=f"p.{key}.source").set_value("custom")
         at.text_input(key=f"p.{key}.clean").set_value("")
@@ -553,7 +554,7 @@ def test_empty_prompt_is_a_message_on_every_page_and_cannot_be_saved(app):
         assert not at.exception
         assert any("clean_prompts[0] has no text" in e for e in errors(at)), errors(at)
         assert not charts(at)
-        assert f"save.{'patching' if name == 'patching' else 'ablation'}" not in [b.key for b in at.button]
+        assert f"save.{save}" not in [b.key for b in at.button]
 
 
 def test_model_page_banner_tokens_and_card(app, experiment_model, monkeypatch):
