@@ -659,3 +659,30 @@ def test_path_patching_page_saves_a_run_that_replays_and_refuses_empty_receivers
     at.button[0].click().run()
     assert not at.exception and not errors(at), errors(at)
     assert any("L1H0.q" in c.value for c in at.caption)
+
+
+def test_path_patching_receivers_from_the_activation_patching_result(app, lib_model):
+    """After a head_k sweep on the patching page, the path patching page takes its top heads (outside
+    block 0, by |effect|) as receivers of their key input."""
+    from workbench.experiments.path_patching import heads_from_patching
+
+    at = page(app, "patching")
+    at.selectbox(key="p.patch.target").set_value("head_k")
+    at.button[0].click().run()
+    assert not at.exception and not errors(at), errors(at)
+    at = page(at, "path_patching")
+    at.number_input(key="p.path.top_k").set_value(2)
+    at.button(key="path.from_patching").click().run()
+    assert not at.exception and not errors(at), errors(at)
+    pairs = prompts.induction_prompts(n=8, seq_len=10, seed=0, vocab_size=lib_model.cfg.vocab_size)
+    expected = patching.activation_patching(lib_model, pairs.clean_tokens, pairs.corrupted_tokens, pairs.metric(),
+                                            target="head_k", progress=False).to_frame()
+    top = expected[expected["layer"] > 0].sort_values("effect", key=abs, ascending=False).head(2)
+    chosen = [f"L{l}H{h}" for l, h in zip(top["layer"], top["head"])]
+    assert [f"L{l}H{h}" for l, h in heads_from_patching(expected, k=2)] == chosen
+    assert at.multiselect(key="p.path.heads").value == chosen
+    assert at.selectbox(key="p.path.input").value == "k"
+    (run,) = [b for b in at.button if b.label == "Run path patching"]
+    run.click().run()
+    assert not at.exception and not errors(at), errors(at)
+    assert any(", ".join(f"{name}.k" for name in chosen) in c.value for c in at.caption), [c.value for c in at.caption]
