@@ -621,7 +621,8 @@ def test_empty_prompt_is_a_message_on_every_page_and_cannot_be_saved(app):
     assert "save.lens" not in [b.key for b in at.button]
     at = page(at, "attention")
     assert any("prompt is empty" in e for e in errors(at)), errors(at)  # the pattern over the prompt
-    for name, key in (("patching", "patch"), ("ablation", "ablate")):
+    for name, key, save in (("patching", "patch", "patching"), ("ablation", "ablate", "ablation"),
+                            ("path_patching", "path", "path_patching")):
         at = page(at, name)
         at.radio(key=f"p.{key}.source").set_value("custom")
         at.text_input(key=f"p.{key}.clean").set_value("")
@@ -629,7 +630,7 @@ def test_empty_prompt_is_a_message_on_every_page_and_cannot_be_saved(app):
         assert not at.exception
         assert any("clean_prompts[0] has no text" in e for e in errors(at)), errors(at)
         assert not charts(at)
-        assert f"save.{'patching' if name == 'patching' else 'ablation'}" not in [b.key for b in at.button]
+        assert f"save.{save}" not in [b.key for b in at.button]
 
 
 def test_model_page_banner_tokens_and_card(app, experiment_model, monkeypatch):
@@ -734,3 +735,30 @@ def test_path_patching_page_saves_a_run_that_replays_and_refuses_empty_receivers
     at.button[0].click().run()
     assert not at.exception and not errors(at), errors(at)
     assert any("L1H0.q" in c.value for c in at.caption)
+
+
+def test_path_patching_receivers_from_the_activation_patching_result(app, lib_model):
+    """After a head_k sweep on the patching page, the path patching page takes its top heads (outside
+    block 0, by |effect|) as receivers of their key input."""
+    from workbench.experiments.path_patching import heads_from_patching
+
+    at = page(app, "patching")
+    at.selectbox(key="p.patch.target").set_value("head_k")
+    at.button[0].click().run()
+    assert not at.exception and not errors(at), errors(at)
+    at = page(at, "path_patching")
+    at.number_input(key="p.path.top_k").set_value(2)
+    at.button(key="path.from_patching").click().run()
+    assert not at.exception and not errors(at), errors(at)
+    pairs = prompts.induction_prompts(n=8, seq_len=10, seed=0, vocab_size=lib_model.cfg.vocab_size)
+    expected = patching.activation_patching(lib_model, pairs.clean_tokens, pairs.corrupted_tokens, pairs.metric(),
+                                            target="head_k", progress=False).to_frame()
+    top = expected[expected["layer"] > 0].sort_values("effect", key=abs, ascending=False).head(2)
+    chosen = [f"L{l}H{h}" for l, h in zip(top["layer"], top["head"])]
+    assert [f"L{l}H{h}" for l, h in heads_from_patching(expected, k=2)] == chosen
+    assert at.multiselect(key="p.path.heads").value == chosen
+    assert at.selectbox(key="p.path.input").value == "k"
+    (run,) = [b for b in at.button if b.label == "Run path patching"]
+    run.click().run()
+    assert not at.exception and not errors(at), errors(at)
+    assert any(", ".join(f"{name}.k" for name in chosen) in c.value for c in at.caption), [c.value for c in at.caption]

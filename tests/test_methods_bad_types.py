@@ -22,6 +22,7 @@ import workbench
 from workbench.errors import WorkbenchError
 from workbench.methods import Ablation, LogitDiff, ablate, ablation_sweep, activation_patching, attribution_patching
 from workbench.methods import direct_logit_attribution
+from workbench.methods import path_patching
 
 torch.manual_seed(0)
 model = workbench.GPT(workbench.GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64)).eval()
@@ -90,6 +91,19 @@ CASES = {
                            r"metric_direction must be a one-token string.*got NoneType None"),
     "dla direction a list": ("direct_logit_attribution(model, toks, [1, 2])",
                              r"metric_direction must be a one-token string.*got list"),
+    # path_patching
+    "path receivers an int": ("path_patching(model, toks, toks, metric, receivers=1, progress=False)",
+                              "receivers must be 'logits' or a non-empty list of .layer, head, input., got int 1"),
+    "path receiver layer a float": ("path_patching(model, toks, toks, metric, receivers=[(1.0, 0, 'k')], progress=False)",
+                                    "a receiver's layer must be an integer, got float 1.0"),
+    "path receiver input None": ("path_patching(model, toks, toks, metric, receivers=[(1, 0, None)], progress=False)",
+                                 "a receiver's input must be one of q, k, v .*got None"),
+    "path senders a dict": ("path_patching(model, toks, toks, metric, receivers='logits', senders={}, progress=False)",
+                            "senders must be 'heads', 'mlps' or a non-empty list"),
+    "path sender head a string": ("path_patching(model, toks, toks, metric, receivers='logits', senders=[(0, 'h1')], "
+                                  "progress=False)", "a sender's head .or 'mlp'. must be an integer, got str 'h1'"),
+    "path metric an int": ("path_patching(model, toks, toks, 3, receivers='logits', progress=False)",
+                           "metric must be a Metric or a callable logits -> scalar, got int"),
 }
 
 

@@ -1,17 +1,25 @@
 """Path patching: which senders (heads or MLPs) reach the chosen receivers directly, every other head
 frozen. The page builds a path_patching experiment config and runs the experiment's own computation;
-the receivers are heads picked from a head grid (with the input they receive) or the logits."""
+the receivers are heads picked from a head list, shown on a head grid (with the input they receive),
+or taken from the activation patching page's head sweep, or the logits."""
+
+import json
 
 import pandas as pd
 import streamlit as st
 
 from dashboard import common
 from workbench.experiments.figures import PATCHING_SHOW, path_patching_figure
-from workbench.experiments.path_patching import PathPatchingConfig, default_receivers, parse_receivers
+from workbench.experiments.path_patching import (
+    PathPatchingConfig,
+    default_receivers,
+    heads_from_patching,
+    parse_receivers,
+)
 from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS, default_prompt_set
 from workbench.methods.metrics import no_signal_message
 from workbench.methods.path_patching import RECEIVER_INPUTS, SENDER_SETS, receivers_label
-from workbench.methods.patching import DIRECTIONS
+from workbench.methods.patching import DIRECTIONS, HEAD_TARGETS
 
 DEFAULTS = PathPatchingConfig()  # the experiment's defaults are the page's
 RECEIVER_KINDS = {"heads": "heads' inputs (q, k or v)", "logits": "the logits"}
@@ -39,6 +47,23 @@ if st.session_state.get("path.defaults_for") != s.model_name:  # open on the tas
     if receivers != "logits":
         st.session_state["p.path.heads"] = [f"L{l}H{h}" for l, h, _ in receivers]
         st.session_state["p.path.input"] = receivers[0][2]
+
+# Receivers from the activation patching result of this session (its page's last head sweep).
+patch_request = st.session_state.get("patch.request")
+if patch_request and patch_request[1] == "activation" and json.loads(patch_request[0]).get("target") in HEAD_TARGETS:
+    with st.expander("Receivers from the activation patching result", expanded=False):
+        c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
+        k = c1.number_input("heads", 1, len(heads) or 1, key=common.state("p.path.top_k", 3),
+                            help="The heads (outside block 0) whose patching moved the metric most.")
+        if c2.button("Use the top heads of the activation patching result as receivers", key="path.from_patching"):
+            with common.guard():
+                _, patched = common.compute(s.key, "activation_patching", patch_request[0], "Patching every cell ...")
+                chosen = heads_from_patching(patched.to_frame(), k=int(k))
+                st.session_state["p.path.receiver_kind"] = "heads"
+                st.session_state["p.path.heads"] = [f"L{l}H{h}" for l, h in chosen]
+                if patched.target.removeprefix("head_") in RECEIVER_INPUTS:
+                    st.session_state["p.path.input"] = patched.target.removeprefix("head_")
+                st.rerun()
 
 with st.form("path.form"):
     source = st.radio("Prompts", list(PROMPT_SETS), format_func=PROMPT_SETS.get, horizontal=True,

@@ -101,6 +101,18 @@ def default_receivers(prompt_set: str, model) -> list[str]:
     return ["logits"]
 
 
+def heads_from_patching(frame, *, k: int = 3) -> list[tuple[int, int]]:
+    """Receiver heads from a head patching result (`PatchingResult.to_frame()` of a [layer head] target
+    such as head_out): the `k` heads with the largest |effect|, outside block 0 (a receiver needs a
+    block before it), largest first."""
+    if "head" not in frame or "pos" in frame:
+        raise InputError("receivers come from a head patching result ([layer head]: target head_out, head_q, "
+                         "head_k, head_v or head_pattern)")
+    heads = frame[frame["layer"] > 0]
+    top = heads.reindex(heads["effect"].abs().sort_values(ascending=False, kind="stable").index).head(k)
+    return [(int(r["layer"]), int(r["head"])) for _, r in top.iterrows()]
+
+
 def resolve(config: PathPatchingConfig, model) -> PathPatchingConfig:
     config = resolve_prompt_set(config, model)
     if config.receivers == ["auto"]:

@@ -3,7 +3,7 @@
 metrics (logit_diff, token_logprob, token_prob, kl_divergence, normalize, and the `Metric`
 classes sweeps take), logit_lens, patching (activation patching), attribution (attribution
 patching), ablation (`Ablation`, `ablate`, `ablation_sweep`), head_detectors, prompts, dla
-(direct logit attribution).
+(direct logit attribution), path_patching (`path_patching`: which senders reach which receivers).
 """
 
 from workbench.methods.ablation import Ablation, AblationResult, ablate, ablation_hooks, ablation_sweep
@@ -32,6 +32,7 @@ from workbench.methods.metrics import (
     token_logprob,
     token_prob,
 )
+from workbench.methods.path_patching import PathPatchingResult, path_patching
 from workbench.methods.patching import TARGETS, PatchingResult, activation_patching
 from workbench.methods.prompts import InductionPrompts, IOIPrompts, induction_prompts, ioi_prompts, repeated_tokens
 
@@ -44,5 +45,6 @@ __all__ = [
     "Metric", "LogitDiff", "NextTokenLogProb", "TokenLogProb", "TokenProb", "KLDivergence", "CustomMetric",
     "logit_diff", "token_logprob", "token_prob", "kl_divergence", "normalize",
     "TARGETS", "PatchingResult", "activation_patching",
+    "PathPatchingResult", "path_patching",
     "IOIPrompts", "ioi_prompts", "InductionPrompts", "induction_prompts", "repeated_tokens",
 ]
