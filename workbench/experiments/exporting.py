@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -88,8 +87,7 @@ class Export:
 
 
 _SCRIPT_FIGURE = """for name, figure in results.figures.items():
-    figure.write_html(f"{name}.html")  # open it in a browser
-    print(f"Figure: {name}.html")"""
+    figure.write_html(f"{name}.html")  # open it in a browser"""
 _NOTEBOOK_FIGURE = """for figure in results.figures.values():
     figure.show()"""
 
@@ -129,8 +127,7 @@ def build_export(experiment: Experiment, config: ExperimentConfig, record: RunRe
         Section("The model, by name, refused unless its weights are the recorded ones (state sha256)",
                 "model = load_model(config.model, device=config.device, dtype=config.dtype)\n"
                 "check_weights(model, config.model_state_sha256)"
-                + ("\ntorch.set_grad_enabled(False)\ntorch.manual_seed(config.seed)  # as run_experiment does"
-                   if body is not None else "")),
+                + ("\ntorch.set_grad_enabled(False)  # as run_experiment runs" if body is not None else "")),
     ]
     if body is not None:
         sections += [
@@ -151,9 +148,9 @@ def build_export(experiment: Experiment, config: ExperimentConfig, record: RunRe
     env = record.env
     commit = env.get("git_commit")
     made_by = f"workbench {env.get('workbench', '?')}" + (f" (commit {commit[:10]})" if commit else "")
-    about = textwrap.fill(f"Recorded {record.created} by {made_by}. It runs as it is, offline; edit freely. "
-                          "RECORD = True saves the result as a new run.", 100)
-    return Export(f"{experiment.name}, exported from {record.path}", about, sections)
+    about = f"From {record.path}, recorded {record.created} by {made_by}."
+    return Export(f"The {experiment.name} run {record.path.name}: runs as it is, offline; edit freely.", about,
+                  sections)
 
 
 def _sorted_imports(lines: list[str]) -> list[str]:
@@ -195,13 +192,10 @@ def _token_ids_source(token_ids: dict[str, list[list[int]]]) -> list[str]:
     tokenizer = GPT2Tokenizer()
     lines = ["    token_ids={"]
     for role, rows in token_ids.items():
-        texts = [_comment(tokenizer.decode(row)) for row in rows]
-        if len(rows) == 1:
-            lines.append(f"        {literal(role)}: [{rows[0]!r}],  # {texts[0]}")
-            continue
-        lines.append(f"        {literal(role)}: [")
-        lines += [f"            {row!r},  # {text}" for row, text in zip(rows, texts)]
-        lines.append("        ],")
+        start = f"        {literal(role)}: ["
+        for i, row in enumerate(rows):
+            end = "]," if i == len(rows) - 1 else ","
+            lines.append(f"{start if i == 0 else ' ' * len(start)}{row!r}{end}  # {_comment(tokenizer.decode(row))}")
     lines.append("    },")
     return lines
 
