@@ -6,10 +6,13 @@ Fixtures and helpers are test_app.py's."""
 import pytest
 import torch
 
-from test_app import APP, TIMEOUT, AppTest, app, charts, errors, heatmaps, page, z_of  # noqa: F401
+import test_app
+from test_app import APP, TIMEOUT, AppTest, charts, errors, heatmaps, page, z_of
 from workbench import cli
 from workbench.experiments import EXPERIMENTS, config_from_dict, run_experiment
 from workbench.runs import find_runs, load_run
+
+explorer_app = test_app.app  # the `app` fixture: a fresh session of the explorer, runs under tmp_path
 
 # Inputs that are not the pages' defaults, per page: (experiment, config fields, {widget key: value}).
 OPEN_CASES = {

@@ -155,7 +155,8 @@ def runs_command(args: argparse.Namespace) -> int:
             print(f"{unreadable} run(s) cannot be read (status 'unreadable'); replay would refuse them")
     unfinished = find_unfinished(root)
     if unfinished:
-        print(f"{len(unfinished)} unfinished run folder(s) left by killed runs (not runs; safe to delete): "
+        print(f"{len(unfinished)} unfinished run folder(s) left by killed runs (not runs; `workbench tidy --remove` "
+              "deletes them): "
               + ", ".join(str(p) for p in unfinished[:3]) + (" ..." if len(unfinished) > 3 else ""))
     return 0
 
@@ -219,7 +220,7 @@ def tidy_command(args: argparse.Namespace) -> int:
         for path in remove_unfinished(root):
             print(f"removed {path}")
     else:
-        print(f"{len(found)} temporary folder(s) left by killed runs (not runs; `workbench tidy --remove` deletes them):")
+        print(f"{len(found)} temporary folder(s) left by killed runs (not runs; `--remove` deletes them):")
         for path in found:
             print(f"  {path}")
     return EXIT_OK

@@ -508,7 +508,8 @@ def delete_run(path: str | os.PathLike) -> Path:
     if not path.is_dir():
         raise RecordError(f"no run folder at {path}")
     if path.name.startswith(TMP_PREFIX):
-        raise RecordError(f"{path} is the temporary folder of an unfinished run; remove it with `workbench tidy --remove`")
+        raise RecordError(f"{path} is the temporary folder of an unfinished run; `workbench tidy --remove` "
+                          "removes it")
     if not _looks_like_a_run(path) or path.name == ASSETS:
         raise RecordError(f"{path} is not a run folder (it has none of config.json, env.json, command, results/); "
                           "nothing was deleted")

@@ -34,9 +34,10 @@ def show_comparison(a: str, b: str) -> None:
                                    for c in diff.comparisons]), hide_index=True, width="stretch")
     for name, delta in diff.tensor_differences().items():
         grid = as_grid(delta)
-        st.plotly_chart(heatmap(grid, x=[str(i) for i in range(grid.shape[1])], y=[str(i) for i in range(grid.shape[0])],
-                                x_title="last axis", y_title="other axes (flattened)", title=f"{name}: B - A",
-                                colorbar="B - A", diverging=True), width="stretch", key=f"runs.diff.{name}")
+        fig = heatmap(grid, x=[str(i) for i in range(grid.shape[1])], y=[str(i) for i in range(grid.shape[0])],
+                      x_title="last axis", y_title="other axes (flattened)", title=f"{name}: B - A",
+                      colorbar="B - A", diverging=True)
+        st.plotly_chart(fig, width="stretch", key=f"runs.diff.{name}")
     for name, frame in diff.joined_tables().items():
         with st.expander(f"Table: {name}, A and B side by side ({common.plural(len(frame), 'row')})"):
             common.table(frame)

@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import einops
 import pandas as pd
 import torch
 from torch import Tensor
@@ -118,8 +117,9 @@ def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike) -> RunDiff:
     notes = []
     ca, cb = _config(a), _config(b)
     if ca.get("model_state_sha256") != cb.get("model_state_sha256") or ca.get("model") != cb.get("model"):
-        notes.append(f"different models: A ran {ca.get('model')} (state sha256 {_short(ca.get('model_state_sha256'))}), "
-                     f"B ran {cb.get('model')} (state sha256 {_short(cb.get('model_state_sha256'))})")
+        notes.append(f"different models: A ran {ca.get('model')} (state sha256 "
+                     f"{_short(ca.get('model_state_sha256'))}), B ran {cb.get('model')} (state sha256 "
+                     f"{_short(cb.get('model_state_sha256'))})")
     differences = _differences("config", ca, cb) + _differences(
         "environment", {k: a.env.get(k) for k in ENV_KEYS}, {k: b.env.get(k) for k in ENV_KEYS})
     if a.experiment != b.experiment:
@@ -143,7 +143,7 @@ def join_tables(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     for float columns "<col> (B - A)"."""
     keys = [k for k in KEY_COLUMNS if k in a.columns and k in b.columns]
     if not keys or a.duplicated(keys).any() or b.duplicated(keys).any():
-        a, b = a.reset_index(drop=True).rename_axis("row").reset_index(), b.reset_index(drop=True).rename_axis("row").reset_index()
+        a, b = (t.reset_index(drop=True).rename_axis("row").reset_index() for t in (a, b))
         keys = ["row"]
     joined = pd.merge(a, b, on=keys, how="outer", suffixes=(" (A)", " (B)"), sort=False)
     out = joined[keys].copy()
@@ -166,7 +166,7 @@ def as_grid(t: Tensor) -> Tensor:
     of a higher one flattened into the rows."""
     if t.ndim < 2:
         return t.reshape(1, -1)
-    return einops.rearrange(t, "... col -> (...) col")
+    return t.flatten(end_dim=-2)  # axes of any meaning: no names to give einops
 
 
 def _config(record: RunRecord) -> dict[str, Any]:
@@ -180,7 +180,8 @@ def _dtype(config: dict) -> torch.dtype:
 
 def _differences(where: str, a: dict, b: dict) -> list[Difference]:
     out = []
-    keys = [*MODEL_FIELDS, *[k for k in a if k not in MODEL_FIELDS], *[k for k in b if k not in a and k not in MODEL_FIELDS]]
+    keys = [*MODEL_FIELDS, *[k for k in a if k not in MODEL_FIELDS],
+            *[k for k in b if k not in a and k not in MODEL_FIELDS]]
     for key in keys:
         va, vb = a.get(key), b.get(key)
         if key == "token_ids" and isinstance(va, dict) and isinstance(vb, dict):

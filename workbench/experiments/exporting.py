@@ -72,18 +72,27 @@ class Export:
             parts.append((f"# {s.heading}\n" if s.heading else "") + s.code.replace("{FIGURE}", _SCRIPT_FIGURE))
         return "\n\n".join(parts) + "\n"
 
-    def notebook(self):
-        """An nbformat v4 notebook: a title cell, then a markdown heading and a code cell per section."""
-        import nbformat
-
-        cells = [nbformat.v4.new_markdown_cell(f"# {self.title}\n\n{self.about}")]
+    def notebook(self) -> dict:
+        """A Jupyter notebook (nbformat 4.5 JSON, as a dict): a title cell, then a markdown heading
+        and a code cell per section. Written directly: exporting needs no Jupyter packages."""
+        cells = [_cell("markdown", f"# {self.title}\n\n{self.about}")]
         for s in self.sections:
             if s.heading:
-                cells.append(nbformat.v4.new_markdown_cell(f"## {s.heading}"))
-            cells.append(nbformat.v4.new_code_cell(s.code.replace("{FIGURE}", _NOTEBOOK_FIGURE)))
-        nb = nbformat.v4.new_notebook(cells=cells)
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        return nb
+                cells.append(_cell("markdown", f"## {s.heading}"))
+            cells.append(_cell("code", s.code.replace("{FIGURE}", _NOTEBOOK_FIGURE)))
+        for i, cell in enumerate(cells):
+            cell["id"] = f"cell-{i}"
+        return {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                            "language": "python"},
+                                             "language_info": {"name": "python"}},
+                "nbformat": 4, "nbformat_minor": 5}
+
+
+def _cell(kind: str, source: str) -> dict:
+    lines = source.splitlines(keepends=True)
+    if kind == "markdown":
+        return {"cell_type": "markdown", "metadata": {}, "source": lines}
+    return {"cell_type": "code", "metadata": {}, "source": lines, "outputs": [], "execution_count": None}
 
 
 _SCRIPT_FIGURE = """for name, figure in results.figures.items():
@@ -121,7 +130,7 @@ def build_export(experiment: Experiment, config: ExperimentConfig, record: RunRe
     imports += list(body.imports) if body is not None else []
     sections = [
         Section(None, "\n".join(_sorted_imports(imports))),
-        Section(None, "RECORD = False  # True: record this run as a new run folder (then: python -m workbench replay <folder>)"),
+        Section(None, "RECORD = False  # True: record the result as a new run (then: python -m workbench replay <run>)"),
         Section("The config: every option that applies, and the exact token ids of the record",
                 config_source(config)),
         Section("The model, by name, refused unless its weights are the recorded ones (state sha256)",
@@ -134,7 +143,8 @@ def build_export(experiment: Experiment, config: ExperimentConfig, record: RunRe
             Section(body.heading, body.code.strip()),
             Section("Summary and figures", "results = record(config, model, result)\nprint(results.summary)\n{FIGURE}"),
             Section("Record it as a new run (RECORD = True)",
-                    f"if RECORD:\n    run = run_experiment({literal(experiment.name)}, config, model=model, computed=result)\n"
+                    f"if RECORD:\n    run = run_experiment({literal(experiment.name)}, config, model=model, "
+                    "computed=result)\n"
                     '    print(f"Recorded run: {run.path}")'),
         ]
     else:
@@ -226,6 +236,4 @@ def render(export: Export, to: Format) -> str:
     """The text of an export as a script or as notebook JSON."""
     if to == "script":
         return export.script()
-    import nbformat
-
-    return nbformat.writes(export.notebook())
+    return json.dumps(export.notebook(), indent=1, ensure_ascii=False) + "\n"
