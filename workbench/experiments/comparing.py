@@ -182,6 +182,7 @@ def _differences(where: str, a: dict, b: dict) -> list[Difference]:
     out = []
     keys = [*MODEL_FIELDS, *[k for k in a if k not in MODEL_FIELDS],
             *[k for k in b if k not in a and k not in MODEL_FIELDS]]
+    keys.sort(key=lambda k: (k != "model", k != "model_state_sha256", k == "token_ids"))  # models first, ids last
     for key in keys:
         va, vb = a.get(key), b.get(key)
         if key == "token_ids" and isinstance(va, dict) and isinstance(vb, dict):
@@ -192,14 +193,14 @@ def _differences(where: str, a: dict, b: dict) -> list[Difference]:
     return out
 
 
-def _ids(rows) -> str | None:
+def _ids(rows) -> _Ids | None:
     """Token ids in short: their shape and a digest of the values (the full lists are in the records)."""
     if rows is None:
         return None
     import hashlib
 
     shape = f"{len(rows)} x {len(rows[0]) if rows else 0} ids"
-    return f"{shape} ({hashlib.sha256(repr(rows).encode()).hexdigest()[:8]})"
+    return _Ids(f"{shape} ({hashlib.sha256(repr(rows).encode()).hexdigest()[:8]})")
 
 
 def _short(sha: str | None) -> str:
@@ -207,5 +208,11 @@ def _short(sha: str | None) -> str:
 
 
 def _show(value: Any) -> str:
-    text = "absent" if value is None else str(value)
+    text = "absent" if value is None else repr(value) if isinstance(value, (str, list)) else str(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+class _Ids(str):
+    """A summary of token ids: shown as it is, not quoted like a config string."""
+
+    __repr__ = str.__str__
