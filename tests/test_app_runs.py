@@ -12,7 +12,7 @@ from workbench import cli
 from workbench.experiments import EXPERIMENTS, config_from_dict, run_experiment
 from workbench.runs import find_runs, load_run
 
-explorer_app = test_app.app  # the `app` fixture: a fresh session of the explorer, runs under tmp_path
+app = test_app.app  # the `app` fixture: a fresh session of the explorer, runs under tmp_path
 
 # Inputs that are not the pages' defaults, per page: (experiment, config fields, {widget key: value}).
 OPEN_CASES = {
