@@ -118,19 +118,14 @@ def build_export(experiment: Experiment, config: ExperimentConfig, record: RunRe
     """The sections of an exported run of `experiment` with the complete `config`."""
     cls = experiment.config
     body = experiment.script(config) if experiment.script is not None else None
-    imports = ["from workbench import load_model"]
-    names = ["check_weights", "run_experiment"]
-    if body is not None:
-        imports = ["import torch", ""] + imports
-        imports.append(f"from {cls.__module__} import {cls.__name__}, record")
-    else:
-        imports.append(f"from {cls.__module__} import {cls.__name__}")
-    imports.insert(imports.index("from workbench import load_model") + 1,
-                   f"from workbench.experiments.core import {', '.join(names)}")
-    imports += list(body.imports) if body is not None else []
+    imports = ["import torch"] if body is not None else []  # the body's ids; no gradients
+    imports += ["from workbench import load_model",
+                "from workbench.experiments.core import check_weights, run_experiment",
+                f"from {cls.__module__} import {cls.__name__}" + (", record" if body is not None else ""),
+                *(body.imports if body is not None else ())]
     sections = [
         Section(None, "\n".join(_sorted_imports(imports))),
-        Section(None, "RECORD = False  # True: record the result as a new run (then: python -m workbench replay <run>)"),
+        Section(None, "RECORD = False  # True: record the result as a new run (then: workbench replay <run>)"),
         Section("The config: every option that applies, and the exact token ids of the record",
                 config_source(config)),
         Section("The model, by name, refused unless its weights are the recorded ones (state sha256)",
@@ -164,8 +159,8 @@ def build_export(experiment: Experiment, config: ExperimentConfig, record: RunRe
 
 
 def _sorted_imports(lines: list[str]) -> list[str]:
-    """Standard-library / third-party imports first (as given), then workbench's, sorted."""
-    head = [line for line in lines if line and not line.startswith(("from workbench", "import workbench"))]
+    """Standard-library and third-party imports first (as given), then workbench's, sorted."""
+    head = list(dict.fromkeys(line for line in lines if not line.startswith(("from workbench", "import workbench"))))
     ours = sorted({line for line in lines if line.startswith(("from workbench", "import workbench"))})
     return head + ([""] if head else []) + ours
 
