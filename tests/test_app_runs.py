@@ -28,6 +28,9 @@ OPEN_CASES = {
                                   "reference": "corrupted", "prompt_set": "induction"},
                  {"p.ablate.source": "induction", "p.ablate.n_prompts": 3, "p.ablate.seq_len": 6, "p.ablate.seed": 1,
                   "p.ablate.method": "resample", "p.ablate.reference": "corrupted"}),
+    "dla": ("dla", {"n_prompts": 3, "seq_len": 6, "seed": 1, "by": "layer", "pos": -3, "prompt_set": "induction"},
+            {"p.dla.source": "induction", "p.dla.n_prompts": 3, "p.dla.seq_len": 6, "p.dla.seed": 1,
+             "p.dla.by": "layer", "p.dla.pos": -3}),
 }
 
 
@@ -91,7 +94,7 @@ def test_open_fills_the_page_and_shows_the_record_without_a_forward(name, app, e
     assert "Download script" in labels and "Download notebook" in labels
     # "Compute again" leaves the record: the page computes from the filled-in inputs.
     at.switch_page(f"dashboard/{name}.py")  # AppTest would go back to the page it last switched to
-    if name in ("patching", "ablation"):
+    if name in ("patching", "ablation", "dla"):
         at.button[0].click().run()  # the form's Run button
     else:
         at.button(key=f"open.close.{ {'logit_lens': 'lens', 'attention': 'attention'}[name]}").click().run()
