@@ -31,6 +31,11 @@ OPEN_CASES = {
     "dla": ("dla", {"n_prompts": 3, "seq_len": 6, "seed": 1, "by": "layer", "pos": -3, "prompt_set": "induction"},
             {"p.dla.source": "induction", "p.dla.n_prompts": 3, "p.dla.seq_len": 6, "p.dla.seed": 1,
              "p.dla.by": "layer", "p.dla.pos": -3}),
+    "path_patching": ("path_patching", {"n_prompts": 2, "seq_len": 6, "seed": 1, "receivers": ["1.0.q", "1.2.q"],
+                                        "direction": "denoise", "prompt_set": "induction"},
+                      {"p.path.source": "induction", "p.path.n_prompts": 2, "p.path.seed": 1,
+                       "p.path.receiver_kind": "heads", "p.path.heads": ["L1H0", "L1H2"], "p.path.input": "q",
+                       "p.path.direction": "denoise"}),
 }
 
 
@@ -94,7 +99,7 @@ def test_open_fills_the_page_and_shows_the_record_without_a_forward(name, app, e
     assert "Download script" in labels and "Download notebook" in labels
     # "Compute again" leaves the record: the page computes from the filled-in inputs.
     at.switch_page(f"dashboard/{name}.py")  # AppTest would go back to the page it last switched to
-    if name in ("patching", "ablation", "dla"):
+    if name in ("patching", "ablation", "dla", "path_patching"):
         at.button[0].click().run()  # the form's Run button
     else:
         at.button(key=f"open.close.{ {'logit_lens': 'lens', 'attention': 'attention'}[name]}").click().run()
