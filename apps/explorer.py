@@ -25,6 +25,7 @@ from dashboard import common  # noqa: E402
 
 st.set_page_config(page_title="workbench explorer", page_icon=":material/biotech:", layout="wide")
 common.keep_page_widgets()
+common.open_run_from_url()  # ?run=<folder>: before the sidebar, which shows its model
 pages = [
     st.Page(HERE / "dashboard" / "home.py", title="Model & prompt", icon=":material/tune:", default=True),
     st.Page(HERE / "dashboard" / "logit_lens.py", title="Logit lens", icon=":material/layers:", url_path="logit_lens"),

@@ -38,6 +38,20 @@ st.title("Path patching")
 model = common.require_model(s)
 preset = default_prompt_set(model)
 heads = [f"L{l}H{h}" for l in range(1, model.cfg.n_layer) for h in range(model.cfg.n_head)]
+
+
+def opened_inputs(config: dict) -> dict:
+    """The form's widgets for a recorded config (receivers "L.H.input": the heads, and the first one's input)."""
+    values = {**common.prompt_set_widgets("path", config), "p.path.senders": config["senders"],
+              "p.path.direction": config["direction"], "path.defaults_for": s.model_name}
+    if config["receivers"] == ["logits"]:
+        return {**values, "p.path.receiver_kind": "logits"}
+    parts = [r.split(".") for r in config["receivers"]]
+    return {**values, "p.path.receiver_kind": "heads", "p.path.heads": [f"L{l}H{h}" for l, h, _ in parts],
+            "p.path.input": parts[0][2]}
+
+
+opened = common.opened_run("path_patching", opened_inputs)  # the run's inputs, not the defaults below
 if st.session_state.get("path.defaults_for") != s.model_name:  # open on the task and circuit this model shows
     st.session_state["path.defaults_for"] = s.model_name
     st.session_state["p.path.source"] = preset
@@ -113,6 +127,7 @@ with st.form("path.form"):
         else:
             fields.update(n_prompts=int(n_prompts), seq_len=int(seq_len))
         st.session_state["path.request"] = common.fields_key(fields)
+        common.close_run()
 
 # The receivers on a head grid (layer x head): what the form sends.
 with st.expander("Receivers on the head grid", expanded=False):
@@ -125,6 +140,11 @@ with st.expander("Receivers on the head grid", expanded=False):
         st.table(grid)
     else:
         st.caption("Receivers: the logits.")
+
+if opened is not None and common.RUN_PARAM in st.query_params:
+    with common.guard():
+        common.show_opened_run(opened, key="path_patching")
+    st.stop()
 
 fields = st.session_state.get("path.request")
 if fields is None:
