@@ -419,10 +419,69 @@ def test_ablation_opens_on_the_induction_preset(app, lib_model):
         assert not any("not clearly better" in w.value for w in at.warning)
 
 
+# ----------------------------------------------------------------------------- direct logit attribution
+def run_dla(at, source=None, **inputs):
+    at = page(at, "dla")
+    if source is not None:
+        at.radio(key="p.dla.source").set_value(source)
+    for key, value in inputs.items():
+        widget = at.selectbox(key=f"p.dla.{key}") if key == "by" else (
+            at.number_input(key=f"p.dla.{key}") if key in ("pos", "n_prompts") else at.text_input(key=f"p.dla.{key}"))
+        widget.set_value(value)
+    at.button[0].click().run()  # the form's "Run attribution"
+    assert not at.exception, at.exception
+    return at
+
+
+def test_dla_page_matches_the_library(app, lib_model):
+    """Opens on the task the model can do (induction on the bundled model: the logit of the next
+    token at the second-to-last position); the head heatmap, the per-layer bars and the table are
+    the library's values; the model's value is read off its logits."""
+    from workbench.methods import direct_logit_attribution
+
+    at = run_dla(app)
+    assert not errors(at), errors(at)
+    assert at.radio(key="p.dla.source").value == "induction"
+    pairs = prompts.induction_prompts(n=8, seq_len=10, seed=0, vocab_size=lib_model.cfg.vocab_size)
+    tokens = pairs.clean_tokens
+    pos = tokens.shape[1] - 2
+    expected = direct_logit_attribution(lib_model, tokens, tokens[:, pos + 1], by="head", pos=pos)
+    heads, layers, accumulated = charts(at)
+    assert_close(z_of(heatmaps(heads)[0]), expected.values)
+    attn, mlp = layers["data"]
+    assert_close(torch.tensor(attn["y"]), expected.attn_out.mean(0))
+    assert_close(torch.tensor(mlp["y"]), expected.mlp_out.mean(0))
+    assert_close(torch.tensor(accumulated["data"][0]["y"]), expected.accumulated.mean(0))
+    with torch.no_grad():
+        own = lib_model(tokens)[:, pos].gather(-1, tokens[:, pos + 1, None])[:, 0].mean()
+    assert at.metric[0].value == f"{float(own):.3f}"
+    table = at.dataframe[0].value
+    top = table.iloc[0]
+    frame = expected.to_frame().set_index("label")
+    assert abs(top["value"]) == pytest.approx(float(frame["value"].abs().max()), abs=1e-5)
+    for column in ("std", "min", "max"):  # the spread over the prompts
+        assert top[column] == pytest.approx(float(frame.loc[top["label"], column]), abs=1e-5)
+
+
+def test_dla_custom_prompt_and_errors(app, lib_model):
+    from workbench.methods import direct_logit_attribution
+
+    at = run_dla(app, "custom", by="layer")
+    assert not errors(at), errors(at)
+    expected = direct_logit_attribution(lib_model, CLEAN, (" Mary", " John"), by="layer")
+    (bars,) = charts(at)[0]["data"]
+    assert bars["x"][:lib_model.cfg.n_layer] == [f"L{l}" for l in range(lib_model.cfg.n_layer)]
+    assert_close(torch.tensor(bars["y"][:lib_model.cfg.n_layer]), expected.values)
+    at = run_dla(at, answer="Maryland and more")
+    assert any("answer 'Maryland and more'" in e for e in errors(at)), errors(at)
+    at = run_dla(at, answer=" Mary", pos=40)
+    assert any("pos must be a position of the prompts" in e for e in errors(at)), errors(at)
+
+
 # ----------------------------------------------------------------------------- save run, runs page
 def open_and_run(at, name: str):
     at = page(at, name)
-    if name in ("patching", "ablation"):
+    if name in ("patching", "ablation", "dla"):
         at.button[0].click().run()  # the form's Run button
     elif name == "attention":
         at.number_input(key="p.attn.n_seqs").set_value(2)
@@ -434,6 +493,7 @@ def open_and_run(at, name: str):
 @pytest.mark.parametrize("name, experiment, key", [
     ("logit_lens", "logit_lens", "lens"), ("attention", "attention_heads", "attention"),
     ("patching", "activation_patching", "patching"), ("ablation", "ablate_heads", "ablation"),
+    ("dla", "dla", "dla"),
 ])
 def test_save_run_writes_a_run_that_replays(app, tmp_path, name, experiment, key, monkeypatch):
     """Save run records the result on screen (the library method is not run again) and the record
@@ -442,7 +502,7 @@ def test_save_run_writes_a_run_that_replays(app, tmp_path, name, experiment, key
 
     module = importlib.import_module(f"workbench.experiments.{experiment}")
     method = {"logit_lens": "logit_lens", "attention_heads": "head_scores", "activation_patching": "activation_patching",
-              "ablate_heads": "ablation_sweep"}[experiment]
+              "ablate_heads": "ablation_sweep", "dla": "direct_logit_attribution"}[experiment]
     calls = count_calls(monkeypatch, module, method)
     at = open_and_run(app, name)
     computed = len(calls)
@@ -480,6 +540,22 @@ def test_runs_page_replots_and_replays(app, tmp_path):
     assert not at.exception and not errors(at), errors(at)
     assert any("matches" in s.value for s in at.success)
     assert at.dataframe[1].value["match"].all()
+
+
+def test_runs_page_replots_a_dla_run(app, tmp_path):
+    """The Runs page draws a recorded DLA run with the page's own figures: the same head heatmap,
+    per-layer bars and accumulated view."""
+    at = open_and_run(app, "dla")
+    on_page = charts(at)
+    at.button(key="save.dla").click().run()
+    (run,) = find_runs(tmp_path / "runs")
+    at = page(at, "runs")
+    assert not errors(at)
+    replotted = charts(at)
+    assert len(replotted) == len(on_page) == 3
+    assert_close(z_of(heatmaps(replotted[0])[0]), z_of(heatmaps(on_page[0])[0]))
+    for a, b in zip(replotted[1]["data"] + replotted[2]["data"], on_page[1]["data"] + on_page[2]["data"]):
+        assert_close(torch.tensor(a["y"]), torch.tensor(b["y"]))
 
 
 def test_runs_page_without_runs_says_so(app):

@@ -1,6 +1,6 @@
 """The explorer in a real browser: `streamlit run apps/explorer.py` on a free localhost port,
 driven by Playwright through Debian's Chromium (/usr/bin/chromium; never a browser download).
-It runs the logit lens and a patching sweep on the default model, checks that the plots
+It runs the logit lens, a patching sweep and direct logit attribution on the default model, checks that the plots
 rendered, and saves a screenshot of each page: under WORKBENCH_SCREENSHOTS when set, e.g.
 
     WORKBENCH_SCREENSHOTS=docs/screenshots .venv/bin/python -m pytest -m browser tests/test_app_browser.py
@@ -234,6 +234,20 @@ def test_every_page_renders_and_runs(server, page, shots):
     check_page(page, plots=1)
     shoot(page, shots, "ablation")
 
+    page.goto(f"{server}/dla")
+    page.get_by_role("heading", name="Direct logit attribution").wait_for()
+    settle(page)
+    page.get_by_role("button", name="Run attribution").click()
+    page.wait_for_selector(PLOT, timeout=SLOW)
+    settle(page)
+    check_page(page, plots=3)  # the head heatmap, the per-layer bars, the accumulated view
+    assert page.locator('[data-testid="stPlotlyChart"] .heatmaplayer image').count() >= 1
+    assert page.get_by_text("Largest direct contributions").count() == 1
+    page.get_by_role("button", name="Save run").click()
+    page.get_by_text("Saved run").wait_for()
+    settle(page)
+    shoot(page, shots, "dla")
+
     page.goto(f"{server}/runs")
     page.get_by_role("heading", name="Runs").wait_for()
     settle(page)
@@ -243,7 +257,7 @@ def test_every_page_renders_and_runs(server, page, shots):
     check_page(page, plots=1)
     shoot(page, shots, "runs")
 
-    for name in ("model", "logit_lens", "attention", "patching", "ablation", "runs"):
+    for name in ("model", "logit_lens", "attention", "patching", "ablation", "dla", "runs"):
         assert (shots / f"{name}.png").stat().st_size > 10_000, name
 
 

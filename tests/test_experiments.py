@@ -26,6 +26,7 @@ SMALL = {
     "logit_lens": ["--top-k", "3"],
     "activation_patching": ["--n-prompts", "2", "--target", "resid_pre"],
     "ablate_heads": ["--n-prompts", "2", "--method", "mean"],
+    "dla": ["--n-prompts", "2"],
     "path_patching": ["--n-prompts", "2"],
 }
 SCRIPTS = sorted(name for name in SMALL if name in EXPERIMENTS)
@@ -559,6 +560,53 @@ def test_prompt_set_bad_input(experiment_model, tmp_path, capsys):
     assert not out.exists()
 
 
+# ----------------------------------------------------------------------------- direct logit attribution
+def test_dla_defaults_to_induction_on_the_bundled_model_and_records_the_library_values(tmp_path, capsys):
+    """The bundled model: induction, the logit of the correct next token at the second-to-last
+    position; the record holds direct_logit_attribution's values on the recorded ids, and they sum
+    to the model's own logit there."""
+    import workbench
+    from workbench.methods import direct_logit_attribution
+    from workbench.models.bundled import DEFAULT_BUNDLED
+
+    path = small_run("dla", DEFAULT_BUNDLED, tmp_path / "runs", "--by", "neuron")
+    record = load_run(path)
+    assert record.config["prompt_set"] == "induction" and record.config["by"] == "neuron"
+    ids = torch.tensor(record.config["token_ids"]["clean"])
+    assert set(record.config["token_ids"]) == {"clean"}  # one run: nothing corrupted
+    model = workbench.load_model(DEFAULT_BUNDLED, device="cpu")
+    pos = ids.shape[1] - 2
+    expected = direct_logit_attribution(model, ids, ids[:, pos + 1], by="neuron", pos=pos)
+    tensors = record.tensors()
+    torch.testing.assert_close(tensors["values_per_prompt"], expected.per_prompt)
+    logits = model(ids)[:, pos]
+    own = logits.gather(-1, ids[:, pos + 1, None])[:, 0]
+    total = tensors["values_per_prompt"].flatten(1).sum(1) + tensors["terms_per_prompt"].sum(1)
+    torch.testing.assert_close(total, own, atol=1e-4, rtol=1e-4)
+    frame = record.tables()["components"]
+    assert (frame["direction"] == "logit[correct next token]").all() and (frame["pos"] == pos).all()
+    assert "L1H0" not in set(frame["label"]) and len(frame) == model.cfg.n_layer * model.cfg.d_mlp + 7
+    assert "logit[correct next token] at pos" in capsys.readouterr().out
+
+
+def test_dla_custom_prompts_need_no_corrupted_prompts(experiment_model, tmp_path, capsys):
+    out = tmp_path / "runs"
+    base = ["run", "dla", "--model", experiment_model, "--device", "cpu", "--out", out, "--prompt-set", "custom",
+            "--clean-prompts", "When Mary and John went to the store, John gave a drink to", "--answers", " Mary",
+            "--wrong-answers", " John"]
+    assert run_cli(*base, "--by", "layer") == 0
+    (path,) = find_runs(out)
+    record = load_run(path)
+    assert "corrupted" not in record.tables()["prompts"]
+    assert "--corrupted-prompts" not in record.command
+    assert record.tables()["components"]["direction"].iloc[0] == "logit[' Mary'] - logit[' John']"
+    capsys.readouterr()
+    assert run_cli(*base, "--pos", "40") == 2
+    assert "pos must be a position of the prompts" in capsys.readouterr().err
+    assert run_cli("run", "dla", "--model", experiment_model, "--device", "cpu", "--out", out,
+                   "--prompt-set", "induction", "--pos", "-1") == 2
+    assert "pos must be at most" in capsys.readouterr().err
+    assert len(find_runs(out)) == 1
 # ----------------------------------------------------------------------------- path patching
 def test_path_patching_defaults_on_the_bundled_model_show_the_previous_token_head(tmp_path, capsys):
     """auto receivers on the bundled model: the induction heads' keys (every layer-1 head), noising;

@@ -22,6 +22,7 @@ import workbench
 from workbench.errors import WorkbenchError
 from workbench.methods import Ablation, LogitDiff, ablate, ablation_sweep, activation_patching, attribution_patching
 from workbench.methods import path_patching
+from workbench.methods import direct_logit_attribution
 
 torch.manual_seed(0)
 model = workbench.GPT(workbench.GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64)).eval()
@@ -95,6 +96,14 @@ CASES = {
                                   "progress=False)", "a sender's head .or 'mlp'. must be an integer, got str 'h1'"),
     "path metric an int": ("path_patching(model, toks, toks, 3, receivers='logits', progress=False)",
                            "metric must be a Metric or a callable logits -> scalar, got int"),
+    # direct_logit_attribution
+    "dla pos a float": ("direct_logit_attribution(model, toks, 1, pos=1.0)", "pos must be an integer, got float 1.0"),
+    "dla by None": ("direct_logit_attribution(model, toks, 1, by=None)",
+                    "by must be one of 'head', 'layer', 'neuron', 'component', got NoneType None"),
+    "dla direction None": ("direct_logit_attribution(model, toks, None)",
+                           r"metric_direction must be a one-token string.*got NoneType None"),
+    "dla direction a list": ("direct_logit_attribution(model, toks, [1, 2])",
+                             r"metric_direction must be a one-token string.*got list"),
 }
 
 

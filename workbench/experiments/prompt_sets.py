@@ -209,13 +209,14 @@ def _ioi(config: PromptSetOptions) -> tuple[list[str], list[str], list[str], lis
 
 
 def prompts_frame(token_ids: dict[str, list], model) -> pd.DataFrame:
-    """One row per prompt pair, decoded from the ids that were run: batch, clean, corrupted, and for
-    a logit-difference set answer and wrong."""
+    """One row per prompt pair, decoded from the ids that were run: batch, clean, corrupted (when
+    the experiment ran corrupted prompts), and for a logit-difference set answer and wrong."""
     frame = {
         "batch": range(len(token_ids["clean"])),
         "clean": [model.to_string(row) for row in token_ids["clean"]],
-        "corrupted": [model.to_string(row) for row in token_ids["corrupted"]],
     }
+    if "corrupted" in token_ids:
+        frame["corrupted"] = [model.to_string(row) for row in token_ids["corrupted"]]
     if "answers" in token_ids:
         frame["answer"] = [model.to_string(row) for row in token_ids["answers"]]
         frame["wrong"] = [model.to_string(row) for row in token_ids["wrong_answers"]]

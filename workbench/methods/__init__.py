@@ -2,12 +2,13 @@
 
 metrics (logit_diff, token_logprob, token_prob, kl_divergence, normalize, and the `Metric`
 classes sweeps take), logit_lens, patching (activation patching), attribution (attribution
-patching), ablation (`Ablation`, `ablate`, `ablation_sweep`), head_detectors, prompts, path_patching
-(`path_patching`: which senders reach which receivers).
+patching), ablation (`Ablation`, `ablate`, `ablation_sweep`), head_detectors, prompts, dla
+(direct logit attribution), path_patching (`path_patching`: which senders reach which receivers).
 """
 
 from workbench.methods.ablation import Ablation, AblationResult, ablate, ablation_hooks, ablation_sweep
 from workbench.methods.attribution import attribution_patching
+from workbench.methods.dla import DLAResult, direct_logit_attribution
 from workbench.methods.head_detectors import (
     DETECTORS,
     HeadScores,
@@ -38,6 +39,7 @@ from workbench.methods.prompts import InductionPrompts, IOIPrompts, induction_pr
 __all__ = [
     "Ablation", "AblationResult", "ablate", "ablation_hooks", "ablation_sweep",
     "attribution_patching",
+    "DLAResult", "direct_logit_attribution",
     "DETECTORS", "HeadScores", "head_scores", "induction_scores", "previous_token_scores", "duplicate_token_scores",
     "LogitLensResult", "logit_lens",
     "Metric", "LogitDiff", "NextTokenLogProb", "TokenLogProb", "TokenProb", "KLDivergence", "CustomMetric",
