@@ -140,7 +140,7 @@ def test_exported_notebook_reproduces_the_run(name, experiment_model, tmp_path, 
 
 
 # ----------------------------------------------------------------------------- export reads well
-@pytest.mark.parametrize("name", [n for n in TODAY if n in EXPERIMENTS])
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_exported_script_reads_well(name, experiment_model, tmp_path):
     """pyflakes-clean (no unused imports or names), under 60 lines besides the token-id rows (one
     per prompt, answer, ...), the model by name with its weights checked, every row of ids with its text."""
