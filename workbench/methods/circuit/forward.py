@@ -39,7 +39,7 @@ class GraphRun:
     pieces (one per block's heads, its MLP, the logits) to differentiate by; `outputs` [upstream
     cell batch pos d_model]: every node's output in this run."""
 
-    logits: Float[Tensor, "cell batch pos d_vocab"]
+    logits: Float[Tensor, "cell batch _ d_vocab"]
     inputs: list[Tensor]
     outputs: Float[Tensor, "upstream cell batch pos d_model"]
 

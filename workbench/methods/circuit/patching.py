@@ -84,19 +84,19 @@ def edge_patching(
         diff = node_outputs(corrupted_cache, n_layer) - node_outputs(clean_cache, n_layer)
     base = BaseRun(clean, clean_logits, clean_cache, n_layer, other_logits=(corrupted_logits,))
     first = first_difference(clean, corrupted)
-    groups: dict[int, CellGroup] = {}
+    groups: dict[tuple[int, str], CellGroup] = {}  # by entry and kind (the last MLP enters where the logits do)
     ed = graph.edge_downstream[index]
     for i, (e, d) in enumerate(zip(index.tolist(), ed.tolist())):
         layer = graph.layer_of_downstream(d)
         if layer == n_layer:
-            entry, make = entry_of(n_layer - 1, "post"), lambda: _logits_delta(graph, diff)
+            key, make = (entry_of(n_layer - 1, "post"), "logits"), lambda: _logits_delta(graph, diff)
         elif d == graph.mlp_input(layer):
-            entry, make = entry_of(layer, "post"), lambda: _mlp_delta(model, graph, layer, diff, clean_cache)
+            key, make = (entry_of(layer, "post"), "mlp"), lambda: _mlp_delta(model, graph, layer, diff, clean_cache)
         else:
-            entry, make = entry_of(layer, "mid"), lambda: _head_delta(model, graph, layer, diff, clean_cache)
-        if entry not in groups:
-            groups[entry] = CellGroup(entry, make())
-        groups[entry].add(e, (i,), first)
+            key, make = (entry_of(layer, "mid"), "heads"), lambda: _head_delta(model, graph, layer, diff, clean_cache)
+        if key not in groups:
+            groups[key] = CellGroup(key[0], make())
+        groups[key].add(e, (i,), first)
     values = torch.full((len(index),), float("nan"))
     run_cells(model, base, list(groups.values()), metric, values, max_batch=max_batch, progress=progress,
               desc="edge patching")
