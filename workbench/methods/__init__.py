@@ -2,11 +2,22 @@
 
 metrics (logit_diff, token_logprob, token_prob, kl_divergence, normalize, and the `Metric`
 classes sweeps take), logit_lens, patching (activation patching), attribution (attribution
-patching), ablation (`Ablation`, `ablate`, `ablation_sweep`), head_detectors, prompts.
+patching), ablation (`Ablation`, `ablate`, `ablation_sweep`), head_detectors, prompts, circuit (the edge
+graph, EAP / EAP-IG edge attribution, exact edge patching, circuit faithfulness).
 """
 
 from workbench.methods.ablation import Ablation, AblationResult, ablate, ablation_hooks, ablation_sweep
 from workbench.methods.attribution import attribution_patching
+from workbench.methods.circuit import (
+    CircuitGraph,
+    EdgePatchingResult,
+    EdgeScores,
+    Faithfulness,
+    circuit_faithfulness,
+    edge_attribution,
+    edge_patching,
+    faithfulness_curve,
+)
 from workbench.methods.head_detectors import (
     DETECTORS,
     HeadScores,
@@ -36,6 +47,8 @@ from workbench.methods.prompts import InductionPrompts, IOIPrompts, induction_pr
 __all__ = [
     "Ablation", "AblationResult", "ablate", "ablation_hooks", "ablation_sweep",
     "attribution_patching",
+    "CircuitGraph", "EdgeScores", "EdgePatchingResult", "Faithfulness", "edge_attribution", "edge_patching",
+    "circuit_faithfulness", "faithfulness_curve",
     "DETECTORS", "HeadScores", "head_scores", "induction_scores", "previous_token_scores", "duplicate_token_scores",
     "LogitLensResult", "logit_lens",
     "Metric", "LogitDiff", "NextTokenLogProb", "TokenLogProb", "TokenProb", "KLDivergence", "CustomMetric",
