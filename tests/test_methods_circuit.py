@@ -2,7 +2,6 @@
 downstream input (one head's q, k or v, one MLP's input, the logits) its own residual stream, autograd
 on those, and a planted model whose answer flows through a known path."""
 
-import einops
 import pytest
 import torch
 import torch.nn.functional as F

@@ -162,12 +162,13 @@ def faithfulness_curve(
     sizes: Sequence[int] | None = None,
     exact_top: int = 0,
     graph: CircuitGraph | None = None,
-    progress: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
 ) -> Faithfulness:
     """Faithfulness of the top-k edges of `ranking` (`EdgeScores`, largest |score| first, or edges
     in order: labels or graph indices, all of the graph's edges or a prefix) for k on a log grid
     of `points` sizes from 1 to the ranking's length (or the given `sizes`). `exact_top`: first
-    re-rank the top `exact_top` edges by |exact effect| (`edge_patching`, kept in `.exact`)."""
+    re-rank the top `exact_top` edges by |exact effect| (`edge_patching`, kept in `.exact`).
+    `progress`: True for console bars, or a callback progress(done, total) for the exact patching."""
     if isinstance(ranking, EdgeScores):
         graph, order = ranking.graph, ranking.ranking()
     else:
@@ -193,6 +194,44 @@ def faithfulness_curve(
     circuits = torch.zeros(len(sizes), len(graph), dtype=torch.bool)
     for c, k in enumerate(sizes):
         circuits[c, order[:k]] = True
-    result = evaluate_circuits(model, clean_tokens, corrupted_tokens, metric, circuits, graph=graph, progress=progress)
+    result = evaluate_circuits(model, clean_tokens, corrupted_tokens, metric, circuits, graph=graph,
+                               progress=progress is True)
     result.ranking, result.exact = order, exact
     return result
+
+
+def smallest_circuit(
+    model: GPT,
+    clean_tokens: Tensor | str | Sequence[str],
+    corrupted_tokens: Tensor | str | Sequence[str],
+    metric: Metric | Callable[[Tensor], Tensor],
+    curve: Faithfulness,
+    target: float,
+) -> tuple[int, float] | None:
+    """The fewest top-k edges of `curve.ranking` whose faithfulness reaches `target`: the first size of
+    the curve that reaches it, narrowed by bisection down towards the curve's size before it (one circuit
+    run per step). Faithfulness need not grow with k, so this is the smallest k found on that search
+    path, not a guarantee that no smaller circuit reaches it. (k, its faithfulness), or None when no
+    size of the curve reaches the target."""
+    if curve.ranking is None:
+        raise InputError("smallest_circuit needs a curve from faithfulness_curve (it has the ranking)")
+    sizes, reach = curve.n_edges.tolist(), (curve.faithfulness >= target).tolist()
+    if not any(reach):
+        return None
+    i = reach.index(True)
+    lo, hi, best = (sizes[i - 1] if i else 0), sizes[i], float(curve.faithfulness[i])
+
+    def faithfulness_of(k: int) -> float:
+        mask = torch.zeros(len(curve.graph), dtype=torch.bool)
+        mask[curve.ranking[:k]] = True
+        return float(evaluate_circuits(model, clean_tokens, corrupted_tokens, metric, mask[None],
+                                       graph=curve.graph).faithfulness[0])
+
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        f = faithfulness_of(mid)
+        if f >= target:
+            hi, best = mid, f
+        else:
+            lo = mid
+    return hi, best

@@ -19,7 +19,7 @@ Edges are numbered by downstream input (forward order), then upstream node (forw
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import einops
