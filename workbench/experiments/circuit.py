@@ -99,24 +99,30 @@ def compute(config: CircuitConfig, model, *, progress=False) -> CircuitDiscovery
 
 
 def record(config: CircuitConfig, model, result: CircuitDiscovery) -> RunResults:
-    """scores [edge]: gradient estimates; exact_edges / exact_effect: the verified top edges and their
-    exact effects; curve_n_edges / curve_values: the faithfulness curve; smallest: [edges, faithfulness]."""
+    """scores [edge] and per_prompt_scores [batch edge]: the gradient estimates; exact_edges: the
+    verified top edges (graph indices); curve_n_edges: the curve's circuit sizes; smallest_n_edges
+    (-1: none reached the target). What depends on the ranking's order (exact effects, the curve's
+    values, the smallest circuit's faithfulness) is in the tables, which replay in another dtype
+    reports without requiring (a near-tie reorders the ranking and so changes which circuits run)."""
     edges = result.edges_frame()
     curve = result.curve.to_frame()
     exact = result.curve.exact
     tensors = {
         "scores": result.scores.scores,
         "per_prompt_scores": result.scores.per_prompt,
-        "curve_n_edges": result.curve.n_edges,
-        "curve_values": result.curve.values,
         "clean_corrupted": torch.tensor([result.curve.clean_value, result.curve.corrupted_value]),
-        "smallest": torch.tensor(list(result.smallest) if result.smallest else [float("nan"), float("nan")]),
+        "curve_n_edges": result.curve.n_edges,
+        "smallest_n_edges": torch.tensor(result.smallest[0] if result.smallest else -1),
     }
     if exact is not None:
-        tensors |= {"exact_edges": exact.edges, "exact_effect": exact.effect}
+        tensors["exact_edges"] = exact.edges
+    smallest = pd.DataFrame({"target": [result.target],
+                             "n_edges": [result.smallest[0] if result.smallest else None],
+                             "faithfulness": [result.smallest[1] if result.smallest else None]})
     return RunResults(
         tensors=tensors,
-        tables={"edges": edges, "curve": curve, "prompts": prompts_frame(config.token_ids, model)},
+        tables={"edges": edges, "curve": curve, "smallest": smallest,
+                "prompts": prompts_frame(config.token_ids, model)},
         figures=dict(zip(("circuit", "faithfulness"), draw(edges, curve, model.cfg.n_layer, model.cfg.n_head,
                                                            result.target))),
         summary=summary(result, edges),
@@ -163,7 +169,8 @@ def figures(tensors: dict, tables: dict) -> list:
     edges = tables["edges"]
     n_layer = int(edges["downstream_layer"].max())
     n_head = int(edges["downstream_head"].max()) + 1
-    return draw(edges, tables["curve"], n_layer, n_head, None)
+    target = tables["smallest"]["target"].iloc[0] if "smallest" in tables else None
+    return draw(edges, tables["curve"], n_layer, n_head, target)
 
 
 EXPERIMENT = register(Experiment(
