@@ -1,4 +1,4 @@
-"""The workbench explorer: logit lens, attention, activation patching, ablation and recorded runs.
+"""The workbench explorer: logit lens, attention, activation patching, ablation, circuits and recorded runs.
 
     streamlit run apps/explorer.py          (or: bash scripts/start.sh)
 
@@ -31,6 +31,7 @@ pages = [
     st.Page(HERE / "dashboard" / "patching.py", title="Activation patching", icon=":material/healing:",
             url_path="patching"),
     st.Page(HERE / "dashboard" / "ablation.py", title="Ablation", icon=":material/content_cut:", url_path="ablation"),
+    st.Page(HERE / "dashboard" / "circuit.py", title="Circuit", icon=":material/account_tree:", url_path="circuit"),
     st.Page(HERE / "dashboard" / "runs.py", title="Runs", icon=":material/history:", url_path="runs"),
 ]
 page = st.navigation(pages)
