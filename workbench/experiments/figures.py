@@ -337,7 +337,7 @@ def circuit_figure(edges, *, n_layer: int, n_head: int, score: str = "score", to
     ticks = [0.0] + [l + 1.0 for l in range(n_layer)] + [n_layer + 1.0]
     fig.update_xaxes(tickmode="array", tickvals=ticks, ticktext=["input"] + [f"block {l}" for l in range(n_layer)]
                      + ["logits"], showgrid=False, zeroline=False)
-    fig.update_yaxes(title_text="head", autorange="reversed", showgrid=False, zeroline=False)
+    fig.update_yaxes(title_text="head", autorange="reversed", showgrid=False, zeroline=False, dtick=1)
     fig.update_layout(title=title or f"top {len(shown)} edges by |{score}| (blue > 0, red < 0; width ~ |{score}|)",
                       height=max(360, 60 + 34 * n_head), showlegend=False, margin={"t": 60, "b": 10})
     return fig
