@@ -21,6 +21,7 @@ import torch
 import workbench
 from workbench.errors import WorkbenchError
 from workbench.methods import Ablation, LogitDiff, ablate, ablation_sweep, activation_patching, attribution_patching
+from workbench.methods import circuit_faithfulness, edge_attribution, edge_patching, faithfulness_curve
 
 torch.manual_seed(0)
 model = workbench.GPT(workbench.GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64)).eval()
@@ -81,6 +82,19 @@ CASES = {
                                            "corrupted_tokens must be a torch.Tensor of token ids.*got NoneType"),
     "attribution_patching clean None": ("attribution_patching(model, None, toks, metric)",
                                         "clean_tokens must be a torch.Tensor of token ids.*got NoneType"),
+    # circuits
+    "edge_attribution steps a string": ("edge_attribution(model, toks, toks, metric, method='eap-ig', steps='5')",
+                                        "steps must be an integer, got str '5'"),
+    "edge_attribution method None": ("edge_attribution(model, toks, toks, metric, method=None)",
+                                     "method must be one of eap, eap-ig, got NoneType None"),
+    "edge_patching edges a string": ("edge_patching(model, toks, toks, metric, 'input->logits', progress=False)",
+                                     "edges must be a list of edge labels"),
+    "edge_patching edge a float": ("edge_patching(model, toks, toks, metric, [1.0], progress=False)",
+                                   "float 1.0 is not an edge"),
+    "circuit_faithfulness circuit None": ("circuit_faithfulness(model, toks, toks, metric, None)",
+                                          "edges must be a list of edge labels.*got NoneType"),
+    "faithfulness_curve points a float": ("faithfulness_curve(model, toks, toks, metric, ['input->logits'], points=2.5)",
+                                          "points must be an integer, got float 2.5"),
 }
 
 

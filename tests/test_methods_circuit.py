@@ -344,3 +344,16 @@ def test_bad_input(model, pair):
         faithfulness_curve(model, clean, corrupted, metric, graph.edges, exact_top=1000)
     with pytest.raises(InputError, match="more than once"):
         faithfulness_curve(model, clean, corrupted, metric, ["MLP0->logits", "MLP0->logits"])
+
+
+def test_eap_ig_in_chunks_of_steps_equals_one_batch(model, pair, monkeypatch):
+    # prompt sets too big for one forward run the interpolation steps a few at a time
+    from workbench.methods.circuit import attribution
+
+    clean, corrupted = pair
+    metric = METRICS["logit_diff"](clean)
+    whole = edge_attribution(model, clean, corrupted, metric, method="eap-ig", steps=3)
+    monkeypatch.setattr(attribution, "TOKEN_BUDGET", 1)  # one step per forward
+    chunked = edge_attribution(model, clean, corrupted, metric, method="eap-ig", steps=3)
+    torch.testing.assert_close(chunked.per_prompt, whole.per_prompt, atol=1e-5, rtol=0)
+    assert chunked.clean_value == pytest.approx(whole.clean_value, abs=1e-6)

@@ -12,8 +12,8 @@ with the gradient taken on the clean run, each downstream input differentiated s
 EAP-IG (Hanna et al. 2024, "Have faith in faithfulness"): the same with the gradient averaged
 over `steps` runs whose input embeddings lie between the corrupted and the clean ones,
 corrupted + (k / steps) (clean - corrupted) for k = 1 .. steps (so steps=1 is EAP); the node
-outputs in the difference are still those of the clean and corrupted runs. The steps run as one
-batch of cells: one forward and one backward.
+outputs in the difference are still those of the clean and corrupted runs. The steps run as
+batches of cells: one forward and one backward for as many as fit in `_resume.TOKEN_BUDGET`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from torch import Tensor
 
 from workbench.errors import InputError
 from workbench.methods._checks import as_index, shown
+from workbench.methods._resume import TOKEN_BUDGET
 from workbench.methods.circuit.forward import graph_forward
 from workbench.methods.circuit.graph import CircuitGraph
 from workbench.methods.metrics import Metric, as_metric
@@ -110,18 +111,25 @@ def edge_attribution(
         emb_clean, emb_corrupted = model.embed_input(clean), model.embed_input(corrupted)
         corrupted_run = graph_forward(model, graph, emb_corrupted[None], read=read, vocab=metric.vocab)
     n = 1 if method == "eap" else steps
-    alpha = (torch.arange(1, n + 1, device=emb_clean.device, dtype=emb_clean.dtype) / n)[:, None, None, None]
-    embeds = (emb_corrupted + alpha * (emb_clean - emb_corrupted)).detach().requires_grad_(True)
-    with torch.enable_grad():
-        run = graph_forward(model, graph, embeds, read=read, vocab=metric.vocab)
-        values = metric.evaluate(run.logits)  # [cell]; the last cell (alpha = 1) is the clean run
-        grads = torch.autograd.grad(values.sum(), run.inputs)
-    grad = einops.reduce(torch.cat(grads), "downstream cell batch pos d_model -> downstream batch pos d_model", "mean")
-    diff = corrupted_run.outputs[:, 0] - run.outputs[:, -1].detach()
+    alpha = torch.arange(1, n + 1, device=emb_clean.device, dtype=emb_clean.dtype) / n
+    # interpolation steps per forward: each holds 3 n_head + 1 copies of the residual stream per block
+    per_forward = max(1, TOKEN_BUDGET // (clean.numel() * (3 * graph.n_head + 1)))
+    grad, values = 0, []
+    for chunk in alpha.split(per_forward):
+        embeds = (emb_corrupted + chunk[:, None, None, None] * (emb_clean - emb_corrupted)).detach().requires_grad_(True)
+        with torch.enable_grad():
+            run = graph_forward(model, graph, embeds, read=read, vocab=metric.vocab)
+            value = metric.evaluate(run.logits)  # [cell]
+            grads = torch.autograd.grad(value.sum(), run.inputs)
+        grad = grad + einops.reduce(torch.cat(grads).float(), "downstream cell batch pos d_model -> downstream batch pos d_model",
+                                    "sum") / n
+        values.append(value.detach())
+    clean_out = run.outputs[:, -1].detach()  # the last step (alpha = 1) is the clean run
+    diff = corrupted_run.outputs[:, 0] - clean_out
     # score[b, u, d] over all (node, input) pairs, then the graph's edges; x batch: each prompt's own metric.
-    pairs = einops.einsum(diff.float(), grad.float(), "upstream batch pos d_model, downstream batch pos d_model -> batch upstream downstream")
-    per_prompt = pairs[:, graph.edge_upstream, graph.edge_downstream] * clean.shape[0]
+    pairs = einops.einsum(diff.float(), grad, "upstream batch pos d_model, downstream batch pos d_model -> batch upstream downstream")
+    per_prompt = (pairs[:, graph.edge_upstream, graph.edge_downstream] * clean.shape[0]).cpu()
     return EdgeScores(
         graph=graph, scores=per_prompt.mean(0), per_prompt=per_prompt, method=method, steps=n, metric=metric.name,
-        clean_value=float(values[-1].detach()), corrupted_value=float(metric.evaluate(corrupted_run.logits)[0]),
+        clean_value=float(values[-1][-1]), corrupted_value=float(metric.evaluate(corrupted_run.logits)[0]),
     )

@@ -61,18 +61,14 @@ def graph_forward(
     H = graph.n_head
     outs: list[Tensor] = [embeds[None]]
     inputs: list[Tensor] = []
+    if removed is not None:
+        terms = _Terms(graph, removed, corrupted, embeds)
+        terms.produced(0, embeds[None])
 
     def patched(resid: Tensor, down: Sequence[int]) -> Float[Tensor, "downstream cell batch pos d_model"]:
         # resid [cell batch pos d_model] for each input in `down`, plus its removed edges' corrections.
         x = einops.repeat(resid, "cell batch pos d_model -> downstream cell batch pos d_model", downstream=len(down))
-        if removed is None:
-            return x
-        n_up = graph.nodes_before(down[0])
-        current = torch.cat(outs)[:n_up]
-        diff = corrupted[:n_up, None] - current
-        mask = removed[:, :n_up][:, :, list(down)].to(diff.dtype)
-        return x + einops.einsum(mask, diff, "cell upstream downstream, upstream cell batch pos d_model -> "
-                                             "downstream cell batch pos d_model")
+        return x if removed is None else x + terms.correction(down)
 
     resid = embeds
     for l, block in enumerate(model.blocks):
@@ -89,12 +85,16 @@ def graph_forward(
         result = attn.head_results(attn.attend(q, k, v))
         heads = einops.rearrange(result, "(cell batch) pos head d_model -> head cell batch pos d_model", cell=n_cell)
         outs.append(heads)
+        if removed is not None:
+            terms.produced(graph.head_node(l, 0), heads)
         attn_out = einops.reduce(heads, "head cell batch pos d_model -> cell batch pos d_model", "sum") + attn.b_O
         x_mlp = patched(resid + attn_out, [graph.mlp_input(l)])
         inputs.append(x_mlp)
         mlp_out = block.mlp(block.ln2(einops.rearrange(x_mlp, "1 cell batch pos d_model -> (cell batch) pos d_model")))
         mlp_out = einops.rearrange(mlp_out, "(cell batch) pos d_model -> cell batch pos d_model", cell=n_cell)
         outs.append(mlp_out[None])
+        if removed is not None:
+            terms.produced(graph.mlp_node(l), mlp_out[None])
         resid = resid + attn_out + mlp_out
     x_final = patched(resid, [graph.logits_input])
     inputs.append(x_final)
@@ -102,3 +102,46 @@ def graph_forward(
     logits = einops.rearrange(unembed(model, final, vocab), "(cell batch) pos d_vocab -> cell batch pos d_vocab",
                               cell=n_cell)
     return GraphRun(logits, inputs, torch.cat(outs))
+
+
+class _Terms:
+    """The corrections sum_u removed[cell, u, d] (corrupted_u - current_u) of `graph_forward`, summed
+    sparsely. Per cell, whichever is smaller is summed: the removed edges (resid + their terms) or the
+    kept ones (resid + the sum over every node before d - the kept edges' terms); the same numbers as
+    the dense sum, without touching every (node, input) pair: a circuit of k edges costs
+    min(k, n_edges - k) vector additions instead of n_node x n_input."""
+
+    def __init__(self, graph: CircuitGraph, removed: Tensor, corrupted: Tensor, like: Tensor) -> None:
+        self.graph = graph
+        allowed = graph.allowed.to(removed.device)
+        removed = removed.bool() & allowed
+        n_removed = removed.flatten(1).sum(1)
+        self.keep_side = n_removed > len(graph) - n_removed  # [cell]: sum the kept edges' terms
+        self.terms = torch.where(self.keep_side[:, None, None], allowed & ~removed, removed)  # [cell upstream downstream]
+        self.corrupted = corrupted
+        n_cell = removed.shape[0]
+        self.diffs = like.new_empty(len(graph.upstream), n_cell, *like.shape[1:])  # corrupted - current, by node
+        self.total = torch.zeros_like(like)  # running sum of diffs over the nodes produced so far
+        self.n_done = 0
+
+    def produced(self, first: int, outputs: Float[Tensor, "upstream cell batch pos d_model"]) -> None:
+        """Nodes first, first + 1, ... have these outputs in this run."""
+        diff = self.corrupted[first : first + len(outputs), None] - outputs
+        self.diffs[first : first + len(outputs)] = diff
+        self.total = self.total + diff.sum(0)
+        self.n_done = first + len(outputs)
+
+    def correction(self, down: Sequence[int]) -> Float[Tensor, "downstream cell batch pos d_model"]:
+        n_up = self.graph.nodes_before(down[0])
+        n_cell = self.total.shape[0]
+        c, u, d = self.terms[:, :n_up][:, :, list(down)].nonzero(as_tuple=True)
+        sign = torch.where(self.keep_side[c], -1.0, 1.0).to(self.diffs.dtype)
+        flat = einops.rearrange(self.diffs[:n_up], "upstream cell batch pos d_model -> (upstream cell) (batch pos d_model)")
+        pick = torch.sparse_coo_tensor(torch.stack([d * n_cell + c, u * n_cell + c]), sign,
+                                       (len(down) * n_cell, n_up * n_cell), check_invariants=False)
+        summed = torch.sparse.mm(pick.float(), flat.float()).to(flat.dtype)
+        out = einops.rearrange(summed, "(downstream cell) (batch pos d_model) -> downstream cell batch pos d_model",
+                               cell=n_cell, batch=self.total.shape[1], pos=self.total.shape[2])
+        # the kept-edges side starts from the sum over every node before d (its corrupted residual)
+        total = self.total if n_up == self.n_done else self.diffs[:n_up].sum(0)
+        return out + self.keep_side.to(out.dtype)[None, :, None, None, None] * total[None]
