@@ -17,6 +17,7 @@ from workbench.methods.circuit import (
     edge_attribution,
     edge_patching,
     faithfulness_curve,
+    smallest_circuit,
 )
 from workbench.methods.head_detectors import (
     DETECTORS,
@@ -48,7 +49,7 @@ __all__ = [
     "Ablation", "AblationResult", "ablate", "ablation_hooks", "ablation_sweep",
     "attribution_patching",
     "CircuitGraph", "EdgeScores", "EdgePatchingResult", "Faithfulness", "edge_attribution", "edge_patching",
-    "circuit_faithfulness", "faithfulness_curve",
+    "circuit_faithfulness", "faithfulness_curve", "smallest_circuit",
     "DETECTORS", "HeadScores", "head_scores", "induction_scores", "previous_token_scores", "duplicate_token_scores",
     "LogitLensResult", "logit_lens",
     "Metric", "LogitDiff", "NextTokenLogProb", "TokenLogProb", "TokenProb", "KLDivergence", "CustomMetric",

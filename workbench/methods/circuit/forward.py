@@ -13,7 +13,8 @@ projected from their own normalised input with that head's W_Q, W_K, W_V; the at
 the model's (`Attention.attend`, `head_results`), as are the MLP and the unembedding.
 
 Many runs go in one forward along a leading `cell` axis (interpolation steps of EAP-IG, circuits
-of a faithfulness curve). With `removed` None nothing is patched: the clean forward, whose
+of a faithfulness curve). The corrections are summed sparsely (`_Terms`): per circuit over its kept
+or its removed edges, whichever are fewer. With `removed` None nothing is patched: the clean forward, whose
 per-input residuals (`GraphRun.inputs`) are what EAP differentiates the metric by.
 """
 
