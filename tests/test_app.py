@@ -548,7 +548,7 @@ def test_empty_prompt_is_a_message_on_every_page_and_cannot_be_saved(app):
     assert "save.lens" not in [b.key for b in at.button]
     at = page(at, "attention")
     assert any("prompt is empty" in e for e in errors(at)), errors(at)  # the pattern over the prompt
-    for name, key in (("patching", "patch"), ("ablation", "ablate")):
+    for name, key in (("patching", "patch"), ("ablation", "ablate"), ("circuit", "circuit")):
         at = page(at, name)
         at.radio(key=f"p.{key}.source").set_value("custom")
         at.text_input(key=f"p.{key}.clean").set_value("")
@@ -556,7 +556,8 @@ def test_empty_prompt_is_a_message_on_every_page_and_cannot_be_saved(app):
         assert not at.exception
         assert any("clean_prompts[0] has no text" in e for e in errors(at)), errors(at)
         assert not charts(at)
-        assert f"save.{'patching' if name == 'patching' else 'ablation'}" not in [b.key for b in at.button]
+        assert f"save.{ {'patching': 'patching', 'ablation': 'ablation', 'circuit': 'circuit'}[name] }" not in [
+            b.key for b in at.button]
 
 
 def test_model_page_banner_tokens_and_card(app, experiment_model, monkeypatch):
