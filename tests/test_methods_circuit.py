@@ -149,8 +149,8 @@ def test_eap_equals_autograd_per_edge(model, pair, metric_name):
     assert len(expected) == 110
     torch.testing.assert_close(scores.scores, expected, atol=1e-4, rtol=0)
     assert scores.scores.abs().max() > 1e-2  # not trivially zero
-    assert scores.clean_value == pytest.approx(float(metric(model(clean))), abs=1e-5)
-    assert scores.corrupted_value == pytest.approx(float(metric(model(corrupted))), abs=1e-5)
+    assert scores.clean_value == pytest.approx(float(metric(model(clean)).detach()), abs=1e-5)
+    assert scores.corrupted_value == pytest.approx(float(metric(model(corrupted)).detach()), abs=1e-5)
 
 
 def test_eap_per_prompt_scores_are_each_prompts_own(model, pair):
@@ -202,7 +202,7 @@ def test_edge_patching_equals_a_hook_loop(model, pair, metric_name):
     assert set(result.to_frame().input) == {"q", "k", "v", "mlp", "logits"}
     assert set(result.to_frame().downstream_layer) == {0, 1, 2}
     assert result.effect.abs().max() > 1e-2
-    assert result.clean_value == pytest.approx(float(metric(model(clean))), abs=1e-5)
+    assert result.clean_value == pytest.approx(float(metric(model(clean)).detach()), abs=1e-5)
 
 
 def test_edge_patching_takes_a_subset_in_any_order(model, pair):
@@ -225,8 +225,8 @@ def test_full_graph_is_one_and_empty_circuit_is_zero(model, pair):
     empty = circuit_faithfulness(model, clean, corrupted, metric, [])
     assert float(full.faithfulness[0]) == pytest.approx(1, abs=1e-4)
     assert float(empty.faithfulness[0]) == pytest.approx(0, abs=1e-4)
-    assert full.clean_value == pytest.approx(float(metric(model(clean))), abs=1e-5)
-    assert empty.values[0] == pytest.approx(float(metric(model(corrupted))), abs=1e-4)
+    assert full.clean_value == pytest.approx(float(metric(model(clean)).detach()), abs=1e-5)
+    assert empty.values[0] == pytest.approx(float(metric(model(corrupted)).detach()), abs=1e-4)
 
 
 def test_faithfulness_of_one_circuit_equals_hooks_reading_corrupted_outputs(model, pair):
@@ -283,7 +283,7 @@ def test_planted_path_is_needed_and_found_first():
     clean = torch.tensor([[50256, A, filler, filler, filler, filler]])
     corrupted = torch.tensor([[50256, B, filler, filler, filler, filler]])
     metric = LogitDiff(X, Y)
-    clean_value, corrupted_value = float(metric(model(clean))), float(metric(model(corrupted)))
+    clean_value, corrupted_value = float(metric(model(clean)).detach()), float(metric(model(corrupted)).detach())
     assert clean_value - corrupted_value > 1  # the model shows the behaviour
     planted = circuit_faithfulness(model, clean, corrupted, metric, PLANTED)
     assert float(planted.faithfulness[0]) > 0.95
