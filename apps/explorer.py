@@ -1,5 +1,5 @@
 """The workbench explorer: logit lens, attention, activation patching, ablation, direct logit
-attribution, path patching and recorded runs.
+attribution, path patching, circuits and recorded runs.
 
     streamlit run apps/explorer.py          (or: bash scripts/start.sh)
 
@@ -37,6 +37,7 @@ pages = [
             url_path="dla"),
     st.Page(HERE / "dashboard" / "path_patching.py", title="Path patching", icon=":material/route:",
             url_path="path_patching"),
+    st.Page(HERE / "dashboard" / "circuit.py", title="Circuit", icon=":material/account_tree:", url_path="circuit"),
     st.Page(HERE / "dashboard" / "runs.py", title="Runs", icon=":material/history:", url_path="runs"),
 ]
 page = st.navigation(pages)
