@@ -36,6 +36,11 @@ OPEN_CASES = {
                       {"p.path.source": "induction", "p.path.n_prompts": 2, "p.path.seed": 1,
                        "p.path.receiver_kind": "heads", "p.path.heads": ["L1H0", "L1H2"], "p.path.input": "q",
                        "p.path.direction": "denoise"}),
+    "circuit": ("circuit", {"n_prompts": 2, "seq_len": 4, "seed": 3, "method": "eap", "steps": 2, "exact_top": 6,
+                            "points": 4, "target": 0.7, "prompt_set": "induction"},
+                {"p.circuit.source": "induction", "p.circuit.n_prompts": 2, "p.circuit.seq_len": 4, "p.circuit.seed": 3,
+                 "p.circuit.method": "eap", "p.circuit.exact_top": 6, "p.circuit.points": 4,
+                 "p.circuit.target": 0.7}),
 }
 
 
@@ -99,7 +104,7 @@ def test_open_fills_the_page_and_shows_the_record_without_a_forward(name, app, e
     assert "Download script" in labels and "Download notebook" in labels
     # "Compute again" leaves the record: the page computes from the filled-in inputs.
     at.switch_page(f"dashboard/{name}.py")  # AppTest would go back to the page it last switched to
-    if name in ("patching", "ablation", "dla", "path_patching"):
+    if name in ("patching", "ablation", "dla", "path_patching", "circuit"):
         at.button[0].click().run()  # the form's Run button
     else:
         at.button(key=f"open.close.{ {'logit_lens': 'lens', 'attention': 'attention'}[name]}").click().run()

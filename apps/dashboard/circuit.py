@@ -22,6 +22,10 @@ preset = default_prompt_set(model)
 if st.session_state.get("circuit.defaults_for") != s.model_name:  # open on the task this model can do
     st.session_state["circuit.defaults_for"] = s.model_name
     st.session_state["p.circuit.source"] = preset
+opened = common.opened_run("circuit", lambda c: {
+    **common.prompt_set_widgets("circuit", c), "p.circuit.method": c["method"], "p.circuit.steps": int(c["steps"]),
+    "p.circuit.exact_top": int(c["exact_top"]), "p.circuit.points": int(c["points"]),
+    "p.circuit.target": float(c["target"])})
 
 with st.form("circuit.form"):
     source = st.radio("Prompts", list(PROMPT_SETS), format_func=PROMPT_SETS.get, horizontal=True,
@@ -58,6 +62,12 @@ with st.form("circuit.form"):
         else:
             fields.update(n_prompts=int(n_prompts), seq_len=int(seq_len))
         st.session_state["circuit.request"] = common.fields_key(fields)
+        common.close_run()
+
+if opened is not None and common.RUN_PARAM in st.query_params:
+    with common.guard():
+        common.show_opened_run(opened, key="circuit")
+    st.stop()
 
 fields = st.session_state.get("circuit.request")
 if fields is None:

@@ -332,7 +332,8 @@ def save_run(s: Session, experiment: str, config, result, *, key: str, identity:
 # nowhere; its runs are still shown, exported and compared on the Runs page).
 PAGES = {"logit_lens": "dashboard/logit_lens.py", "attention_heads": "dashboard/attention.py",
          "activation_patching": "dashboard/patching.py", "ablate_heads": "dashboard/ablation.py",
-         "dla": "dashboard/dla.py", "path_patching": "dashboard/path_patching.py"}
+         "dla": "dashboard/dla.py", "path_patching": "dashboard/path_patching.py",
+         "circuit": "dashboard/circuit.py"}
 RUN_PARAM = "run"  # ?run=<run folder> in the URL: the page shows that run from its record
 
 
