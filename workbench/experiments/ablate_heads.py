@@ -86,11 +86,20 @@ def reference_tokens(config: AblateHeadsConfig, ids: dict[str, torch.Tensor]) ->
     return ids["corrupted"] if config.reference == "corrupted" and config.method != "zero" else None
 
 
-def compute(config: AblateHeadsConfig, model, *, progress=False) -> HeadAblation:
-    """The sweep of a resolved config with its token ids (see `core.with_tokens`)."""
-    ids = {k: torch.tensor(v, device=model.device) for k, v in config.token_ids.items()}
+def compute(config: AblateHeadsConfig, model, *, progress=False, rows: slice | None = None) -> HeadAblation:
+    """The sweep of a resolved config with its token ids (see `core.with_tokens`); with `rows`, of
+    those prompts only (a shard: `workbench.experiments.distributed`), mean ablation still averaging
+    over the whole reference batch."""
+    every = {k: torch.tensor(v, device=model.device) for k, v in config.token_ids.items()}
+    reference = reference_tokens(config, every)
+    if rows is not None and config.method != "zero":
+        if config.method == "resample":
+            raise InputError("resample ablation draws a reference prompt for each prompt of the whole set; it cannot "
+                             "be split into shards: run it in one process (without torchrun)")
+        reference = every["clean"] if reference is None else reference  # the whole set's mean, not the shard's
+    ids = {k: v[rows or slice(None)] for k, v in every.items()}
     metric = prompt_set_metric(config, ids)
-    result = ablation_sweep(model, ids["clean"], metric, method=config.method, reference=reference_tokens(config, ids),
+    result = ablation_sweep(model, ids["clean"], metric, method=config.method, reference=reference,
                             seed=config.seed, max_batch=config.max_batch, progress=progress,
                             memory=config.memory)
     with torch.no_grad():

@@ -53,9 +53,10 @@ def tokens(config: ActivationPatchingConfig, model) -> dict[str, torch.Tensor]:
     return prompt_set_tokens(config, model)
 
 
-def compute(config: ActivationPatchingConfig, model, *, progress=False) -> PatchingResult:
-    """The PatchingResult of a resolved config with its token ids (see `core.with_tokens`)."""
-    ids = {k: torch.tensor(v, device=model.device) for k, v in config.token_ids.items()}
+def compute(config: ActivationPatchingConfig, model, *, progress=False, rows: slice | None = None) -> PatchingResult:
+    """The PatchingResult of a resolved config with its token ids (see `core.with_tokens`); with
+    `rows`, of those prompts only (a shard: `workbench.experiments.distributed`)."""
+    ids = {k: torch.tensor(v[rows or slice(None)], device=model.device) for k, v in config.token_ids.items()}
     metric = prompt_set_metric(config, ids)
     return activation_patching(model, ids["clean"], ids["corrupted"], metric, target=config.target,
                                direction=config.direction, layers=config.layers, max_batch=config.max_batch,
