@@ -231,7 +231,7 @@ def activation_patching(
     activations and the last block's `hook_resid_post` (for `clean_value`); every cell is run, since
     where the prompts agree is unknown, and `str_tokens` are the corrupted prompt's.
     `memory`: the memory budget (bytes, or a size such as "2GiB"; default half the device's free
-    memory): chunks are sized to fit it (`planning.plan_sweep`, printed with the progress bar) and
+    memory): chunks are sized to fit it (`planning.plan_sweep`; `result.memory_plan`) and
     a budget that cannot hold the cached runs and one cell is a `MemoryBudgetError`.
 
     Returns a `PatchingResult` whose values[layer, pos] / [layer, head] / [layer, pos, head] is

@@ -205,6 +205,7 @@ def plan_sweep(
 
 
 def show_plan(plan: MemoryPlan, progress: object) -> None:
-    """Print the plan (to stderr) where a sweep draws its console progress bar."""
-    if progress is True:
+    """Print the plan (to stderr) where a sweep draws its console progress bar and a budget was
+    given (the experiments' summaries always show it)."""
+    if progress is True and plan.budget_given:
         print(plan.format(), file=sys.stderr)
