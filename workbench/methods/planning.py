@@ -64,11 +64,13 @@ def parse_memory(memory: int | float | str) -> int:
 
 
 def free_memory(device: torch.device | str) -> int:
-    """Bytes the device has free now: CUDA's free memory, or the operating system's available RAM."""
+    """Bytes the device has free now: CUDA's free memory (plus what PyTorch holds unused), or the
+    operating system's available RAM."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        # memory PyTorch's caching allocator holds but no tensor uses is free to this process too
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
             for line in f:
