@@ -107,13 +107,27 @@ def build_config(experiment, args: argparse.Namespace):
 
 def run_command(experiment_name: str, args: argparse.Namespace) -> int:
     from workbench.experiments import get_experiment, load_experiment_model, run_experiment
+    import torch.distributed
+
+    from workbench.experiments.distributed import init_world, rank_device, run_distributed
     experiment = get_experiment(experiment_name)
     config = build_config(experiment, args)
+    world = init_world(config.device)  # one process unless started by torchrun
+    if world.size > 1:
+        config = dataclasses.replace(config, device=rank_device(world, config.device))
     model = load_experiment_model(config)
-    if getattr(model, "notice", None):
+    if getattr(model, "notice", None) and world.main:
         print(model.notice)
     root = args.out if args.out is not None else "default"
-    run = run_experiment(experiment, config, model=model, root=root, name=args.name)
+    if world.size > 1:
+        try:
+            run = run_distributed(experiment, config, model, world, root=root, name=args.name)
+        finally:
+            torch.distributed.destroy_process_group()
+        if not world.main:
+            return 0
+    else:
+        run = run_experiment(experiment, config, model=model, root=root, name=args.name)
     if run.results.summary:
         print(run.results.summary)
     print(f"Recorded run: {run.path}")

@@ -169,7 +169,13 @@ def environment(*, device: str | torch.device | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads(),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        # processes the run was split over (torchrun; workbench.experiments.distributed)
+        "world_size": torch.distributed.get_world_size() if _distributed() else 1,
     }
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def _cpu_name() -> str:

@@ -22,6 +22,7 @@ from workbench.experiments.prompt_sets import (
 )
 from workbench.methods.ablation import METHODS, AblationResult, ablation_sweep
 from workbench.methods.metrics import no_signal_message
+from workbench.methods.planning import parse_memory
 from workbench.runs import RunResults
 
 # The defaults, here once: the dashboard's ablation page opens on them too.
@@ -40,6 +41,9 @@ class AblateHeadsConfig(PromptSetOptions, ExperimentConfig):
     max_batch: int | None = field(default=None, metadata={
         "help": "most sequences per forward pass (default: as many as fit in the sweep budget, "
                 "workbench.methods._resume.TOKEN_BUDGET token positions); part of the numerics"})
+    memory: str | None = field(default=None, metadata={
+        "help": "memory budget of the sweep, e.g. 2GiB or 512MB (default: half the device's free memory): chunks "
+                "are sized to fit it (workbench.methods.planning), and a budget too small for one cell is an error"})
     top_k: int = field(default=10, metadata={"help": "heads listed in the summary"})
 
     def applies(self, name: str) -> bool:
@@ -51,6 +55,8 @@ class AblateHeadsConfig(PromptSetOptions, ExperimentConfig):
         self.validate_prompt_set()
         if self.max_batch is not None and self.max_batch < 1:
             raise InputError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.memory is not None:
+            parse_memory(self.memory)
         if self.top_k < 1:
             raise InputError(f"top_k must be >= 1, got {self.top_k}")
 
@@ -80,12 +86,22 @@ def reference_tokens(config: AblateHeadsConfig, ids: dict[str, torch.Tensor]) ->
     return ids["corrupted"] if config.reference == "corrupted" and config.method != "zero" else None
 
 
-def compute(config: AblateHeadsConfig, model, *, progress=False) -> HeadAblation:
-    """The sweep of a resolved config with its token ids (see `core.with_tokens`)."""
-    ids = {k: torch.tensor(v, device=model.device) for k, v in config.token_ids.items()}
+def compute(config: AblateHeadsConfig, model, *, progress=False, rows: slice | None = None) -> HeadAblation:
+    """The sweep of a resolved config with its token ids (see `core.with_tokens`); with `rows`, of
+    those prompts only (a shard: `workbench.experiments.distributed`), mean ablation still averaging
+    over the whole reference batch."""
+    every = {k: torch.tensor(v, device=model.device) for k, v in config.token_ids.items()}
+    reference = reference_tokens(config, every)
+    if rows is not None and config.method != "zero":
+        if config.method == "resample":
+            raise InputError("resample ablation draws a reference prompt for each prompt of the whole set; it cannot "
+                             "be split into shards: run it in one process (without torchrun)")
+        reference = every["clean"] if reference is None else reference  # the whole set's mean, not the shard's
+    ids = {k: v[rows or slice(None)] for k, v in every.items()}
     metric = prompt_set_metric(config, ids)
-    result = ablation_sweep(model, ids["clean"], metric, method=config.method, reference=reference_tokens(config, ids),
-                            seed=config.seed, max_batch=config.max_batch, progress=progress)
+    result = ablation_sweep(model, ids["clean"], metric, method=config.method, reference=reference,
+                            seed=config.seed, max_batch=config.max_batch, progress=progress,
+                            memory=config.memory)
     with torch.no_grad():
         corrupted = float(metric(model(ids["corrupted"])))
     return HeadAblation(result, result.baseline, corrupted)
@@ -129,6 +145,8 @@ def summary(run_result: HeadAblation, heads: pd.DataFrame, top_k: int) -> str:
     for _, r in heads.head(top_k).iterrows():
         lines.append(f"  {int(r['rank']):>3}. L{int(r['layer'])}H{int(r['head'])}: {r['value']:.3f} "
                      f"(effect {r['effect']:+.3f})")
+    if result.memory_plan is not None:
+        lines.append(result.memory_plan.format())
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ from workbench.experiments.prompt_sets import (
 )
 from workbench.methods.metrics import no_signal_message
 from workbench.methods.patching import DIRECTIONS, TARGETS, PatchingResult, activation_patching
+from workbench.methods.planning import parse_memory
 from workbench.runs import RunResults
 
 Target = Literal[TARGETS]  # type: ignore[valid-type]
@@ -35,11 +36,16 @@ class ActivationPatchingConfig(PromptSetOptions, ExperimentConfig):
     max_batch: int | None = field(default=None, metadata={
         "help": "most sequences per forward pass (default: as many as fit in the sweep budget, "
                 "workbench.methods._resume.TOKEN_BUDGET token positions); part of the numerics"})
+    memory: str | None = field(default=None, metadata={
+        "help": "memory budget of the sweep, e.g. 2GiB or 512MB (default: half the device's free memory): chunks "
+                "are sized to fit it (workbench.methods.planning), and a budget too small for one cell is an error"})
 
     def validate(self) -> None:
         self.validate_prompt_set()
         if self.max_batch is not None and self.max_batch < 1:
             raise InputError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.memory is not None:
+            parse_memory(self.memory)
 
 
 def tokens(config: ActivationPatchingConfig, model) -> dict[str, torch.Tensor]:
@@ -47,13 +53,14 @@ def tokens(config: ActivationPatchingConfig, model) -> dict[str, torch.Tensor]:
     return prompt_set_tokens(config, model)
 
 
-def compute(config: ActivationPatchingConfig, model, *, progress=False) -> PatchingResult:
-    """The PatchingResult of a resolved config with its token ids (see `core.with_tokens`)."""
-    ids = {k: torch.tensor(v, device=model.device) for k, v in config.token_ids.items()}
+def compute(config: ActivationPatchingConfig, model, *, progress=False, rows: slice | None = None) -> PatchingResult:
+    """The PatchingResult of a resolved config with its token ids (see `core.with_tokens`); with
+    `rows`, of those prompts only (a shard: `workbench.experiments.distributed`)."""
+    ids = {k: torch.tensor(v[rows or slice(None)], device=model.device) for k, v in config.token_ids.items()}
     metric = prompt_set_metric(config, ids)
     return activation_patching(model, ids["clean"], ids["corrupted"], metric, target=config.target,
                                direction=config.direction, layers=config.layers, max_batch=config.max_batch,
-                               progress=progress)
+                               progress=progress, memory=config.memory)
 
 
 def record(config: ActivationPatchingConfig, model, result: PatchingResult) -> RunResults:
@@ -85,6 +92,8 @@ def summary(result: PatchingResult, frame) -> str:
     if warning:
         lines.append(f"WARNING: {warning}")
     lines.append(f"largest effects: {cells}")
+    if result.memory_plan is not None:
+        lines.append(result.memory_plan.format())
     return "\n".join(lines)
 
 

@@ -221,6 +221,8 @@ def replay(
     same = (
         run.config.device == recorded_device and run.config.dtype == recorded_dtype
         and env_now["device_name"] == record.env.get("device_name") and env_now["torch"] == record.env.get("torch")
+        # a run split over processes summed its prompts in another order (experiments/distributed.py)
+        and env_now["world_size"] == record.env.get("world_size", 1)
     )
     tol = EXACT if same else tolerance_for(getattr(torch, recorded_dtype), getattr(torch, run.config.dtype))
     notes.insert(0, f"model {run.config.model}, {run.config.device} {env_now['device_name']}, "
@@ -228,7 +230,8 @@ def replay(
     notes.insert(1, describe_model_hashes(run.config))
     if not same:
         notes.append(f"recorded on {recorded_device} {record.env.get('device_name')}, {recorded_dtype}, "
-                     f"torch {record.env.get('torch')}: comparing within tolerance")
+                     f"torch {record.env.get('torch')}, {record.env.get('world_size', 1)} process(es): "
+                     "comparing within tolerance")
     return ReplayReport(record.path, experiment.name, tol, notes, compare_results(recorded, run.results, tol))
 
 

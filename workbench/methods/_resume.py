@@ -39,11 +39,12 @@ from tqdm.auto import tqdm
 from workbench.errors import InputError
 from workbench.hooks import ActivationCache, act_name
 from workbench.methods.metrics import Metric, find_reads
+from workbench.methods.planning import MemoryBudgetError, MemoryPlan
 from workbench.models import GPT
 from workbench.models.attention import Attention
 
-# Tokens computed in one forward (the memory budget), and logits kept at once for metrics that
-# are evaluated one cell at a time.
+# Tokens computed in one forward (past this, bigger chunks go no faster; a `MemoryPlan` may cap
+# them lower), and logits kept at once for metrics that are evaluated one cell at a time.
 TOKEN_BUDGET = 16384
 LOGIT_BUDGET = 2**25
 
@@ -176,12 +177,15 @@ def run_cells(
     max_batch: int | None = None,
     progress: bool | Callable[[int, int], None] = True,
     desc: str = "cells",
-) -> None:
+    plan: MemoryPlan | None = None,
+) -> list[tuple[int, int]]:
     """Write metric(patched run) for every cell of `groups` into `out[cell.index]`.
 
     `max_batch` caps the rows (cells x prompts) of one forward; tokens per forward are capped
-    at `TOKEN_BUDGET` either way. `progress` is True for a console bar, False for none, or a
-    callback `progress(cells_done, cells_total)` (the dashboard's bar) called after each forward."""
+    at `TOKEN_BUDGET` either way, and a chunk's estimated bytes at `plan.chunk` (`planning.py`).
+    A chunk the device still has no memory for is split in two and retried. `progress` is True
+    for a console bar, False for none, or a callback `progress(cells_done, cells_total)` (the
+    dashboard's bar) called after each forward. Returns each chunk's (tokens, rows)."""
     batch, n_pos = base.tokens.shape
     baseline = float(metric.evaluate(base.read_logits))
     if base.read_logits.shape[1] == n_pos:  # all logits of the base run: a callable's reads can be found
@@ -198,28 +202,62 @@ def run_cells(
     max_rows = max_batch or len(todo) * batch
     if not metric.batched:  # its logits at every read position stay in memory
         max_rows = min(max_rows, max(1, LOGIT_BUDGET // (len(read) * model.cfg.d_vocab)))
-    chunks, chunk, tokens = [], [], 0
+    chunks, sizes, chunk, tokens = [], [], [], 0
+    n_read_from = [sum(p >= first for p in read) for first in range(stop)]
     for c in sorted(todo, key=lambda c: (c.group.entry, c.first)):
-        cost = batch * (stop - c.first)
-        if chunk and (tokens + cost > TOKEN_BUDGET or (len(chunk) + 1) * batch > max_rows):
+        # The tokens a cell computes: its positions from `first` on, only the read ones once no
+        # attention is left to run (entries at the last MLP or after).
+        late = c.group.entry >= 2 * model.cfg.n_layer - 1
+        cost = batch * (n_read_from[c.first] if late else stop - c.first)
+        rows = (len(chunk) + 1) * batch
+        over_memory = plan is not None and plan.chunk_bytes(tokens + cost, rows) > plan.chunk
+        if chunk and (tokens + cost > TOKEN_BUDGET or rows > max_rows or over_memory):
             chunks.append(chunk)
+            sizes.append((tokens, len(chunk) * batch))
             chunk, tokens = [], 0
         chunk.append(c)
         tokens += cost
     if chunk:
         chunks.append(chunk)
+        sizes.append((tokens, len(chunk) * batch))
     report = progress if callable(progress) else None
     done, total = 0, len(todo)
     if report:
         report(done, total)
     with torch.no_grad():
         for chunk in tqdm(chunks, desc=desc, disable=progress is not True, leave=False):
-            order, values = _run_chunk(model, base, chunk, metric, read, stop)
-            for c, v in zip(order, values.tolist()):
-                out[c.index] = v
+            for order, values in _run_fitting(model, base, chunk, metric, read, stop):
+                for c, v in zip(order, values.tolist()):
+                    out[c.index] = v
             done += len(chunk)
             if report:
                 report(done, total)
+    return sizes
+
+
+def _is_out_of_memory(error: RuntimeError) -> bool:
+    text = str(error)
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
+
+
+def _run_fitting(model: GPT, base: BaseRun, chunk: list[_Cell], metric: Metric, read: list[int], stop: int):
+    """`_run_chunk`'s (cells, values), in halves of the chunk (recursively) while the device runs
+    out of memory: a fallback for what the plan's estimate missed (other processes, fragmentation)."""
+    try:
+        return [_run_chunk(model, base, chunk, metric, read, stop)]
+    except RuntimeError as e:
+        if not _is_out_of_memory(e):
+            raise
+        if len(chunk) == 1:
+            raise MemoryBudgetError(
+                f"out of memory running one cell ({base.tokens.shape[0]} prompt rows of {stop} positions): "
+                "free memory on the device, or use fewer or shorter prompts") from e
+    if model.device.type == "cuda":
+        torch.cuda.empty_cache()
+    half = len(chunk) // 2
+    # The halves keep the chunk's entry order, which _run_chunk needs.
+    return (_run_fitting(model, base, chunk[:half], metric, read, stop)
+            + _run_fitting(model, base, chunk[half:], metric, read, stop))
 
 
 @dataclass

@@ -14,6 +14,7 @@ MLP layer at `hook_mlp_out` and a neuron at `mlp.hook_post`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from workbench.methods._resume import (
     BaseRun, CellGroup, all_rows, base_names, cached_runs, entry_of, run_cells, through_W_O,
 )
 from workbench.methods.metrics import Metric, as_metric, scalar
+from workbench.methods.planning import MemoryPlan, plan_sweep, show_plan
 from workbench.models import GPT
 
 METHODS = ("zero", "mean", "resample")
@@ -212,6 +214,7 @@ class AblationResult:
     method: str
     metric: str
     seed: int | None = None
+    memory_plan: MemoryPlan | None = None  # the sweep's memory plan
 
     @property
     def effect(self) -> Float[Tensor, "layer head"]:
@@ -241,11 +244,13 @@ def ablation_sweep(
     seed: int = 0,
     max_batch: int | None = None,
     progress: bool | Callable[[int, int], None] = True,
+    memory: int | float | str | None = None,
 ) -> AblationResult:
     """Ablate each head on its own (`Ablation(method, heads=[(layer, head)])`) and measure `metric`.
 
     Same numbers as one `ablate` forward per head, but the heads are packed into a few batched
-    forwards, each resumed at the head's layer from cached residuals (`_resume.py`).
+    forwards, each resumed at the head's layer from cached residuals (`_resume.py`), in chunks
+    sized to the memory budget `memory` (as in `activation_patching`).
     Returns values[layer, head]."""
     if method not in METHODS:
         raise InputError(f"unknown ablation method {method!r}; allowed: {', '.join(METHODS)}")
@@ -259,7 +264,11 @@ def ablation_sweep(
     z_names = act_names("z", range(n_layer))
     separate = reference is not None and reference is not tokens  # mean / resample over other prompts
     runs = [tokens, reference] if separate else [tokens]
-    results = cached_runs(model, runs, z_names + base_names(n_layer), read, metric.vocab)
+    names = z_names + base_names(n_layer)
+    plan = plan_sweep(model, batch=batch, pos=tokens.shape[1], runs=len(runs), names=names, read=read,
+                      swept_layers=n_layer, memory=memory)
+    show_plan(plan, progress)
+    results = cached_runs(model, runs, names, read, metric.vocab)
     base_logits, base_cache = results[0]
     reference_cache = None if reference is None else results[-1][1]
     rows = _resample_rows(reference.shape[0], batch, seed).to(tokens.device) if method == "resample" else None
@@ -275,7 +284,8 @@ def ablation_sweep(
         for h in range(n_head):
             group.add((None, h), (l, h), 0)
         groups.append(group)
-    run_cells(model, base, groups, metric, values, max_batch=max_batch, progress=progress,
-              desc=f"{method}-ablating heads")
-    return AblationResult(values, baseline, method, metric.name, seed if method == "resample" else None)
+    sizes = run_cells(model, base, groups, metric, values, max_batch=max_batch, progress=progress,
+                      desc=f"{method}-ablating heads", plan=plan)
+    plan = dataclasses.replace(plan, chunks=tuple(sizes))
+    return AblationResult(values, baseline, method, metric.name, seed if method == "resample" else None, plan)
 

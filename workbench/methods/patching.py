@@ -20,6 +20,7 @@ there (positions before the first differing token) gets the base run's metric wi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -37,6 +38,7 @@ from workbench.methods._resume import (
     BaseRun, CellGroup, ZDiff, all_rows, base_names, cached_runs, entry_of, run_cells, through_W_O, unembed,
 )
 from workbench.methods.metrics import Metric, as_metric, clean_beats_corrupted, normalize, scalar
+from workbench.methods.planning import MemoryPlan, plan_sweep, show_plan
 from workbench.models import GPT
 from workbench.models.attention import Attention
 
@@ -84,6 +86,7 @@ class PatchingResult:
     corrupted_value: float
     layers: list[int]
     str_tokens: list[str]
+    memory_plan: MemoryPlan | None = None  # the sweep's memory plan (activation patching)
 
     @property
     def baseline(self) -> float:
@@ -209,6 +212,7 @@ def activation_patching(
     max_batch: int | None = None,
     progress: bool | Callable[[int, int], None] = True,
     clean_cache: ActivationCache | Mapping[str, Tensor] | None = None,
+    memory: int | float | str | None = None,
 ) -> PatchingResult:
     """Run one prompt, restore one activation from the other, and measure `metric`, for every cell.
 
@@ -226,6 +230,9 @@ def activation_patching(
     calling convention (`workbench.patching`). Denoising only. The cache must hold the patched
     activations and the last block's `hook_resid_post` (for `clean_value`); every cell is run, since
     where the prompts agree is unknown, and `str_tokens` are the corrupted prompt's.
+    `memory`: the memory budget (bytes, or a size such as "2GiB"; default half the device's free
+    memory): chunks are sized to fit it (`planning.plan_sweep`; `result.memory_plan`) and
+    a budget that cannot hold the cached runs and one cell is a `MemoryBudgetError`.
 
     Returns a `PatchingResult` whose values[layer, pos] / [layer, head] / [layer, pos, head] is
     the metric of the patched run (TransformerLens's `get_act_patch_*` numbers).
@@ -250,6 +257,9 @@ def activation_patching(
         hooks += [act_name("z", l) for l in layers]
     read = metric.read_positions(base_tokens.shape[1])
     names = hooks + base_names(model.cfg.n_layer)
+    plan = plan_sweep(model, batch=base_tokens.shape[0], pos=base_tokens.shape[1], runs=2 if clean_cache is None else 1,
+                      names=names, read=read, swept_layers=len(layers), memory=memory)
+    show_plan(plan, progress)
     if clean_cache is None:
         (base_logits, base_cache), (source_logits, source_cache) = cached_runs(
             model, [base_tokens, source_tokens], names, read, metric.vocab
@@ -275,12 +285,13 @@ def activation_patching(
         _cell_group(model, target, layer, i, base_cache, source_cache, d, n_pos)
         for i, layer in enumerate(layers)
     ]
-    run_cells(model, base, groups, metric, values, max_batch=max_batch, progress=progress,
-              desc=f"patching {target}")
+    sizes = run_cells(model, base, groups, metric, values, max_batch=max_batch, progress=progress,
+                      desc=f"patching {target}", plan=plan)
+    plan = dataclasses.replace(plan, chunks=tuple(sizes))
     return PatchingResult(
         values=values, dims=dims, target=target, direction=direction, method="activation", metric=metric.name,
         clean_value=clean_value, corrupted_value=corrupted_value, layers=layers,
-        str_tokens=model.to_str_tokens((corrupted if clean is None else clean)[0]),
+        str_tokens=model.to_str_tokens((corrupted if clean is None else clean)[0]), memory_plan=plan,
     )
 
 

@@ -86,10 +86,20 @@ class Attention(nn.Module):
     ) -> Float[Tensor, "batch head query_pos key_pos"]:
         """q . k / sqrt(d_head), -inf where the key is after the query. Keys are at positions
         0, 1, ...; queries at `query_pos` (default 0, 1, ...)."""
-        scores = einops.einsum(
-            q, k, "batch query_pos head d_head, batch key_pos head d_head -> batch head query_pos key_pos"
-        ) / math.sqrt(self.d_head)
-        return scores.masked_fill(~self._allowed(q, k, query_pos), float("-inf"))
+        batch, n_head = q.shape[0], q.shape[2]
+        allowed = self._allowed(q, k, query_pos)  # [1 query_pos key_pos], or [batch 1 ...] per prompt
+        # The mask as an additive bias (0 or -inf), added by the same kernel that multiplies and
+        # scales (one pass over the [query_pos key_pos] maps instead of three).
+        bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
+        if allowed.ndim == 4:  # a mask per prompt
+            bias = einops.repeat(bias, "batch 1 query_pos key_pos -> (batch head) query_pos key_pos", head=n_head)
+        scores = torch.baddbmm(
+            bias,
+            einops.rearrange(q, "batch query_pos head d_head -> (batch head) query_pos d_head"),
+            einops.rearrange(k, "batch key_pos head d_head -> (batch head) d_head key_pos"),
+            alpha=1 / math.sqrt(self.d_head),
+        )
+        return einops.rearrange(scores, "(batch head) query_pos key_pos -> batch head query_pos key_pos", batch=batch)
 
     def pattern(
         self, scores: Float[Tensor, "batch head query_pos key_pos"]
