@@ -273,13 +273,13 @@ def toggle_clicked(names: list[str], selected: list[str], seen: list[str]) -> li
     return names
 
 
-def new_clicks(key: str) -> tuple[list[str], list[str]]:
+def chart_selection(key: str) -> tuple[list[str], list[str]]:
     """The chart `key`'s selection from the last run (read before the widgets it changes are drawn)
-    and its selection when it was last drawn (see `drawn_clicks`)."""
+    and its selection when it was last drawn (see `remember_selection`)."""
     return selected_labels(st.session_state.get(key)), st.session_state.get(f"{key}.seen", [])
 
 
-def drawn_clicks(key: str, event) -> None:
+def remember_selection(key: str, event) -> None:
     """Remember the chart `key`'s selection as this run drew it (a chart whose figure changed is a
     fresh one, with nothing selected), so the next run acts only on clicks made after it."""
     st.session_state[f"{key}.seen"] = selected_labels(event)

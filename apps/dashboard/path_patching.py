@@ -63,7 +63,7 @@ if st.session_state.get("path.defaults_for") != s.model_name:  # open on the tas
 
 # A click on the receiver grid (drawn below the form in the previous run) adds or removes that head before
 # the form's head list is drawn; only clicks made since the grid was drawn count, so edits to the list stay.
-selected, seen = common.new_clicks("path.grid")
+selected, seen = common.chart_selection("path.grid")
 shown = st.session_state.get("p.path.heads", []) if st.session_state.get("p.path.receiver_kind") == "heads" else []
 if (toggled := common.toggle_clicked(shown, selected, seen)) != shown:
     st.session_state["p.path.heads"] = toggled
@@ -140,10 +140,10 @@ with st.form("path.form"):
 with st.expander("Receivers on the head grid", expanded=True):
     fig = receiver_grid_figure(n_layer=model.cfg.n_layer, n_head=model.cfg.n_head,
                                receivers=picked if kind == "heads" else [], receiver_input=receiver_input)
-    common.drawn_clicks("path.grid", st.plotly_chart(fig, width="stretch", key="path.grid", on_select="rerun",
-                                                     selection_mode="points"))
+    event = st.plotly_chart(fig, width="stretch", key="path.grid", on_select="rerun", selection_mode="points")
+    common.remember_selection("path.grid", event)
     if kind == "logits":
-        st.caption("Receivers: the logits. A click on a head makes the receivers that head's input.")
+        st.caption("Receivers: the logits. A click on a head makes that head's input the receiver.")
 
 if opened is not None and common.RUN_PARAM in st.query_params:
     with common.guard():
