@@ -633,7 +633,7 @@ def test_empty_prompt_is_a_message_on_every_page_and_cannot_be_saved(app):
         at.button[0].click().run()
         assert not at.exception
         assert any("clean_prompts[0] has no text" in e for e in errors(at)), errors(at)
-        assert not charts(at)
+        assert not results(at)  # (the path patching page's receiver grid is not a result)
         assert f"save.{save}" not in [b.key for b in at.button]
 
 
@@ -677,6 +677,37 @@ def test_hover_never_reads_minus_zero():
 
 
 # ----------------------------------------------------------------------------- path patching
+def results(at) -> list[dict]:
+    """The path patching page's result charts (not its receiver grid)."""
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart") if not c.proto.id.endswith("path.grid")]
+
+
+def receiver_grid(at) -> tuple[dict, dict]:
+    """The path patching page's receiver grid: its block-0 trace and its (selectable) heads trace."""
+    (grid,) = [c for c in at.get("plotly_chart") if c.proto.id.endswith("path.grid")]
+    block0, heads = json.loads(grid.proto.spec)["data"]
+    return block0, heads
+
+
+def click_grid(at, label: str):
+    """Run the page as after a click on the grid's marker `label`: the chart's state (under its key) is
+    the plotly selection of that one point, as Streamlit stores it (AppTest cannot click a chart)."""
+    _, heads = receiver_grid(at)
+    i = heads["customdata"].index(label)
+    point = {"curve_number": 1, "point_number": i, "point_index": i, "x": heads["x"][i], "y": heads["y"][i],
+             "customdata": label}
+    at.session_state["path.grid"] = {"selection": {"points": [point], "point_indices": [i], "box": [], "lasso": []}}
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def filled(at) -> list[str]:
+    """The heads the receiver grid draws as receivers (marked with their input)."""
+    _, heads = receiver_grid(at)
+    return [name for name, text in zip(heads["customdata"], heads["text"]) if text]
+
+
 def test_path_patching_page_matches_the_library(app, lib_model, monkeypatch):
     """The page opens on the task and receivers the experiment's "auto" picks (the induction heads' keys
     on the bundled model), and its heatmap and table are the library's path_patching for those inputs;
@@ -695,7 +726,7 @@ def test_path_patching_page_matches_the_library(app, lib_model, monkeypatch):
     pairs = prompts.induction_prompts(n=8, seq_len=10, seed=0, vocab_size=lib_model.cfg.vocab_size)
     expected = path_patching(lib_model, pairs.clean_tokens, pairs.corrupted_tokens, pairs.metric(),
                              receivers=receivers, direction="noise", progress=False)
-    (trace,) = heatmaps(charts(at)[0])
+    (trace,) = heatmaps(results(at)[0])
     assert_close(z_of(trace), expected.effect)
     assert [m.value for m in at.metric][:2] == [f"{expected.clean_value:.3f}", f"{expected.corrupted_value:.3f}"]
     table = at.dataframe[0].value
@@ -704,7 +735,7 @@ def test_path_patching_page_matches_the_library(app, lib_model, monkeypatch):
     if "shakespeare" in lib_model.name:
         assert table["component"].iloc[0] == "L0H3"  # the previous-token head writes the induction keys
     at.radio(key="p.path.show").set_value("value").run()
-    assert_close(z_of(heatmaps(charts(at)[0])[0]), expected.values)
+    assert_close(z_of(heatmaps(results(at)[0])[0]), expected.values)
     assert len(calls) == 1
 
     at.radio(key="p.path.receiver_kind").set_value("logits")
@@ -713,7 +744,7 @@ def test_path_patching_page_matches_the_library(app, lib_model, monkeypatch):
     assert not at.exception and not errors(at), errors(at)
     expected = path_patching(lib_model, pairs.clean_tokens, pairs.corrupted_tokens, pairs.metric(),
                              receivers="logits", senders="mlps", direction="noise", progress=False)
-    (bar,) = charts(at)[0]["data"]
+    (bar,) = results(at)[0]["data"]
     assert_close(torch.tensor(bar["y"], dtype=torch.float64), expected.values)
 
 
@@ -766,6 +797,66 @@ def test_path_patching_receivers_from_the_activation_patching_result(app, lib_mo
     run.click().run()
     assert not at.exception and not errors(at), errors(at)
     assert any(", ".join(f"{name}.k" for name in chosen) in c.value for c in at.caption), [c.value for c in at.caption]
+
+
+def test_path_patching_receivers_by_clicking_the_head_grid(app, lib_model):
+    """The receiver grid has one marker per head: block 0's grey and unlabelled (never receivers), every
+    later head labelled and selectable; the receivers the form sends are the filled ones, marked with
+    their input. A click on a head adds it or, if it is a receiver, removes it; removing a head in the
+    list afterwards is not undone by the next run; a click while the receivers are the logits makes
+    the clicked head's input the receivers."""
+    n_layer, n_head = lib_model.cfg.n_layer, lib_model.cfg.n_head
+    at = page(app, "path_patching")
+    block0, heads = receiver_grid(at)
+    assert "customdata" not in block0 and block0["y"] == [0] * n_head and block0["x"] == list(range(n_head))
+    assert heads["customdata"] == [f"L{l}H{h}" for l in range(1, n_layer) for h in range(n_head)]
+    assert [(f"L{y}H{x}") for x, y in zip(heads["x"], heads["y"])] == heads["customdata"]
+    start = at.multiselect(key="p.path.heads").value
+    assert start and filled(at) == start
+    assert {t for t in heads["text"] if t} == {at.selectbox(key="p.path.input").value}
+
+    first = start[0]
+    click_grid(at, first)  # a receiver: removed
+    assert at.multiselect(key="p.path.heads").value == start[1:] and filled(at) == start[1:]
+    click_grid(at, first)  # again: added
+    assert at.multiselect(key="p.path.heads").value == start[1:] + [first]
+    assert sorted(filled(at)) == sorted(start)
+
+    at.multiselect(key="p.path.heads").set_value(start[1:] or [first])  # edited in the list, then the form sent
+    at.selectbox(key="p.path.input").set_value("q")
+    at.button[0].click().run()
+    assert not at.exception and not errors(at), errors(at)
+    at.run()
+    assert at.multiselect(key="p.path.heads").value == (start[1:] or [first])
+    assert filled(at) == (start[1:] or [first]) and {t for t in receiver_grid(at)[1]["text"] if t} == {"q"}
+    assert any(", ".join(f"{name}.q" for name in start[1:] or [first]) in c.value for c in at.caption)
+
+    at.radio(key="p.path.receiver_kind").set_value("logits")
+    at.button[0].click().run()
+    assert not at.exception and filled(at) == []
+    click_grid(at, first)
+    assert at.radio(key="p.path.receiver_kind").value == "heads"
+    assert at.multiselect(key="p.path.heads").value == [first] and filled(at) == [first]
+
+
+def test_clicks_toggle_only_newly_selected_heads(monkeypatch):
+    """A page acts on a chart's selection only where it differs from the selection the chart was drawn
+    with: a newly selected head is added, or removed if it is there; an unchanged or shrunk selection
+    (a redrawn chart starts with none) changes nothing."""
+    monkeypatch.syspath_prepend(str(Path(APP).parent))  # as streamlit runs the app: apps/ on the path
+    from dashboard.common import selected_labels, toggle_clicked
+
+    def event(*labels):
+        return {"selection": {"points": [{"customdata": n} for n in labels] + [{"x": 0, "y": 0}],
+                              "point_indices": [], "box": [], "lasso": []}}
+
+    assert selected_labels(event("L1H2", "L1H0")) == ["L1H2", "L1H0"]  # an unlabelled point (block 0) left out
+    assert selected_labels(None) == [] and selected_labels({"selection": {}}) == []
+    assert toggle_clicked(["L1H0", "L1H1"], ["L1H2"], []) == ["L1H0", "L1H1", "L1H2"]
+    assert toggle_clicked(["L1H0", "L1H1"], ["L1H0"], []) == ["L1H1"]
+    assert toggle_clicked(["L1H1"], ["L1H0"], ["L1H0"]) == ["L1H1"]  # seen before: removed in the list, stays so
+    assert toggle_clicked(["L1H1"], [], ["L1H0"]) == ["L1H1"]
+    assert toggle_clicked(["L1H1"], ["L1H0", "L1H2"], ["L1H0"]) == ["L1H1", "L1H2"]  # a shift-click adds
 
 
 # ----------------------------------------------------------------------------- circuit

@@ -261,6 +261,13 @@ def test_every_page_renders_and_runs(server, page, shots):
         assert (shots / f"{name}.png").stat().st_size > 10_000, name
 
 
+# The path patching page draws two plots, by key: the receiver grid (drawn before any run) and the result.
+RESULT = "document.querySelector('.st-key-path-chart .js-plotly-plot')"
+GRID = "document.querySelector('.st-key-path-grid .js-plotly-plot')"
+RECEIVERS = ("() => [...document.querySelectorAll('[data-testid=\"stMultiSelect\"] [data-tag]')]"
+             ".map(t => t.getAttribute('aria-label'))")
+
+
 def test_path_patching_page_runs_and_saves(server, page, shots):
     """Path patching opens on the task's receivers (the induction heads' keys on the bundled model),
     draws the sender heatmap, records a run, and runs again into the logits."""
@@ -268,26 +275,62 @@ def test_path_patching_page_runs_and_saves(server, page, shots):
     page.get_by_role("heading", name="Path patching").wait_for()
     settle(page)
     page.get_by_role("button", name="Run path patching").click()
-    page.wait_for_selector(PLOT, timeout=SLOW)
+    # The result's plot itself, not any plot: the receiver grid is drawn before the run.
+    page.wait_for_function(f"() => {RESULT} !== null", timeout=SLOW)
     settle(page)
-    check_page(page, plots=1)
-    title = page.evaluate("() => document.querySelector('.js-plotly-plot').layout.title.text")
+    check_page(page, plots=2)
+    title = page.evaluate(f"() => {RESULT}.layout.title.text")
     assert "Path patching into L1H" in title and ".k" in title, title
     page.get_by_role("button", name="Save run").click()
-    page.get_by_text("Saved run").wait_for()
+    page.get_by_text("Saved run").first.wait_for()
     settle(page)
     shoot(page, shots, "path_patching")
 
     assert page.get_by_role("combobox", name="Receiver heads").count() == 1
-    page.get_by_text("the logits").click()
-    settle(page)
+    page.get_by_text("the logits", exact=True).click()  # the radio option (inside the form: no rerun)
     page.get_by_role("button", name="Run path patching").click()
-    page.wait_for_function("() => document.querySelector('.js-plotly-plot').layout.title.text.includes('logits')",
-                           timeout=SLOW)
+    page.wait_for_function(f"() => ({RESULT}?.layout.title.text || '').includes('logits')", timeout=SLOW)
     settle(page)
-    check_page(page, plots=1)
+    check_page(page, plots=2)
     assert page.get_by_text("Saved run").count() == 0
     assert (shots / "path_patching.png").stat().st_size > 10_000
+
+
+def test_path_patching_receivers_by_clicking_the_grid(server, page):
+    """A click on a head's marker on the receiver grid removes it from the receivers (the head list
+    shows it no more); a second click adds it back; a click on a block-0 head changes nothing."""
+    page.goto(f"{server}/path_patching")
+    page.get_by_role("heading", name="Path patching").wait_for()
+    page.wait_for_function(f"() => {GRID} !== null", timeout=SLOW)
+    settle(page)
+    start = page.evaluate(RECEIVERS)
+    assert start, "the page opens with receivers"
+
+    def click(layer: int, head: int) -> None:
+        """A mouse click at the centre of head (layer, head)'s marker, from the plot's own axes."""
+        page.evaluate(f"() => {GRID}.scrollIntoView({{block: 'center'}})")
+        x, y = page.evaluate(f"""() => {{
+            const gd = {GRID}, box = gd.getBoundingClientRect(), fl = gd._fullLayout;
+            return [box.left + fl.xaxis._offset + fl.xaxis.l2p({head}),
+                    box.top + fl.yaxis._offset + fl.yaxis.l2p({layer})];
+        }}""")
+        page.mouse.click(x, y)
+
+    name = start[0]
+    layer, head = map(int, name.removeprefix("L").split("H"))
+    click(layer, head)
+    page.wait_for_function(f"() => !({RECEIVERS})().includes('{name}')", timeout=SLOW)
+    settle(page)
+    assert page.evaluate(RECEIVERS) == start[1:]
+    assert page.evaluate(f"() => {GRID}.data[1].text[{GRID}.data[1].customdata.indexOf('{name}')]") == ""
+    click(layer, head)  # the grid was redrawn: a fresh chart, the same click counts again
+    page.wait_for_function(f"() => ({RECEIVERS})().includes('{name}')", timeout=SLOW)
+    settle(page)
+    assert page.evaluate(RECEIVERS) == start[1:] + [name]
+    click(0, 0)  # block 0: not a receiver
+    settle(page)
+    assert page.evaluate(RECEIVERS) == start[1:] + [name]
+    check_page(page, plots=1)
 
 
 def test_circuit_page_renders_runs_and_saves(server, page, shots):

@@ -253,6 +253,38 @@ def table(frame: pd.DataFrame, **kwargs) -> None:
     st.dataframe(frame.drop(columns=constant), hide_index=True, width="stretch", **kwargs)
 
 
+# ----------------------------------------------------------------------------- clicks on a chart
+def selected_labels(event) -> list[str]:
+    """The labels (customdata) of the points selected on a plotly chart: its `on_select` event, as
+    st.plotly_chart returns it or session state holds it under the chart's key; unlabelled points
+    (e.g. block 0 on a receiver grid) are left out."""
+    points = ((event or {}).get("selection") or {}).get("points") or []
+    return [p["customdata"] for p in points if isinstance(p.get("customdata"), str)]
+
+
+def toggle_clicked(names: list[str], selected: list[str], seen: list[str]) -> list[str]:
+    """`names` with each newly selected label (in `selected`, not in `seen`: the chart's selection
+    when it was last drawn) removed if present and appended otherwise. A selection that did not
+    change, or only lost points, changes nothing: a name removed elsewhere is not put back."""
+    names = list(names)
+    for label in selected:
+        if label not in seen:
+            names = [n for n in names if n != label] if label in names else names + [label]
+    return names
+
+
+def chart_selection(key: str) -> tuple[list[str], list[str]]:
+    """The chart `key`'s selection from the last run (read before the widgets it changes are drawn)
+    and its selection when it was last drawn (see `remember_selection`)."""
+    return selected_labels(st.session_state.get(key)), st.session_state.get(f"{key}.seen", [])
+
+
+def remember_selection(key: str, event) -> None:
+    """Remember the chart `key`'s selection as this run drew it (a chart whose figure changed is a
+    fresh one, with nothing selected), so the next run acts only on clicks made after it."""
+    st.session_state[f"{key}.seen"] = selected_labels(event)
+
+
 # ----------------------------------------------------------------------------- experiments
 def fields_key(fields: dict) -> str:
     """A page's experiment fields as a hashable, canonical cache key."""

@@ -1,15 +1,14 @@
 """Path patching: which senders (heads or MLPs) reach the chosen receivers directly, every other head
 frozen. The page builds a path_patching experiment config and runs the experiment's own computation;
-the receivers are heads picked from a head list, shown on a head grid (with the input they receive),
-or taken from the activation patching page's head sweep, or the logits."""
+the receivers are heads picked from a head list or by clicking them on a head grid (which shows them
+with the input they receive), or taken from the activation patching page's head sweep, or the logits."""
 
 import json
 
-import pandas as pd
 import streamlit as st
 
 from dashboard import common
-from workbench.experiments.figures import PATCHING_SHOW, path_patching_figure
+from workbench.experiments.figures import PATCHING_SHOW, path_patching_figure, receiver_grid_figure
 from workbench.experiments.path_patching import (
     PathPatchingConfig,
     default_receivers,
@@ -61,6 +60,14 @@ if st.session_state.get("path.defaults_for") != s.model_name:  # open on the tas
     if receivers != "logits":
         st.session_state["p.path.heads"] = [f"L{l}H{h}" for l, h, _ in receivers]
         st.session_state["p.path.input"] = receivers[0][2]
+
+# A click on the receiver grid (drawn below the form in the previous run) adds or removes that head before
+# the form's head list is drawn; only clicks made since the grid was drawn count, so edits to the list stay.
+selected, seen = common.chart_selection("path.grid")
+shown = st.session_state.get("p.path.heads", []) if st.session_state.get("p.path.receiver_kind") == "heads" else []
+if (toggled := common.toggle_clicked(shown, selected, seen)) != shown:
+    st.session_state["p.path.heads"] = toggled
+    st.session_state["p.path.receiver_kind"] = "heads"
 
 # Receivers from the activation patching result of this session (its page's last head sweep).
 patch_request = st.session_state.get("patch.request")
@@ -129,17 +136,14 @@ with st.form("path.form"):
         st.session_state["path.request"] = common.fields_key(fields)
         common.close_run()
 
-# The receivers on a head grid (layer x head): what the form sends.
-with st.expander("Receivers on the head grid", expanded=False):
-    if kind == "heads":
-        grid = pd.DataFrame("", index=pd.Index(range(model.cfg.n_layer), name="layer"),
-                            columns=[f"head {h}" for h in range(model.cfg.n_head)])
-        for name in picked:
-            l, h = map(int, name.removeprefix("L").split("H"))
-            grid.iloc[l, h] = receiver_input
-        st.table(grid)
-    else:
-        st.caption("Receivers: the logits.")
+# The receivers on a head grid (layer x head): what the form sends; a click adds or removes a head (above).
+with st.expander("Receivers on the head grid", expanded=True):
+    fig = receiver_grid_figure(n_layer=model.cfg.n_layer, n_head=model.cfg.n_head,
+                               receivers=picked if kind == "heads" else [], receiver_input=receiver_input)
+    event = st.plotly_chart(fig, width="stretch", key="path.grid", on_select="rerun", selection_mode="points")
+    common.remember_selection("path.grid", event)
+    if kind == "logits":
+        st.caption("Receivers: the logits. A click on a head makes that head's input the receiver.")
 
 if opened is not None and common.RUN_PARAM in st.query_params:
     with common.guard():

@@ -229,6 +229,44 @@ def path_patching_figure(frame, *, show: str = "effect", title: str | None = Non
     return fig
 
 
+RECEIVER = "#ff4b4b"  # a chosen receiver on the receiver grid
+
+
+def receiver_grid_figure(*, n_layer: int, n_head: int, receivers: Sequence[str], receiver_input: str,
+                         title: str | None = None) -> go.Figure:
+    """The [layer x head] grid of heads as square markers, one per head, for picking path patching
+    receivers by clicking: heads of blocks 1 and later are points a page can select (customdata = the
+    head's label, "L1H0"), the `receivers` among them (labels "L{layer}H{head}") filled and marked with
+    the `receiver_input` (q, k or v) they receive; block 0's heads are greyed and carry no label (no
+    block before them, so never receivers). Plotly's own selection dims nothing: what is filled is
+    the receivers, not the last click."""
+    chosen = set(receivers)
+    heads = [(layer, head) for layer in range(1, n_layer) for head in range(n_head)]
+    labels = [f"L{layer}H{head}" for layer, head in heads]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=list(range(n_head)), y=[0] * n_head, mode="markers", name="block 0", hoverinfo="text",
+        hovertext=[f"L0H{h}: block 0, no block before it (not a receiver)" for h in range(n_head)],
+        marker={"symbol": "square", "size": 24, "color": "#e8e8e8", "line": {"color": "#c8c8c8", "width": 1}}))
+    fig.add_trace(go.Scatter(
+        x=[h for _, h in heads], y=[l for l, _ in heads], mode="markers+text", name="heads", customdata=labels,
+        text=[receiver_input if name in chosen else "" for name in labels], textfont={"color": "white", "size": 11},
+        hoverinfo="text", hovertext=[f"{name}: receiver ({receiver_input}); click to remove" if name in chosen else
+                                     f"{name}: click to add as a receiver" for name in labels],
+        marker={"symbol": "square", "size": 24, "color": [RECEIVER if name in chosen else "white" for name in labels],
+                "line": {"color": [RECEIVER if name in chosen else "#888" for name in labels], "width": 1.5}},
+        selected={"marker": {"opacity": 1}}, unselected={"marker": {"opacity": 1}}))
+    fig.update_xaxes(title_text="head", tickmode="array", tickvals=list(range(n_head)), range=[-0.6, n_head - 0.4],
+                     showgrid=False, zeroline=False, fixedrange=True)
+    fig.update_yaxes(title_text="layer", tickmode="array", tickvals=list(range(n_layer)), range=[n_layer - 0.5, -0.5],
+                     showgrid=False, zeroline=False, fixedrange=True)
+    fig.update_layout(title=title or f"Receivers ({len(chosen)}, input {receiver_input}): click a head to add or "
+                      "remove it; block 0 (grey) cannot receive",
+                      height=max(220, 110 + 36 * n_layer), showlegend=False, margin={"t": 50, "b": 10},
+                      clickmode="event+select", dragmode=False)
+    return fig
+
+
 # ----------------------------------------------------------------------------- ablation
 def ablation_figure(frame, *, title: str | None = None) -> go.Figure:
     """An ablation table (one row per head: layer, head, effect; recorded or fresh) as a
