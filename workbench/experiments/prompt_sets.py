@@ -190,18 +190,6 @@ def _single(model, text: str, what: str) -> int:
         raise InputError(f"{what} {text!r}: {e}{leading_space_hint(model, text)}") from None
 
 
-def leading_space_hint(model, text: str) -> str:
-    """" Try ' Maryland' ..." when `text` lacks the leading space that would make it one token
-    (GPT-2 words mid-sentence carry theirs), else ""."""
-    if text.startswith(" ") or not text.strip():
-        return ""
-    try:
-        model.to_single_token(" " + text)
-    except InputError:
-        return ""
-    return f". With a leading space it is one token: try {' ' + text!r}"
-
-
 def _ioi(config: PromptSetOptions) -> tuple[list[str], list[str], list[str], list[str]]:
     ioi = ioi_prompts(n=config.n_prompts, template=config.ioi_template, order=config.ioi_order,
                       corruption=config.ioi_corruption, seed=config.seed, prepend_bos=config.prepend_bos)

@@ -165,14 +165,18 @@ def run_cells(
     max_batch: int | None = None,
     progress: bool | Callable[[int, int], None] = True,
     desc: str = "cells",
+    per_prompt: bool = False,
 ) -> None:
-    """Write metric(patched run) for every cell of `groups` into `out[cell.index]`.
+    """Write metric(patched run) for every cell of `groups` into `out[cell.index]`; with
+    `per_prompt`, `out` has a trailing prompt axis and gets each prompt's value
+    (`metric.per_prompt`, of which the metric is the mean), the same forwards either way.
 
     `max_batch` caps the rows (cells x prompts) of one forward; tokens per forward are capped
     at `TOKEN_BUDGET` either way. `progress` is True for a console bar, False for none, or a
     callback `progress(cells_done, cells_total)` (the dashboard's bar) called after each forward."""
     batch, n_pos = base.tokens.shape
-    baseline = float(metric.evaluate(base.read_logits))
+    evaluate = metric.per_prompt if per_prompt else metric.evaluate
+    baseline = evaluate(base.read_logits).float().cpu()
     if base.read_logits.shape[1] == n_pos:  # all logits of the base run: a callable's reads can be found
         metric = find_reads(metric, [base.read_logits, *base.other_logits])
     read = metric.read_positions(n_pos)
@@ -203,8 +207,8 @@ def run_cells(
         report(done, total)
     with torch.no_grad():
         for chunk in tqdm(chunks, desc=desc, disable=progress is not True, leave=False):
-            order, values = _run_chunk(model, base, chunk, metric, read, stop)
-            for c, v in zip(order, values.tolist()):
+            order, values = _run_chunk(model, base, chunk, metric, read, stop, per_prompt)
+            for c, v in zip(order, values.cpu()):
                 out[c.index] = v
             done += len(chunk)
             if report:
@@ -230,9 +234,10 @@ class _Tokens:
 
 
 def _run_chunk(
-    model: GPT, base: BaseRun, chunk: list[_Cell], metric: Metric, read: list[int], stop: int
+    model: GPT, base: BaseRun, chunk: list[_Cell], metric: Metric, read: list[int], stop: int, per_prompt: bool
 ) -> tuple[list[_Cell], Tensor]:
-    """The metric of every cell of `chunk` (sorted by entry), returned with the cells in row order."""
+    """The metric of every cell of `chunk` (sorted by entry), returned with the cells in row order
+    ([cell], or [cell batch] per prompt)."""
     n_layer = model.cfg.n_layer
     batch = base.tokens.shape[0]
     device = base.final_resid.device
@@ -264,7 +269,7 @@ def _run_chunk(
     final[state.row, slot] = state.x
     logits = unembed(model, final, metric.vocab)
     logits = einops.rearrange(logits, "(cell batch) pos d_vocab -> cell batch pos d_vocab", batch=batch)
-    return order, metric.evaluate(logits).float()
+    return order, (metric.per_prompt(logits) if per_prompt else metric.evaluate(logits)).float()
 
 
 def _sorted(xs: list[int]) -> bool:
