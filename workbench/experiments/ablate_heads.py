@@ -15,10 +15,13 @@ from workbench.experiments.core import Experiment, ExperimentConfig, register
 from workbench.experiments.figures import ablation_figure
 from workbench.experiments.prompt_sets import (
     PromptSetOptions,
+    bootstrap,
+    interval_note,
     prompt_set_metric,
     prompt_set_tokens,
     prompts_frame,
     resolve_prompt_set,
+    sweep_options,
 )
 from workbench.methods.ablation import METHODS, AblationResult, ablation_sweep
 from workbench.methods.metrics import no_signal_message
@@ -83,9 +86,10 @@ def reference_tokens(config: AblateHeadsConfig, ids: dict[str, torch.Tensor]) ->
 def compute(config: AblateHeadsConfig, model, *, progress=False) -> HeadAblation:
     """The sweep of a resolved config with its token ids (see `core.with_tokens`)."""
     ids = {k: torch.tensor(v, device=model.device) for k, v in config.token_ids.items()}
-    metric = prompt_set_metric(config, ids)
+    metric = prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size)
     result = ablation_sweep(model, ids["clean"], metric, method=config.method, reference=reference_tokens(config, ids),
-                            seed=config.seed, max_batch=config.max_batch, progress=progress)
+                            seed=config.seed, max_batch=config.max_batch, progress=progress, **sweep_options(config))
+    result.bootstrap = bootstrap(config)
     with torch.no_grad():
         corrupted = float(metric(model(ids["corrupted"])))
     return HeadAblation(result, result.baseline, corrupted)
@@ -96,12 +100,21 @@ def record(config: AblateHeadsConfig, model, run_result: HeadAblation) -> RunRes
     |effect| first."""
     result = run_result.result
     heads = ranked_heads(result)
+    tensors = {"values": result.values, "baseline": torch.tensor(result.baseline),
+               "clean_corrupted": torch.tensor([run_result.clean_value, run_result.corrupted_value])}
+    tables = {"heads": heads, "prompts": prompts_frame(config.token_ids, model, config.prompt_groups)}
+    if result.per_prompt is not None:
+        tensors["per_prompt"], tensors["prompt_baseline"] = result.per_prompt, result.prompt_baseline
+        if result.groups is not None:
+            tables["heads_by_group"] = result.to_frame(by_group=True)
+    lines = summary(run_result, heads, config.top_k)
+    if result.per_prompt is not None:
+        lines += "\n" + interval_note(config, result.per_prompt.shape[-1])
     return RunResults(
-        tensors={"values": result.values, "baseline": torch.tensor(result.baseline),
-                 "clean_corrupted": torch.tensor([run_result.clean_value, run_result.corrupted_value])},
-        tables={"heads": heads, "prompts": prompts_frame(config.token_ids, model)},
+        tensors=tensors,
+        tables=tables,
         figures={"ablation": ablation_figure(heads)},
-        summary=summary(run_result, heads, config.top_k),
+        summary=lines,
     )
 
 
@@ -126,9 +139,11 @@ def summary(run_result: HeadAblation, heads: pd.DataFrame, top_k: int) -> str:
     if run_result.no_signal:
         lines.append(f"WARNING: {run_result.no_signal}")
     lines.append(f"{result.method}-ablating each head:")
+    ci = "effect_ci_low" in heads
     for _, r in heads.head(top_k).iterrows():
         lines.append(f"  {int(r['rank']):>3}. L{int(r['layer'])}H{int(r['head'])}: {r['value']:.3f} "
-                     f"(effect {r['effect']:+.3f})")
+                     f"(effect {r['effect']:+.3f}"
+                     + (f", interval [{r['effect_ci_low']:+.3f}, {r['effect_ci_high']:+.3f}])" if ci else ")"))
     return "\n".join(lines)
 
 

@@ -36,9 +36,10 @@ from jaxtyping import Int
 from torch import Tensor
 
 from workbench.errors import InputError
-from workbench.methods.metrics import LogitDiff, Metric, NextTokenLogProb, ProbDiff
+from workbench.methods.metrics import LogitDiff, Metric, NextTokenLogProb
 from workbench.methods.prompts import (
     GreaterThanPrompts,
+    greater_than_metric,
     greater_than_prompts,
     induction_prompts,
     ioi_prompts,
@@ -72,7 +73,7 @@ class PromptSet:
     `clean[i]`, `corrupted[i]`: token ids (BOS included when the set has one), equal lengths per
     pair. `task` says which metric: "logit_diff" (logit[answer[i]] - logit[wrong[i]] at the last
     position), "next_token_logprob" (induction: log p of each next token at `positions`) or
-    "prob_diff" (greater-than: p(year > yy[i]) - p(year <= yy[i]), `year_ids` the ids of "00".."99").
+    "prob_diff" (greater-than: p(year > yy[i]) - p(year <= yy[i]) over the year tokens "00".."99").
     `groups[i]`: the label results are also reported by (None: one group). `source` names where the
     rows came from, for messages."""
 
@@ -84,7 +85,6 @@ class PromptSet:
     groups: list[str] | None = None
     positions: tuple[int, ...] | None = None
     yy: list[int] | None = None
-    year_ids: list[int] | None = None
     source: str = "prompts"
     row_numbers: list[int] = field(default_factory=list)  # each row's number in its source (from 1)
 
@@ -100,7 +100,7 @@ class PromptSet:
         for name, values in per_row.items():
             if values is not None and len(values) != len(self.clean):
                 raise InputError(f"{self.source}: {len(self.clean)} clean prompts but {len(values)} {name}")
-        needs = {"logit_diff": ("answer", "wrong"), "next_token_logprob": ("positions",), "prob_diff": ("yy", "year_ids")}
+        needs = {"logit_diff": ("answer", "wrong"), "next_token_logprob": ("positions",), "prob_diff": ("yy",)}
         for name in needs[self.task]:
             if getattr(self, name) is None:
                 raise InputError(f"a {self.task} prompt set needs {name}")
@@ -166,12 +166,7 @@ class PromptSet:
         elif self.task == "next_token_logprob":
             metric = NextTokenLogProb(clean, self.positions)
         else:
-            above = torch.zeros(len(self), d_vocab, dtype=torch.bool)
-            below = torch.zeros_like(above)
-            ids, yy = torch.tensor(self.year_ids), torch.tensor(self.yy)[:, None]
-            above[:, ids] = torch.arange(len(ids))[None, :] > yy
-            below[:, ids] = torch.arange(len(ids))[None, :] <= yy
-            metric = ProbDiff(above, below, pos=pos)
+            metric = greater_than_metric(self.yy, d_vocab=d_vocab, pos=pos)
         return PromptBatch(clean, corrupted, read_pos, metric, self.groups)
 
     # ------------------------------------------------------------------ generators
@@ -208,7 +203,7 @@ class PromptSet:
     @classmethod
     def from_greater_than(cls, p: GreaterThanPrompts) -> PromptSet:
         return cls(p.clean_tokens.tolist(), p.corrupted_tokens.tolist(), "prob_diff", yy=list(p.years),
-                   year_ids=list(p.year_ids), source="greater-than prompts")
+                   source="greater-than prompts")
 
     # ------------------------------------------------------------------ rows (files, datasets, inline)
     @classmethod

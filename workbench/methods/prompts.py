@@ -280,7 +280,7 @@ class GreaterThanPrompts:
     year 17", corrupted the same with YY = 01 (where no year below is possible).
 
     clean_tokens, corrupted_tokens: [batch pos]. `years[b]` is YY of prompt b; `year_ids[k]` the
-    token id of the two-digit string k ("00" ... "99"). `metric()` is the probability difference
+    token id of the two-digit string k ("00" ... "99", `greater_than_year_ids`). `metric()` is the probability difference
     PD = sum_{y > YY} p(y) - sum_{y <= YY} p(y) over the two-digit year tokens at the last position."""
 
     clean_tokens: Int[Tensor, "batch pos"]
@@ -292,25 +292,35 @@ class GreaterThanPrompts:
     nouns: list[str]
     century: int
 
-    def masks(self, d_vocab: int) -> tuple[Tensor, Tensor]:
-        """([batch d_vocab] bool) the year tokens above each prompt's YY, and those at or below it."""
-        ids = torch.tensor(self.year_ids)
-        yy = torch.tensor(self.years)[:, None]
-        above = torch.zeros(len(self.years), d_vocab, dtype=torch.bool)
-        below = torch.zeros_like(above)
-        above[:, ids] = torch.arange(100)[None, :] > yy
-        below[:, ids] = torch.arange(100)[None, :] <= yy
-        return above, below
-
     def metric(self, *, d_vocab: int = 50257) -> ProbDiff:
         """prob(year > YY) - prob(year <= YY) at the last position (`ProbDiff`)."""
-        above, below = self.masks(d_vocab)
-        return ProbDiff(above, below, pos=-1)
+        return greater_than_metric(self.years, d_vocab=d_vocab)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per prompt: batch, clean/corrupted text, noun, yy."""
         return pd.DataFrame({"batch": range(len(self.years)), "clean": self.clean_text,
                              "corrupted": self.corrupted_text, "noun": self.nouns, "yy": self.years})
+
+
+def greater_than_year_ids() -> list[int]:
+    """The GPT-2 token id of each two-digit year "00" ... "99" (index k: the year k)."""
+    enc = gpt2_tokenizer()
+    ids = [enc.encode(f"{k:02d}") for k in range(100)]
+    if any(len(x) != 1 for x in ids):
+        raise InputError("the tokenizer does not have one token for each two-digit year 00 ... 99")
+    return [x[0] for x in ids]
+
+
+def greater_than_metric(years: list[int], *, d_vocab: int = 50257, pos: int | Tensor = -1) -> ProbDiff:
+    """Hanna et al.'s probability difference for prompts ending "... 17YY to the year 17" with
+    YY = years[b]: p(a two-digit year token > YY) - p(one <= YY), at `pos`."""
+    ids = torch.tensor(greater_than_year_ids())
+    yy = torch.tensor(list(years))[:, None]
+    above = torch.zeros(len(years), d_vocab, dtype=torch.bool)
+    below = torch.zeros_like(above)
+    above[:, ids] = torch.arange(100)[None, :] > yy
+    below[:, ids] = torch.arange(100)[None, :] <= yy
+    return ProbDiff(above, below, pos=pos)
 
 
 def greater_than_prompts(*, n: int = 8, century: int = 17, seed: int = 0, prepend_bos: bool = True) -> GreaterThanPrompts:
@@ -322,9 +332,7 @@ def greater_than_prompts(*, n: int = 8, century: int = 17, seed: int = 0, prepen
     if n < 1:
         raise InputError(f"n must be >= 1, got {n}")
     enc = gpt2_tokenizer()
-    year_ids = [enc.encode(f"{k:02d}") for k in range(100)]
-    if any(len(ids) != 1 for ids in year_ids):
-        raise InputError("the tokenizer does not have one token for each two-digit year 00 ... 99")
+    year_ids = greater_than_year_ids()
     g = torch.Generator().manual_seed(seed)
     nouns = [GREATER_THAN_NOUNS[i] for i in torch.randint(len(GREATER_THAN_NOUNS), (n,), generator=g).tolist()]
     years = [GREATER_THAN_YEARS[i] for i in torch.randint(len(GREATER_THAN_YEARS), (n,), generator=g).tolist()]
@@ -340,5 +348,5 @@ def greater_than_prompts(*, n: int = 8, century: int = 17, seed: int = 0, prepen
         if len(century_id) != 1 or ids[start:start + 1] != century_id or len(ids) != len(clean[0]):
             raise InputError(f"{text!r} does not tokenize as the template expects (year as ' {century}' + 'YY'); "
                              "GPT-2's tokenizer does for centuries 11 to 17")
-    return GreaterThanPrompts(torch.tensor(clean), torch.tensor(corrupted), years, [ids[0] for ids in year_ids],
+    return GreaterThanPrompts(torch.tensor(clean), torch.tensor(corrupted), years, year_ids,
                               clean_text, corrupted_text, nouns, century)
