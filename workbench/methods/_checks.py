@@ -53,12 +53,12 @@ def check_sweep_options(max_batch: Any, progress: Any) -> None:
 def check_per_prompt(metric: Any, per_prompt: Any, groups: Any, batch: int) -> list[str] | None:
     """`per_prompt` a bool, and when True a metric with per-prompt values (not a plain callable);
     `groups` None or one label per prompt (and only with per_prompt). Returns the labels as strings."""
-    from workbench.methods.metrics import Metric
+    from workbench.methods.metrics import no_per_prompt_message
 
     if not isinstance(per_prompt, bool):
         raise InputError(f"per_prompt must be True or False, got {shown(per_prompt)}")
-    if per_prompt and type(metric).per_prompt is Metric.per_prompt:
-        metric.per_prompt(None)  # raises, saying which metrics have per-prompt values
+    if per_prompt and not metric.has_per_prompt:
+        raise InputError(no_per_prompt_message(metric.name))
     if groups is None:
         return None
     if not per_prompt:

@@ -53,9 +53,12 @@ class Metric:
 
     def per_prompt(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell batch"]:
         """The value of each prompt, of which `evaluate` is the mean (logits as for `evaluate`)."""
-        raise InputError(f"metric {self.name!r} gives one value for the whole batch, not one per prompt; per-prompt "
-                         "values need a workbench Metric that is a mean over prompts (LogitDiff, TokenLogProb, "
-                         "TokenProb, NextTokenLogProb, KLDivergence, ProbDiff)")
+        raise InputError(no_per_prompt_message(self.name))
+
+    @property
+    def has_per_prompt(self) -> bool:
+        """Whether this metric gives per-prompt values (a plain callable does not)."""
+        return type(self).per_prompt is not Metric.per_prompt
 
     def __call__(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
         return self.evaluate(self.select(logits))
@@ -89,6 +92,12 @@ def _take(
     if token.shape[0] != batch:
         raise InputError(f"{what} has {token.shape[0]} token ids but the logits have batch size {batch}")
     return logprobs[..., torch.arange(batch, device=logprobs.device), token.to(logprobs.device)]
+
+
+def no_per_prompt_message(name: str) -> str:
+    return (f"metric {name!r} gives one value for the whole batch, not one per prompt; per-prompt values need a "
+            "workbench Metric that is a mean over prompts (LogitDiff, TokenLogProb, TokenProb, NextTokenLogProb, "
+            "KLDivergence, ProbDiff)")
 
 
 def _check_pos(pos: object) -> tuple[int | Tensor, tuple[int, ...]]:

@@ -73,7 +73,7 @@ def bootstrap_ci(
         raise InputError("bootstrap_ci needs at least one prompt, got none")
     if np.isnan(x).any():
         raise InputError("the per-prompt values hold NaN (a cell that was not run): nothing to resample")
-    mean = x.mean(-1)
+    mean = np.asarray(x.mean(-1))
     if n == 1:
         return Interval(mean, mean.copy(), mean.copy(), 1, n_resamples, seed, confidence)
     rng = np.random.default_rng(seed)
@@ -84,7 +84,7 @@ def bootstrap_ci(
     means = x @ counts.T / n  # [... resample]
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail], axis=-1)
-    return Interval(mean, low, high, n, n_resamples, seed, confidence)
+    return Interval(mean, np.asarray(low), np.asarray(high), n, n_resamples, seed, float(confidence))
 
 
 @dataclass(frozen=True)
