@@ -95,10 +95,11 @@ def test_bad_files_name_the_row(model, tmp_path, suffix):
         PromptSet.read(write(tmp_path / f"multi{suffix}", multi), model)
     longer = [dict(ROWS[0]), {**ROWS[1], "clean": ROWS[1]["clean"] + " the", "corrupted": ROWS[1]["corrupted"] + " the"}]
     ps = PromptSet.read(write(tmp_path / f"lengths{suffix}", longer), model)
-    with pytest.raises(InputError, match=r"lengths\S* row 2 is 17 tokens but .* row 1 is 16"):
+    n1, n2 = (len(model.to_tokens(r["clean"])[0]) for r in longer)
+    with pytest.raises(InputError, match=rf"lengths\S* row 2 is {n2} tokens but .* row 1 is {n1}"):
         ps.batch()
     pair = [dict(ROWS[0]), {**ROWS[1], "corrupted": ROWS[1]["corrupted"] + " the"}]
-    with pytest.raises(InputError, match=r"row 2: the clean prompt is 16 tokens and the corrupted one 17"):
+    with pytest.raises(InputError, match=rf"row 2: the clean prompt is {n2 - 1} tokens and the corrupted one {n2}"):
         PromptSet.read(write(tmp_path / f"pair{suffix}", pair), model)
 
 
@@ -173,10 +174,10 @@ def test_greater_than_metric_on_hand_made_logits(hf_tokenizer):
     year = {k: hf_tokenizer(f"{k:02d}")["input_ids"] for k in range(100)}
     assert all(len(v) == 1 for v in year.values())
     # put most of the mass on a few years so the numbers are far from 0
-    logits[0, -1, year[1][0]] += 12   # <= 02: PD near -1
-    logits[1, -1, year[70][0]] += 12  # > 50: PD near +1
-    logits[2, -1, year[99][0]] += 6   # > 98 (99 only)
-    logits[2, -1, year[10][0]] += 6   # <= 98
+    logits[0, -1, year[1][0]] += 16   # <= 02: PD near -1
+    logits[1, -1, year[70][0]] += 16  # > 50: PD near +1
+    logits[2, -1, year[99][0]] += 10  # > 98 (99 only)
+    logits[2, -1, year[10][0]] += 10  # <= 98
     probs = logits[:, -1].softmax(-1)
     by_hand = torch.tensor([sum(float(probs[b, year[k][0]]) * (1 if k > yy else -1) for k in range(100))
                             for b, yy in enumerate(p.years)])
@@ -228,10 +229,11 @@ def test_prompt_file_errors_in_the_experiment(model, tmp_path):
 
     longer = [dict(ROWS[0]), {**ROWS[1], "clean": ROWS[1]["clean"] + " the", "corrupted": ROWS[1]["corrupted"] + " the"}]
     path = write(tmp_path / "mixed.csv", longer)
-    with pytest.raises(InputError, match="mixed.csv row 2 is 17 tokens"):
+    n1, n2 = (len(model.to_tokens(r["clean"])[0]) for r in longer)
+    with pytest.raises(InputError, match=f"mixed.csv row 2 is {n2} tokens but mixed.csv row 1 is {n1}"):
         run_experiment("activation_patching", ActivationPatchingConfig(prompts=str(path)), model=model, root=None)
     run = run_experiment("activation_patching", ActivationPatchingConfig(prompts=str(path), length_rule="pad",
                                                                          target="head_out"), model=model, root=None)
-    assert [r[0] for r in run.config.token_ids["read_pos"]] == [15, 16]
+    assert [r[0] for r in run.config.token_ids["read_pos"]] == [n1 - 1, n2 - 1]
     with pytest.raises(InputError, match="goes with prompt_set 'file'"):
         ActivationPatchingConfig(prompts=str(path), prompt_set="ioi").validate()
