@@ -2,11 +2,13 @@
 
 metrics (logit_diff, token_logprob, token_prob, kl_divergence, normalize, and the `Metric`
 classes sweeps take), logit_lens, patching (activation patching), attribution (attribution
-patching), ablation (`Ablation`, `ablate`, `ablation_sweep`), head_detectors, prompts.
+patching), ablation (`Ablation`, `ablate`, `ablation_sweep`), head_detectors, prompts (the
+generators), datasets (`PromptSet`: prompt files and datasets), statistics (`bootstrap_ci`).
 """
 
 from workbench.methods.ablation import Ablation, AblationResult, ablate, ablation_hooks, ablation_sweep
 from workbench.methods.attribution import attribution_patching
+from workbench.methods.datasets import PromptSet
 from workbench.methods.head_detectors import (
     DETECTORS,
     HeadScores,
@@ -22,6 +24,7 @@ from workbench.methods.metrics import (
     LogitDiff,
     Metric,
     NextTokenLogProb,
+    ProbDiff,
     TokenLogProb,
     TokenProb,
     kl_divergence,
@@ -31,15 +34,25 @@ from workbench.methods.metrics import (
     token_prob,
 )
 from workbench.methods.patching import TARGETS, PatchingResult, activation_patching
-from workbench.methods.prompts import InductionPrompts, IOIPrompts, induction_prompts, ioi_prompts, repeated_tokens
+from workbench.methods.prompts import (
+    GreaterThanPrompts,
+    InductionPrompts,
+    IOIPrompts,
+    greater_than_prompts,
+    induction_prompts,
+    ioi_prompts,
+    repeated_tokens,
+)
+from workbench.methods.statistics import bootstrap_ci
 
 __all__ = [
     "Ablation", "AblationResult", "ablate", "ablation_hooks", "ablation_sweep",
     "attribution_patching",
     "DETECTORS", "HeadScores", "head_scores", "induction_scores", "previous_token_scores", "duplicate_token_scores",
     "LogitLensResult", "logit_lens",
-    "Metric", "LogitDiff", "NextTokenLogProb", "TokenLogProb", "TokenProb", "KLDivergence", "CustomMetric",
+    "Metric", "LogitDiff", "NextTokenLogProb", "TokenLogProb", "TokenProb", "KLDivergence", "ProbDiff", "CustomMetric",
     "logit_diff", "token_logprob", "token_prob", "kl_divergence", "normalize",
     "TARGETS", "PatchingResult", "activation_patching",
     "IOIPrompts", "ioi_prompts", "InductionPrompts", "induction_prompts", "repeated_tokens",
+    "GreaterThanPrompts", "greater_than_prompts", "PromptSet", "bootstrap_ci",
 ]
