@@ -237,3 +237,31 @@ def test_prompt_file_errors_in_the_experiment(model, tmp_path):
     assert [r[0] for r in run.config.token_ids["read_pos"]] == [n1 - 1, n2 - 1]
     with pytest.raises(InputError, match="goes with prompt_set 'file'"):
         ActivationPatchingConfig(prompts=str(path), prompt_set="ioi").validate()
+
+
+def test_greater_than_preset_and_ablation_with_a_prompt_file(model, tmp_path):
+    """The greater_than preset records the YY tokens its metric reads (the generator's years); the
+    ablation experiment takes --prompts too and records intervals per head and per group."""
+    from workbench.experiments import run_experiment
+    from workbench.experiments.ablate_heads import AblateHeadsConfig
+    from workbench.experiments.activation_patching import ActivationPatchingConfig
+    from workbench.experiments.prompt_sets import prompt_set_metric
+
+    run = run_experiment("activation_patching", ActivationPatchingConfig(prompt_set="greater_than", n_prompts=4,
+                                                                         target="head_out", seed=5),
+                         model=model, root=None)
+    p = greater_than_prompts(n=4, seed=5)
+    assert run.config.token_ids["clean"] == p.clean_tokens.tolist()
+    assert [model.to_string(t) for t in run.config.token_ids["year_tokens"]] == [f"{y:02d}" for y in p.years]
+    ids = {k: torch.tensor(v) for k, v in run.config.token_ids.items()}
+    logits = torch.randn(4, p.clean_tokens.shape[1], 50257, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(prompt_set_metric(run.config, ids)(logits), p.metric()(logits))
+    assert run.config.metric == "prob_diff"
+
+    path = write(tmp_path / "prompts.parquet", ROWS)
+    run = run_experiment("ablate_heads", AblateHeadsConfig(prompts=str(path), method="zero", n_resamples=100),
+                         model=model, root=None)
+    heads = run.results.tables["heads"]
+    assert {"n", "ci_low", "ci_high", "effect_ci_low", "effect_ci_high"} <= set(heads.columns)
+    assert set(run.results.tables["heads_by_group"]["group"]) == {"store", "park"}
+    assert "95% intervals: percentile bootstrap of the mean over n = 3 prompts, 100 resamples" in run.results.summary
