@@ -5,6 +5,7 @@ greater-than prompts and metric follow Hanna et al. 2023; the experiments take -
 
 import csv
 import json
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -74,8 +75,9 @@ def test_each_format_loads_the_tokens_of_the_same_prompts_inline(model, hf_token
     assert (ps.clean, ps.corrupted, ps.answer, ps.wrong) == (clean, corrupted, answer, wrong)
 
 
-def test_hugging_face_dataset(model, hf_tokenizer):
-    datasets = pytest.importorskip("datasets")  # an optional dependency; installed in the dev venv
+def test_hugging_face_dataset(model, hf_tokenizer, monkeypatch):
+    import datasets  # optional for users (the "hf" extra), in the dev extras
+
     clean, corrupted, answer, wrong = expected_ids(hf_tokenizer)
     renamed = [{"prompt": r["clean"], "corrupted": r["corrupted"], "answer": r["answer"], "wrong": r["wrong"]}
                for r in ROWS]
@@ -83,6 +85,10 @@ def test_hugging_face_dataset(model, hf_tokenizer):
     assert (ps.clean, ps.corrupted, ps.answer, ps.wrong) == (clean, corrupted, answer, wrong)
     with pytest.raises(InputError, match="split"):
         PromptSet.from_hf(datasets.DatasetDict({"train": datasets.Dataset.from_list(renamed)}), model)
+    # without the package: a clear error, not an ImportError
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(InputError, match=r"needs the `datasets` package \(pip install datasets\)"):
+        PromptSet.from_hf("some/dataset", model)
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
