@@ -147,3 +147,23 @@ def test_groups_and_plain_callables(model, pairs):
     with pytest.raises(InputError, match="one label per prompt"):
         activation_patching(model, clean, corrupted, LogitDiff(answer, wrong), per_prompt=True, groups=["a"],
                             progress=False)
+
+
+def test_figures_show_intervals_and_grey_out_uncertain_cells(model, pairs):
+    from workbench.experiments.figures import ablation_figure, patching_figure
+
+    clean, corrupted, answer, wrong = pairs
+    result = activation_patching(model, clean, corrupted, LogitDiff(answer, wrong), target="head_out", per_prompt=True,
+                                 progress=False)
+    frame = result.to_frame()
+    fig = patching_figure(frame, show="effect", grey=True)
+    heat, grey = fig.data
+    cell = frame[(frame["layer"] == 0) & (frame["head"] == 1)].iloc[0]
+    assert f"interval [{cell['effect_ci_low']:.4g}, {cell['effect_ci_high']:.4g}] over 3 prompts" in heat.customdata[0][1]
+    uncertain = [[lo <= 0 <= hi for lo, hi in zip(*(frame.pivot(index="layer", columns="head", values=c).to_numpy()[r]
+                                                      for c in ("effect_ci_low", "effect_ci_high")))]
+                 for r in range(model.cfg.n_layer)]
+    assert [[z is not None for z in row] for row in grey.z] == uncertain
+    assert len(patching_figure(frame, show="effect").data) == 1  # the toggle off: no grey layer
+    ablated = ablation_sweep(model, clean, LogitDiff(answer, wrong), per_prompt=True, progress=False)
+    assert len(ablation_figure(ablated.to_frame(), grey=True).data) == 2
