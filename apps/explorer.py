@@ -1,4 +1,5 @@
-"""The workbench explorer: logit lens, attention, activation patching, ablation and recorded runs.
+"""The workbench explorer: logit lens, attention, activation patching, ablation, direct logit
+attribution, path patching and recorded runs.
 
     streamlit run apps/explorer.py          (or: bash scripts/start.sh)
 
@@ -31,6 +32,10 @@ pages = [
     st.Page(HERE / "dashboard" / "patching.py", title="Activation patching", icon=":material/healing:",
             url_path="patching"),
     st.Page(HERE / "dashboard" / "ablation.py", title="Ablation", icon=":material/content_cut:", url_path="ablation"),
+    st.Page(HERE / "dashboard" / "dla.py", title="Direct logit attribution", icon=":material/leaderboard:",
+            url_path="dla"),
+    st.Page(HERE / "dashboard" / "path_patching.py", title="Path patching", icon=":material/route:",
+            url_path="path_patching"),
     st.Page(HERE / "dashboard" / "runs.py", title="Runs", icon=":material/history:", url_path="runs"),
 ]
 page = st.navigation(pages)

@@ -419,10 +419,69 @@ def test_ablation_opens_on_the_induction_preset(app, lib_model):
         assert not any("not clearly better" in w.value for w in at.warning)
 
 
+# ----------------------------------------------------------------------------- direct logit attribution
+def run_dla(at, source=None, **inputs):
+    at = page(at, "dla")
+    if source is not None:
+        at.radio(key="p.dla.source").set_value(source)
+    for key, value in inputs.items():
+        widget = at.selectbox(key=f"p.dla.{key}") if key == "by" else (
+            at.number_input(key=f"p.dla.{key}") if key in ("pos", "n_prompts") else at.text_input(key=f"p.dla.{key}"))
+        widget.set_value(value)
+    at.button[0].click().run()  # the form's "Run attribution"
+    assert not at.exception, at.exception
+    return at
+
+
+def test_dla_page_matches_the_library(app, lib_model):
+    """Opens on the task the model can do (induction on the bundled model: the logit of the next
+    token at the second-to-last position); the head heatmap, the per-layer bars and the table are
+    the library's values; the model's value is read off its logits."""
+    from workbench.methods import direct_logit_attribution
+
+    at = run_dla(app)
+    assert not errors(at), errors(at)
+    assert at.radio(key="p.dla.source").value == "induction"
+    pairs = prompts.induction_prompts(n=8, seq_len=10, seed=0, vocab_size=lib_model.cfg.vocab_size)
+    tokens = pairs.clean_tokens
+    pos = tokens.shape[1] - 2
+    expected = direct_logit_attribution(lib_model, tokens, tokens[:, pos + 1], by="head", pos=pos)
+    heads, layers, accumulated = charts(at)
+    assert_close(z_of(heatmaps(heads)[0]), expected.values)
+    attn, mlp = layers["data"]
+    assert_close(torch.tensor(attn["y"]), expected.attn_out.mean(0))
+    assert_close(torch.tensor(mlp["y"]), expected.mlp_out.mean(0))
+    assert_close(torch.tensor(accumulated["data"][0]["y"]), expected.accumulated.mean(0))
+    with torch.no_grad():
+        own = lib_model(tokens)[:, pos].gather(-1, tokens[:, pos + 1, None])[:, 0].mean()
+    assert at.metric[0].value == f"{float(own):.3f}"
+    table = at.dataframe[0].value
+    top = table.iloc[0]
+    frame = expected.to_frame().set_index("label")
+    assert abs(top["value"]) == pytest.approx(float(frame["value"].abs().max()), abs=1e-5)
+    for column in ("std", "min", "max"):  # the spread over the prompts
+        assert top[column] == pytest.approx(float(frame.loc[top["label"], column]), abs=1e-5)
+
+
+def test_dla_custom_prompt_and_errors(app, lib_model):
+    from workbench.methods import direct_logit_attribution
+
+    at = run_dla(app, "custom", by="layer")
+    assert not errors(at), errors(at)
+    expected = direct_logit_attribution(lib_model, CLEAN, (" Mary", " John"), by="layer")
+    (bars,) = charts(at)[0]["data"]
+    assert bars["x"][:lib_model.cfg.n_layer] == [f"L{l}" for l in range(lib_model.cfg.n_layer)]
+    assert_close(torch.tensor(bars["y"][:lib_model.cfg.n_layer]), expected.values)
+    at = run_dla(at, answer="Maryland and more")
+    assert any("answer 'Maryland and more'" in e for e in errors(at)), errors(at)
+    at = run_dla(at, answer=" Mary", pos=40)
+    assert any("pos must be a position of the prompts" in e for e in errors(at)), errors(at)
+
+
 # ----------------------------------------------------------------------------- save run, runs page
 def open_and_run(at, name: str):
     at = page(at, name)
-    if name in ("patching", "ablation"):
+    if name in ("patching", "ablation", "dla"):
         at.button[0].click().run()  # the form's Run button
     elif name == "attention":
         at.number_input(key="p.attn.n_seqs").set_value(2)
@@ -434,6 +493,7 @@ def open_and_run(at, name: str):
 @pytest.mark.parametrize("name, experiment, key", [
     ("logit_lens", "logit_lens", "lens"), ("attention", "attention_heads", "attention"),
     ("patching", "activation_patching", "patching"), ("ablation", "ablate_heads", "ablation"),
+    ("dla", "dla", "dla"),
 ])
 def test_save_run_writes_a_run_that_replays(app, tmp_path, name, experiment, key, monkeypatch):
     """Save run records the result on screen (the library method is not run again) and the record
@@ -442,7 +502,7 @@ def test_save_run_writes_a_run_that_replays(app, tmp_path, name, experiment, key
 
     module = importlib.import_module(f"workbench.experiments.{experiment}")
     method = {"logit_lens": "logit_lens", "attention_heads": "head_scores", "activation_patching": "activation_patching",
-              "ablate_heads": "ablation_sweep"}[experiment]
+              "ablate_heads": "ablation_sweep", "dla": "direct_logit_attribution"}[experiment]
     calls = count_calls(monkeypatch, module, method)
     at = open_and_run(app, name)
     computed = len(calls)
@@ -480,6 +540,22 @@ def test_runs_page_replots_and_replays(app, tmp_path):
     assert not at.exception and not errors(at), errors(at)
     assert any("matches" in s.value for s in at.success)
     assert at.dataframe[1].value["match"].all()
+
+
+def test_runs_page_replots_a_dla_run(app, tmp_path):
+    """The Runs page draws a recorded DLA run with the page's own figures: the same head heatmap,
+    per-layer bars and accumulated view."""
+    at = open_and_run(app, "dla")
+    on_page = charts(at)
+    at.button(key="save.dla").click().run()
+    (run,) = find_runs(tmp_path / "runs")
+    at = page(at, "runs")
+    assert not errors(at)
+    replotted = charts(at)
+    assert len(replotted) == len(on_page) == 3
+    assert_close(z_of(heatmaps(replotted[0])[0]), z_of(heatmaps(on_page[0])[0]))
+    for a, b in zip(replotted[1]["data"] + replotted[2]["data"], on_page[1]["data"] + on_page[2]["data"]):
+        assert_close(torch.tensor(a["y"]), torch.tensor(b["y"]))
 
 
 def test_runs_page_without_runs_says_so(app):
@@ -593,3 +669,68 @@ def test_hover_never_reads_minus_zero():
     assert trace.customdata[1][0].endswith("normalised: -0.25")
     assert trace.customdata[1][1].endswith("normalised: n/a") and trace.z[1][1] is None
     assert str(trace.z[0][0]) == "0.0"
+
+
+# ----------------------------------------------------------------------------- path patching
+def test_path_patching_page_matches_the_library(app, lib_model, monkeypatch):
+    """The page opens on the task and receivers the experiment's "auto" picks (the induction heads' keys
+    on the bundled model), and its heatmap and table are the library's path_patching for those inputs;
+    other receivers (the logits, MLP senders) too; changing the plot option does not recompute."""
+    from workbench.experiments import path_patching as experiment
+    from workbench.experiments.path_patching import default_receivers, parse_receivers
+    from workbench.methods.path_patching import path_patching
+
+    calls = count_calls(monkeypatch, experiment, "path_patching")
+    at = page(app, "path_patching")
+    assert at.radio(key="p.path.source").value == "induction"
+    receivers = parse_receivers(default_receivers("induction", lib_model))
+    assert at.multiselect(key="p.path.heads").value == [f"L{l}H{h}" for l, h, _ in receivers]
+    at.button[0].click().run()
+    assert not at.exception and not errors(at), errors(at)
+    pairs = prompts.induction_prompts(n=8, seq_len=10, seed=0, vocab_size=lib_model.cfg.vocab_size)
+    expected = path_patching(lib_model, pairs.clean_tokens, pairs.corrupted_tokens, pairs.metric(),
+                             receivers=receivers, direction="noise", progress=False)
+    (trace,) = heatmaps(charts(at)[0])
+    assert_close(z_of(trace), expected.effect)
+    assert [m.value for m in at.metric][:2] == [f"{expected.clean_value:.3f}", f"{expected.corrupted_value:.3f}"]
+    table = at.dataframe[0].value
+    best = expected.to_frame().query("computed").sort_values("effect", key=abs, ascending=False)
+    assert table["component"].tolist() == best["component"].tolist()
+    if "shakespeare" in lib_model.name:
+        assert table["component"].iloc[0] == "L0H3"  # the previous-token head writes the induction keys
+    at.radio(key="p.path.show").set_value("value").run()
+    assert_close(z_of(heatmaps(charts(at)[0])[0]), expected.values)
+    assert len(calls) == 1
+
+    at.radio(key="p.path.receiver_kind").set_value("logits")
+    at.selectbox(key="p.path.senders").set_value("mlps")
+    at.button[0].click().run()
+    assert not at.exception and not errors(at), errors(at)
+    expected = path_patching(lib_model, pairs.clean_tokens, pairs.corrupted_tokens, pairs.metric(),
+                             receivers="logits", senders="mlps", direction="noise", progress=False)
+    (bar,) = charts(at)[0]["data"]
+    assert_close(torch.tensor(bar["y"], dtype=torch.float64), expected.values)
+
+
+def test_path_patching_page_saves_a_run_that_replays_and_refuses_empty_receivers(app, tmp_path, monkeypatch):
+    from workbench.experiments import path_patching as experiment
+
+    calls = count_calls(monkeypatch, experiment, "path_patching")
+    at = page(app, "path_patching")
+    at.button[0].click().run()
+    at.button(key="save.path_patching").click().run()
+    assert not at.exception and not errors(at), errors(at)
+    assert len(calls) == 1  # saved what the page computed
+    (run,) = find_runs(tmp_path / "runs")
+    assert run.parent.name == "path_patching"
+    assert replay(run).ok
+
+    at.multiselect(key="p.path.heads").set_value([])
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("receivers is empty" in e for e in errors(at)), errors(at)
+    at.multiselect(key="p.path.heads").set_value(["L1H0"])
+    at.selectbox(key="p.path.input").set_value("q")
+    at.button[0].click().run()
+    assert not at.exception and not errors(at), errors(at)
+    assert any("L1H0.q" in c.value for c in at.caption)

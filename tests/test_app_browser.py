@@ -1,6 +1,6 @@
 """The explorer in a real browser: `streamlit run apps/explorer.py` on a free localhost port,
 driven by Playwright through Debian's Chromium (/usr/bin/chromium; never a browser download).
-It runs the logit lens and a patching sweep on the default model, checks that the plots
+It runs the logit lens, a patching sweep and direct logit attribution on the default model, checks that the plots
 rendered, and saves a screenshot of each page: under WORKBENCH_SCREENSHOTS when set, e.g.
 
     WORKBENCH_SCREENSHOTS=docs/screenshots .venv/bin/python -m pytest -m browser tests/test_app_browser.py
@@ -234,6 +234,20 @@ def test_every_page_renders_and_runs(server, page, shots):
     check_page(page, plots=1)
     shoot(page, shots, "ablation")
 
+    page.goto(f"{server}/dla")
+    page.get_by_role("heading", name="Direct logit attribution").wait_for()
+    settle(page)
+    page.get_by_role("button", name="Run attribution").click()
+    page.wait_for_selector(PLOT, timeout=SLOW)
+    settle(page)
+    check_page(page, plots=3)  # the head heatmap, the per-layer bars, the accumulated view
+    assert page.locator('[data-testid="stPlotlyChart"] .heatmaplayer image').count() >= 1
+    assert page.get_by_text("Largest direct contributions").count() == 1
+    page.get_by_role("button", name="Save run").click()
+    page.get_by_text("Saved run").wait_for()
+    settle(page)
+    shoot(page, shots, "dla")
+
     page.goto(f"{server}/runs")
     page.get_by_role("heading", name="Runs").wait_for()
     settle(page)
@@ -243,5 +257,34 @@ def test_every_page_renders_and_runs(server, page, shots):
     check_page(page, plots=1)
     shoot(page, shots, "runs")
 
-    for name in ("model", "logit_lens", "attention", "patching", "ablation", "runs"):
+    for name in ("model", "logit_lens", "attention", "patching", "ablation", "dla", "runs"):
         assert (shots / f"{name}.png").stat().st_size > 10_000, name
+
+
+def test_path_patching_page_runs_and_saves(server, page, shots):
+    """Path patching opens on the task's receivers (the induction heads' keys on the bundled model),
+    draws the sender heatmap, records a run, and runs again into the logits."""
+    page.goto(f"{server}/path_patching")
+    page.get_by_role("heading", name="Path patching").wait_for()
+    settle(page)
+    page.get_by_role("button", name="Run path patching").click()
+    page.wait_for_selector(PLOT, timeout=SLOW)
+    settle(page)
+    check_page(page, plots=1)
+    title = page.evaluate("() => document.querySelector('.js-plotly-plot').layout.title.text")
+    assert "Path patching into L1H" in title and ".k" in title, title
+    page.get_by_role("button", name="Save run").click()
+    page.get_by_text("Saved run").wait_for()
+    settle(page)
+    shoot(page, shots, "path_patching")
+
+    assert page.get_by_role("combobox", name="Receiver heads").count() == 1
+    page.get_by_text("the logits").click()
+    settle(page)
+    page.get_by_role("button", name="Run path patching").click()
+    page.wait_for_function("() => document.querySelector('.js-plotly-plot').layout.title.text.includes('logits')",
+                           timeout=SLOW)
+    settle(page)
+    check_page(page, plots=1)
+    assert page.get_by_text("Saved run").count() == 0
+    assert (shots / "path_patching.png").stat().st_size > 10_000

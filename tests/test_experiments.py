@@ -26,6 +26,8 @@ SMALL = {
     "logit_lens": ["--top-k", "3"],
     "activation_patching": ["--n-prompts", "2", "--target", "resid_pre"],
     "ablate_heads": ["--n-prompts", "2", "--method", "mean"],
+    "dla": ["--n-prompts", "2"],
+    "path_patching": ["--n-prompts", "2"],
 }
 SCRIPTS = sorted(name for name in SMALL if name in EXPERIMENTS)
 
@@ -123,8 +125,8 @@ def test_config_file_reproduces_the_run(name, experiment_model, tmp_path):
     for other in (third, fourth):
         rec = load_run(other)
         assert rec.config == a.config
-        for k, v in a.tensors().items():
-            assert torch.equal(v, rec.tensors()[k]), k
+        for k, v in a.tensors().items():  # NaN (path patching's skipped senders) equal to NaN
+            assert torch.allclose(v, rec.tensors()[k], rtol=0, atol=0, equal_nan=True), k
 
 
 def test_command_file_reruns_the_experiment(experiment_model, tmp_path):
@@ -357,7 +359,7 @@ def test_default_model_notice(tmp_path, monkeypatch, capsys):
 def test_experiments_listing(capsys):
     assert run_cli("experiments") == 0
     out = capsys.readouterr().out
-    for name in ("ablate_heads", "activation_patching", "attention_heads", "logit_lens"):
+    for name in ("ablate_heads", "activation_patching", "attention_heads", "logit_lens", "path_patching"):
         assert name in out
 
 
@@ -556,3 +558,103 @@ def test_prompt_set_bad_input(experiment_model, tmp_path, capsys):
                    "--prompt", " ") == 2
     assert "prompt has no text" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- direct logit attribution
+def test_dla_defaults_to_induction_on_the_bundled_model_and_records_the_library_values(tmp_path, capsys):
+    """The bundled model: induction, the logit of the correct next token at the second-to-last
+    position; the record holds direct_logit_attribution's values on the recorded ids, and they sum
+    to the model's own logit there."""
+    import workbench
+    from workbench.methods import direct_logit_attribution
+    from workbench.models.bundled import DEFAULT_BUNDLED
+
+    path = small_run("dla", DEFAULT_BUNDLED, tmp_path / "runs", "--by", "neuron")
+    record = load_run(path)
+    assert record.config["prompt_set"] == "induction" and record.config["by"] == "neuron"
+    ids = torch.tensor(record.config["token_ids"]["clean"])
+    assert set(record.config["token_ids"]) == {"clean"}  # one run: nothing corrupted
+    model = workbench.load_model(DEFAULT_BUNDLED, device="cpu")
+    pos = ids.shape[1] - 2
+    expected = direct_logit_attribution(model, ids, ids[:, pos + 1], by="neuron", pos=pos)
+    tensors = record.tensors()
+    torch.testing.assert_close(tensors["values_per_prompt"], expected.per_prompt)
+    logits = model(ids)[:, pos]
+    own = logits.gather(-1, ids[:, pos + 1, None])[:, 0]
+    total = tensors["values_per_prompt"].flatten(1).sum(1) + tensors["terms_per_prompt"].sum(1)
+    torch.testing.assert_close(total, own, atol=1e-4, rtol=1e-4)
+    frame = record.tables()["components"]
+    assert (frame["direction"] == "logit[correct next token]").all() and (frame["pos"] == pos).all()
+    assert "L1H0" not in set(frame["label"]) and len(frame) == model.cfg.n_layer * model.cfg.d_mlp + 7
+    assert "logit[correct next token] at pos" in capsys.readouterr().out
+
+
+def test_dla_custom_prompts_need_no_corrupted_prompts(experiment_model, tmp_path, capsys):
+    out = tmp_path / "runs"
+    base = ["run", "dla", "--model", experiment_model, "--device", "cpu", "--out", out, "--prompt-set", "custom",
+            "--clean-prompts", "When Mary and John went to the store, John gave a drink to", "--answers", " Mary",
+            "--wrong-answers", " John"]
+    assert run_cli(*base, "--by", "layer") == 0
+    (path,) = find_runs(out)
+    record = load_run(path)
+    assert "corrupted" not in record.tables()["prompts"]
+    assert "--corrupted-prompts" not in record.command
+    assert record.tables()["components"]["direction"].iloc[0] == "logit[' Mary'] - logit[' John']"
+    capsys.readouterr()
+    assert run_cli(*base, "--pos", "40") == 2
+    assert "pos must be a position of the prompts" in capsys.readouterr().err
+    assert run_cli("run", "dla", "--model", experiment_model, "--device", "cpu", "--out", out,
+                   "--prompt-set", "induction", "--pos", "-1") == 2
+    assert "pos must be at most" in capsys.readouterr().err
+    assert len(find_runs(out)) == 1
+# ----------------------------------------------------------------------------- path patching
+def test_path_patching_defaults_on_the_bundled_model_show_the_previous_token_head(tmp_path, capsys):
+    """auto receivers on the bundled model: the induction heads' keys (every layer-1 head), noising;
+    the previous-token head L0H3 is the sender that reaches them, far ahead of the rest."""
+    from workbench.models.bundled import DEFAULT_BUNDLED, bundled_names
+
+    if DEFAULT_BUNDLED not in bundled_names():
+        pytest.skip("no bundled model in this checkout")
+    path = small_run("path_patching", DEFAULT_BUNDLED, tmp_path / "runs", "--n-prompts", "4")
+    record = load_run(path)
+    assert record.config["receivers"] == ["1.0.k", "1.1.k", "1.2.k", "1.3.k"]
+    assert record.config["direction"] == "noise" and record.config["prompt_set"] == "induction"
+    frame = record.tables()["path_patching"]
+    assert frame["computed"].tolist() == [True] * 4 + [False] * 4  # layer 1 cannot send to layer 1
+    effects = frame[frame["computed"]].set_index("component")["effect"]
+    assert effects.abs().idxmax() == "L0H3" and effects["L0H3"] < -1.0
+    assert effects.drop("L0H3").abs().max() < 0.2 * abs(effects["L0H3"])
+    out = capsys.readouterr().out
+    assert "receivers L1H0.k, L1H1.k, L1H2.k, L1H3.k" in out and "L0H3" in out
+
+    # One receiver given by hand, and the logits with MLP senders: also replayable.
+    path = small_run("path_patching", DEFAULT_BUNDLED, tmp_path / "runs", "--receivers", "L1H0.k")
+    assert load_run(path).config["receivers"] == ["L1H0.k"]
+    path = small_run("path_patching", DEFAULT_BUNDLED, tmp_path / "runs", "--receivers", "logits", "--senders", "mlps")
+    assert load_run(path).tensors()["values"].shape == (2,)
+    capsys.readouterr()
+    assert run_cli("replay", path) == 0
+
+
+@pytest.mark.parametrize("receivers, message", [
+    (["1.0.z"], "one of q, k, v"),
+    (["0.0.k"], "block 0"),
+    (["9.0.k"], "layer 9 is out of range"),
+    (["1.7.k"], "head 7 is out of range"),
+    (["head1"], "LAYER.HEAD.INPUT"),
+])
+def test_path_patching_bad_receivers_exit_non_zero(receivers, message, experiment_model, tmp_path, capsys):
+    out = tmp_path / "runs"
+    code = run_cli("run", "path_patching", "--model", experiment_model, "--device", "cpu", "--out", out,
+                   "--n-prompts", "2", "--receivers", *receivers)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert not out.exists()
+
+
+def test_parse_receivers():
+    from workbench.experiments.path_patching import format_receivers, parse_receivers
+
+    assert parse_receivers(["logits"]) == "logits"
+    assert parse_receivers(["1.0.k", "L2H3.q", "10.11.v"]) == [(1, 0, "k"), (2, 3, "q"), (10, 11, "v")]
+    assert format_receivers(parse_receivers(["L2H3.q"])) == ["2.3.q"]

@@ -21,6 +21,7 @@ import torch
 import workbench
 from workbench.errors import WorkbenchError
 from workbench.methods import Ablation, LogitDiff, ablate, ablation_sweep, activation_patching, attribution_patching
+from workbench.methods import direct_logit_attribution
 
 torch.manual_seed(0)
 model = workbench.GPT(workbench.GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64)).eval()
@@ -81,6 +82,14 @@ CASES = {
                                            "corrupted_tokens must be a torch.Tensor of token ids.*got NoneType"),
     "attribution_patching clean None": ("attribution_patching(model, None, toks, metric)",
                                         "clean_tokens must be a torch.Tensor of token ids.*got NoneType"),
+    # direct_logit_attribution
+    "dla pos a float": ("direct_logit_attribution(model, toks, 1, pos=1.0)", "pos must be an integer, got float 1.0"),
+    "dla by None": ("direct_logit_attribution(model, toks, 1, by=None)",
+                    "by must be one of 'head', 'layer', 'neuron', 'component', got NoneType None"),
+    "dla direction None": ("direct_logit_attribution(model, toks, None)",
+                           r"metric_direction must be a one-token string.*got NoneType None"),
+    "dla direction a list": ("direct_logit_attribution(model, toks, [1, 2])",
+                             r"metric_direction must be a one-token string.*got list"),
 }
 
 

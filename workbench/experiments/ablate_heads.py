@@ -35,6 +35,7 @@ REFERENCES = {"prompts": "the prompts themselves", "corrupted": "the corrupted p
 
 @dataclass
 class AblateHeadsConfig(PromptSetOptions, ExperimentConfig):
+    keeps_per_prompt = True  # per-prompt values and bootstrap intervals (PromptSetOptions)
     method: Literal[METHODS] = field(default=DEFAULT_METHOD, metadata={  # type: ignore[valid-type]
         "help": "zero: the head's output set to 0; mean: to its mean over the reference batch, position by "
                 "position; resample: to its value on a random reference prompt (seeded)"})

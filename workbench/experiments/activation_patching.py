@@ -31,6 +31,7 @@ Direction = Literal[DIRECTIONS]  # type: ignore[valid-type]
 
 @dataclass
 class ActivationPatchingConfig(PromptSetOptions, ExperimentConfig):
+    keeps_per_prompt = True  # per-prompt values and bootstrap intervals (PromptSetOptions)
     target: Target = field(default="resid_pre", metadata={"help": "what to patch"})
     direction: Direction = field(default="denoise", metadata={
         "help": "denoise: clean activations into the corrupted run; noise: the reverse"})

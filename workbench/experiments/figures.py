@@ -241,6 +241,32 @@ def patching_figure(frame, *, show: str = "normalized", head: int | None = None,
     return fig
 
 
+# ----------------------------------------------------------------------------- path patching
+def path_patching_figure(frame, *, show: str = "effect", title: str | None = None) -> go.Figure:
+    """A path patching table (`PathPatchingResult.to_frame()`, recorded or fresh) as a [layer x head]
+    heatmap of `show` ("effect", "value" or "normalized", see PATCHING_SHOW) for head senders, or a
+    [component] bar chart otherwise; senders that reach no receiver are blank (labelled "-")."""
+    if show == "normalized" and frame["normalized"].isna().all():
+        show = "value"
+    first = frame.iloc[0]
+    label = str(first.get("metric", "metric")) if show == "value" else PATCHING_SHOW.get(show, show)
+    base = "corrupted" if first.get("direction") == "denoise" else "clean"
+    title = title or (f"Path patching into {first.get('receivers', '')} ({first.get('direction', '')}, "
+                      f"from the {base} run): {label}")
+    heads = frame["head"].notna()
+    if heads.all():
+        grid = frame.pivot(index="layer", columns="head", values=show)
+        fig = heatmap(grid.to_numpy(), x=[str(h) for h in grid.columns], y=[str(l) for l in grid.index],
+                      x_title="head", y_title="layer", title=title, colorbar=label.split(" (")[0], diverging=True)
+        cell_text(fig, [["-" if v != v else f"{v:+.2f}" for v in row] for row in grid.to_numpy().tolist()], size=9)
+        return fig
+    values = [None if v != v else v for v in frame[show]]
+    fig = go.Figure(go.Bar(x=list(frame["component"]), y=values, marker_color=[
+        "#b2182b" if v is not None and v < 0 else "#2166ac" for v in values]))
+    fig.update_layout(title=title, height=360, xaxis_title="component", yaxis_title=label.split(" (")[0])
+    return fig
+
+
 # ----------------------------------------------------------------------------- ablation
 def ablation_figure(frame, *, title: str | None = None, grey: bool = False) -> go.Figure:
     """An ablation table (one row per head: layer, head, effect; recorded or fresh) as a
@@ -322,3 +348,66 @@ def generic_figures(tensors: dict[str, torch.Tensor], tables: dict) -> list[go.F
             continue
         out.append(fig)
     return out
+
+
+# ----------------------------------------------------------------------------- direct logit attribution
+def dla_figure(frame, *, title: str | None = None) -> go.Figure:
+    """A direct-logit-attribution table (`DLAResult.to_frame()`, recorded or fresh) as its grid:
+    heads as a [layer x head] heatmap (cells labelled), neurons as a [layer x d_mlp] heatmap, whole
+    layers or decompose_resid's components as bars with the prompts' spread (min to max); mean
+    over the prompts, in logits, on a diverging scale centred on 0."""
+    first = frame.iloc[0]
+    direction, pos = first.get("direction", "the direction"), first.get("pos", "")
+    for kind, x_dim in (("head", "head"), ("neuron", "d_mlp")):
+        cells = frame[frame["component"] == kind]
+        if len(cells):
+            grid = cells.pivot(index="layer", columns="index", values="value")
+            fig = heatmap(grid.to_numpy(), x=[str(c) for c in grid.columns], y=[str(l) for l in grid.index],
+                          x_title=x_dim, y_title="layer", diverging=True, colorbar="logits",
+                          title=title or f"Direct logit attribution of each {kind} to {direction} at pos {pos} "
+                                         f"(mean over prompts)")
+            if kind == "head":
+                cell_text(fig, [[f"{v:+.2f}" for v in row] for row in grid.to_numpy().tolist()], size=9)
+            return fig
+    return _spread_bars(frame, title=title or f"Direct logit attribution to {direction} at pos {pos} "
+                                                "(mean over prompts; bars: min to max)")
+
+
+def dla_layer_figure(layers, *, title: str | None = None) -> go.Figure:
+    """Each block's attention and MLP output's direct contribution (`DLAResult.layer_frame()`):
+    grouped bars per layer, mean over the prompts, error bars from the min to the max prompt."""
+    fig = go.Figure()
+    for kind, name in (("attn_out", "attention"), ("mlp_out", "MLP")):
+        rows = layers[layers["component"] == kind]
+        fig.add_trace(go.Bar(
+            x=[str(l) for l in rows["layer"]], y=rows["value"].tolist(), name=name,
+            error_y={"type": "data", "symmetric": False, "array": (rows["max"] - rows["value"]).tolist(),
+                     "arrayminus": (rows["value"] - rows["min"]).tolist()},
+            hovertemplate=f"layer %{{x}} {name}: %{{y:.3f}} logits<extra></extra>"))
+    fig.update_layout(title=title or "Per layer: attention and MLP (mean; bars: min to max)",
+                      barmode="group", height=360, margin={"t": 60, "b": 10},
+                      xaxis_title="layer", yaxis_title="logits")
+    return fig
+
+
+def dla_accumulated_figure(accumulated, *, title: str | None = None) -> go.Figure:
+    """The accumulated view (`DLAResult.accumulated_frame()`): the value read off the residual
+    stream after each sublayer through the frozen-scale final LayerNorm, mean +- std over prompts."""
+    fig = go.Figure(go.Scatter(
+        x=accumulated["layer"].tolist(), y=accumulated["value"].tolist(), mode="lines+markers",
+        error_y={"type": "data", "array": accumulated["std"].tolist()},
+        hovertemplate="%{x}: %{y:.3f} logits<extra></extra>"))
+    fig.update_layout(title=title or "Accumulated: the stream after each sublayer (mean +- std)",
+                      height=340, margin={"t": 60, "b": 10}, xaxis_title="layer", yaxis_title="logits")
+    return fig
+
+
+def _spread_bars(frame, *, title: str) -> go.Figure:
+    fig = go.Figure(go.Bar(
+        x=frame["label"].tolist(), y=frame["value"].tolist(),
+        error_y={"type": "data", "symmetric": False, "array": (frame["max"] - frame["value"]).tolist(),
+                 "arrayminus": (frame["value"] - frame["min"]).tolist()},
+        hovertemplate="%{x}: %{y:.3f} logits<extra></extra>"))
+    fig.update_layout(title=title, height=360, margin={"t": 60, "b": 10}, xaxis_title="component",
+                      yaxis_title="logits")
+    return fig

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pandas as pd
 import torch
@@ -86,6 +86,10 @@ def default_prompt_set(model) -> str:
 class PromptSetOptions:
     """The prompt-set fields shared by the patching and ablation configs."""
 
+    # Whether the experiment keeps per-prompt values (its sweep takes per_prompt); the interval
+    # options apply only then.
+    keeps_per_prompt: ClassVar[bool] = False
+
     prompt_set: PromptSetName = field(default="auto", metadata={
         "help": "auto: the task the model can do (ioi on GPT-2, induction on any other model), or file when "
                 "--prompts is given; induction: repeated random tokens; ioi: sampled IOI prompts; greater_than: "
@@ -138,8 +142,10 @@ class PromptSetOptions:
             return self.prompt_set in ("file", "auto")
         if name == "length_rule":
             return self.prompt_set in ("custom", "file", "auto")
+        if name == "per_prompt":
+            return self.keeps_per_prompt
         if name in INTERVAL_FIELDS:
-            return self.per_prompt
+            return self.keeps_per_prompt and self.per_prompt
         if name == "n_prompts":
             return self.prompt_set not in ("custom", "file")
         if name == "seq_len":
@@ -272,7 +278,8 @@ def prompt_set_metric(config: PromptSetOptions, ids: dict[str, Tensor], *, d_voc
 
 def sweep_options(config: PromptSetOptions) -> dict:
     """The per-prompt options a resolved config passes to a sweep (`per_prompt`, `groups`)."""
-    return {"per_prompt": config.per_prompt, "groups": (config.prompt_groups or None) if config.per_prompt else None}
+    keep = config.per_prompt and config.keeps_per_prompt
+    return {"per_prompt": keep, "groups": (config.prompt_groups or None) if keep else None}
 
 
 def bootstrap(config: PromptSetOptions) -> Bootstrap:
@@ -304,16 +311,18 @@ def _ioi(config: PromptSetOptions) -> tuple[list[str], list[str], list[str], lis
 
 
 def prompts_frame(token_ids: dict[str, list], model, groups: list[str] | None = None) -> pd.DataFrame:
-    """One row per prompt pair, decoded from the ids that were run: batch, clean, corrupted, for a
-    logit-difference set answer and wrong, for greater-than yy, and read_pos / group when given."""
+    """One row per prompt pair, decoded from the ids that were run: batch, clean, corrupted (when
+    the experiment ran corrupted prompts), for a logit-difference set answer and wrong, for
+    greater-than yy, and read_pos / group when given."""
     n = len(token_ids["clean"])
     read = [r[0] for r in token_ids["read_pos"]] if "read_pos" in token_ids else [len(r) - 1 for r in token_ids["clean"]]
     frame = {
         "batch": range(n),
         # a padded prompt up to the token it is read at (the padding is never read)
         "clean": [model.to_string(row[:p + 1]) for row, p in zip(token_ids["clean"], read)],
-        "corrupted": [model.to_string(row[:p + 1]) for row, p in zip(token_ids["corrupted"], read)],
     }
+    if "corrupted" in token_ids:
+        frame["corrupted"] = [model.to_string(row[:p + 1]) for row, p in zip(token_ids["corrupted"], read)]
     if "answers" in token_ids:
         frame["answer"] = [model.to_string(row) for row in token_ids["answers"]]
         frame["wrong"] = [model.to_string(row) for row in token_ids["wrong_answers"]]

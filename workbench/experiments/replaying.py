@@ -124,8 +124,8 @@ def compare_table(name: str, recorded: pd.DataFrame, replayed: pd.DataFrame, tol
             ok = a.equals(b)
         elif pd.api.types.is_float_dtype(a) and pd.api.types.is_float_dtype(b):
             ok = compare_tensor(col, torch.tensor(a.to_numpy()), torch.tensor(b.to_numpy()), tol).ok
-        else:
-            ok = bool((a.astype(str) == b.astype(str)).all())
+        else:  # missing entries (NA in a nullable column stays NaN through astype(str)) match missing ones
+            ok = bool(((a.astype(str) == b.astype(str)) | (a.isna() & b.isna())).all())
         if not ok:
             bad.append(col)
     detail = f"{len(recorded)} rows" + (f", columns differ: {', '.join(map(str, bad))}" if bad else " match")

@@ -3,12 +3,14 @@
 metrics (logit_diff, token_logprob, token_prob, kl_divergence, normalize, and the `Metric`
 classes sweeps take), logit_lens, patching (activation patching), attribution (attribution
 patching), ablation (`Ablation`, `ablate`, `ablation_sweep`), head_detectors, prompts (the
-generators), datasets (`PromptSet`: prompt files and datasets), statistics (`bootstrap_ci`).
+generators), datasets (`PromptSet`: prompt files and datasets), statistics (`bootstrap_ci`), dla
+(direct logit attribution).
 """
 
 from workbench.methods.ablation import Ablation, AblationResult, ablate, ablation_hooks, ablation_sweep
 from workbench.methods.attribution import attribution_patching
 from workbench.methods.datasets import PromptSet
+from workbench.methods.dla import DLAResult, direct_logit_attribution
 from workbench.methods.head_detectors import (
     DETECTORS,
     HeadScores,
@@ -48,6 +50,7 @@ from workbench.methods.statistics import bootstrap_ci
 __all__ = [
     "Ablation", "AblationResult", "ablate", "ablation_hooks", "ablation_sweep",
     "attribution_patching",
+    "DLAResult", "direct_logit_attribution",
     "DETECTORS", "HeadScores", "head_scores", "induction_scores", "previous_token_scores", "duplicate_token_scores",
     "LogitLensResult", "logit_lens",
     "Metric", "LogitDiff", "NextTokenLogProb", "TokenLogProb", "TokenProb", "KLDivergence", "ProbDiff", "CustomMetric",

@@ -16,6 +16,10 @@ What is left is packed as a flat list of (row, position) tokens: every position-
 pads them back to [row query_pos] to attend over [row key_pos]. Packing axes (defined with the
 rest of the axis vocabulary in workbench/models/__init__.py): `cell` (one patched run), `row` (one
 (cell, prompt) pair, `(cell batch)`) and `token` (one (row, position) pair that is actually computed).
+A cell may also set some heads' inputs in the blocks it runs through (`CellGroup.inputs`: path
+patching's receivers, whose q, k or v come from another run): they replace what the block computes
+from the residual stream at the positions the cell computes.
+
 Cells whose change cannot reach a position the metric reads get the base run's metric. A plain
 callable metric first has what it reads found (`metrics.find_reads`, from its gradient on the
 unpatched runs, checked), so it gets the same treatment.
@@ -130,13 +134,20 @@ def base_names(n_layer: int) -> list[str]:
     return names + [act_name("resid_post", n_layer - 1)]
 
 
+# Head inputs a cell sets: (layer, head, "q" | "k" | "v") -> [cell batch pos d_head].
+HeadInputs = dict[tuple[int, int, str], Tensor]
+
+
 @dataclass(eq=False)
 class CellGroup:
     """Cells that enter at the same point. `delta(keys)` gives their residual changes,
-    [cell batch pos d_model] over all positions (only positions >= each cell's `first` are read)."""
+    [cell batch pos d_model] over all positions (only positions >= each cell's `first` are read).
+    `inputs(keys)`, if given, gives head inputs the cells set in later blocks: {(layer, head, "q" |
+    "k" | "v"): [cell batch pos d_head]} (positions >= `first` read), replacing the computed ones."""
 
     entry: int
     delta: Callable[[list[Hashable]], Float[Tensor, "cell batch pos d_model"]]
+    inputs: Callable[[list[Hashable]], HeadInputs] | None = None
     keys: list[Hashable] = field(default_factory=list)
     index: list[tuple[int, ...]] = field(default_factory=list)  # where each value goes
     first: list[int] = field(default_factory=list)
@@ -246,11 +257,14 @@ def _run_chunk(
     is_read[read_t] = True
     state: _Tokens | None = None
     order: list[_Cell] = []
+    inputs: list[tuple[int, HeadInputs]] = []  # (first row, head inputs) of the groups that set some
     for entry in range(chunk[0].group.entry, 2 * n_layer + 1):
         # Cells joining here, group by group (the chunk is sorted by entry, so rows stay in chunk order).
         joining = [c for c in chunk if c.group.entry == entry]
         for group in dict.fromkeys(c.group for c in joining):
             cells = [c for c in joining if c.group is group]
+            if group.inputs is not None:
+                inputs.append((len(order) * batch, group.inputs([c.key for c in cells])))
             fresh = _join(base, entry, group, cells, stop, is_read if entry >= 2 * n_layer - 1 else None)
             state = fresh if state is None else state.append(fresh)
             order += cells
@@ -259,7 +273,7 @@ def _run_chunk(
         block = model.blocks[entry // 2]
         if entry % 2 == 0:
             last = entry // 2 == n_layer - 1
-            state = _attention_half(block, state, base, entry // 2, stop, is_read if last else None)
+            state = _attention_half(block, state, base, entry // 2, stop, is_read if last else None, inputs)
         else:
             state = state_with(state, state.x + _tokenwise(lambda x: block.mlp(block.ln2(x)), state.x))
     # Each row's logits at the metric's positions: computed ones, and the base run's before its start.
@@ -308,13 +322,24 @@ def _join(base: BaseRun, entry: int, group: CellGroup, cells: list[_Cell], stop:
     return _Tokens(x[wanted], row, p, start)
 
 
-def _attention_half(block, state: _Tokens, base: BaseRun, layer: int, stop: int, only: Tensor | None) -> _Tokens:
+def _attention_half(
+    block, state: _Tokens, base: BaseRun, layer: int, stop: int, only: Tensor | None,
+    inputs: Sequence[tuple[int, HeadInputs]] = (),
+) -> _Tokens:
     """resid + attn(ln1(resid)) on the flat tokens. Each row attends over keys 0..stop-1: its own
     where it has tokens, the base run's before its start. With `only`, just the query tokens at
-    those positions are computed and kept (the last block)."""
+    those positions are computed and kept (the last block). `inputs`: head inputs set by the rows
+    from a first row on (`CellGroup.inputs`)."""
     attn = block.attn
     rows = len(state.start)
     q, k, v = (t[0] for t in attn.split_qkv(block.ln1(state.x[None])))  # [token head d_head]
+    for first_row, values in inputs:
+        for (at, head, kind), x in values.items():
+            if at != layer:
+                continue
+            x = einops.rearrange(x, "cell batch pos d_head -> (cell batch) pos d_head")
+            mine = (state.row >= first_row) & (state.row < first_row + x.shape[0])
+            {"q": q, "k": k, "v": v}[kind][mine, head] = x[state.row[mine] - first_row, state.pos[mine]]
     base_rows = torch.arange(rows, device=q.device) % base.tokens.shape[0]
     keys, values = (base.cache[name, layer][base_rows, :stop].clone() for name in ("k", "v"))
     keys[state.row, state.pos] = k  # [row key_pos head d_head]

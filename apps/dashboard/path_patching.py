@@ -1,0 +1,138 @@
+"""Path patching: which senders (heads or MLPs) reach the chosen receivers directly, every other head
+frozen. The page builds a path_patching experiment config and runs the experiment's own computation;
+the receivers are heads picked from a head grid (with the input they receive) or the logits."""
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import common
+from workbench.experiments.figures import PATCHING_SHOW, path_patching_figure
+from workbench.experiments.path_patching import PathPatchingConfig, default_receivers, parse_receivers
+from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS, default_prompt_set
+from workbench.methods.metrics import no_signal_message
+from workbench.methods.path_patching import RECEIVER_INPUTS, SENDER_SETS, receivers_label
+from workbench.methods.patching import DIRECTIONS
+
+DEFAULTS = PathPatchingConfig()  # the experiment's defaults are the page's
+RECEIVER_KINDS = {"heads": "heads' inputs (q, k or v)", "logits": "the logits"}
+SENDERS = {"heads": "every attention head", "mlps": "every MLP"}
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def auto_receivers(key: common.ModelKey, prompt_set: str) -> list[str]:
+    """What the experiment's receivers "auto" stands for on this model and task."""
+    with common.using_model(key) as model:
+        return default_receivers(prompt_set, model)
+
+
+s = common.session()
+st.title("Path patching")
+model = common.require_model(s)
+preset = default_prompt_set(model)
+heads = [f"L{l}H{h}" for l in range(1, model.cfg.n_layer) for h in range(model.cfg.n_head)]
+if st.session_state.get("path.defaults_for") != s.model_name:  # open on the task and circuit this model shows
+    st.session_state["path.defaults_for"] = s.model_name
+    st.session_state["p.path.source"] = preset
+    auto = auto_receivers(s.key, preset) if model.cfg.n_layer > 1 else ["logits"]
+    receivers = parse_receivers(auto)
+    st.session_state["p.path.receiver_kind"] = "logits" if receivers == "logits" else "heads"
+    if receivers != "logits":
+        st.session_state["p.path.heads"] = [f"L{l}H{h}" for l, h, _ in receivers]
+        st.session_state["p.path.input"] = receivers[0][2]
+
+with st.form("path.form"):
+    source = st.radio("Prompts", list(PROMPT_SETS), format_func=PROMPT_SETS.get, horizontal=True,
+                      key=common.state("p.path.source", preset),
+                      help=f"A preset per task; this model's is {preset}. Induction: [BOS] + r + r for random "
+                           "tokens r, corrupted [BOS] + r' + r. IOI: Wang et al.'s templates, corrupted with three "
+                           "other names. Custom: the pair typed below.")
+    c1, c2, c3 = st.columns(3)
+    n_prompts = c1.number_input("prompts (induction, IOI)", 1, 256, key=common.state("p.path.n_prompts",
+                                                                                    DEFAULTS.n_prompts))
+    seq_len = c2.number_input("tokens per copy (induction)", 2, max(2, (model.cfg.block_size - 1) // 2),
+                              key=common.state("p.path.seq_len", DEFAULTS.seq_len))
+    seed = c3.number_input("seed", 0, 2**31 - 1, key=common.state("p.path.seed", DEFAULTS.seed))
+    c1, c2 = st.columns(2)
+    clean = c1.text_input("Clean prompt (custom)", key=common.state("p.path.clean", common.IOI_CLEAN))
+    corrupted = c2.text_input("Corrupted prompt (custom)", key=common.state("p.path.corrupted", common.IOI_CORRUPTED),
+                              help="Must have as many tokens as the clean prompt.")
+    c1, c2 = st.columns(2)
+    answer = c1.text_input("Answer token (custom)", key=common.state("p.path.answer", common.IOI_ANSWER),
+                           help="The clean prompt's correct next token, one token (mind the leading space).")
+    wrong = c2.text_input("Wrong token (custom)", key=common.state("p.path.wrong", common.IOI_WRONG))
+    c1, c2, c3 = st.columns([1, 3, 1])
+    kind = c1.radio("Receivers", list(RECEIVER_KINDS), format_func=RECEIVER_KINDS.get,
+                    key=common.state("p.path.receiver_kind", "heads"),
+                    help="The logits: the metric of the run with the sender patched and every other head frozen. "
+                         "Heads' inputs: that run gives the receivers' q, k or v, which a second, normal run takes.")
+    picked = c2.multiselect("Receiver heads", heads, key=common.state("p.path.heads", []),
+                            help="Heads of blocks 1 and later (a receiver needs a block before it). Senders at or "
+                                 "after every receiver's block are left blank.")
+    receiver_input = c3.selectbox("Input", RECEIVER_INPUTS, key=common.state("p.path.input", "k"),
+                                  help="Which input of the receiver heads comes from the path-patched run.")
+    c1, c2 = st.columns(2)
+    senders = c1.selectbox("Senders", SENDER_SETS, format_func=SENDERS.get,
+                           key=common.state("p.path.senders", DEFAULTS.senders))
+    direction = c2.selectbox("Direction", DIRECTIONS, key=common.state("p.path.direction", DEFAULTS.direction),
+                             help="noise (ARENA's): the sender's output from the corrupted run into the clean one; "
+                                  "denoise: the reverse.")
+    if st.form_submit_button("Run path patching", icon=":material/play_arrow:", type="primary"):
+        if kind == "logits":
+            receivers = ["logits"]
+        else:  # "L1H0" -> "1.0.k"
+            receivers = [name.removeprefix("L").replace("H", ".") + f".{receiver_input}" for name in picked]
+        fields = {"prompt_set": source, "seed": int(seed), "receivers": receivers, "senders": senders,
+                  "direction": direction}
+        if source == "custom":
+            fields.update(clean_prompts=[clean], corrupted_prompts=[corrupted], answers=[answer], wrong_answers=[wrong])
+        else:
+            fields.update(n_prompts=int(n_prompts), seq_len=int(seq_len))
+        st.session_state["path.request"] = common.fields_key(fields)
+
+# The receivers on a head grid (layer x head): what the form sends.
+with st.expander("Receivers on the head grid", expanded=False):
+    if kind == "heads":
+        grid = pd.DataFrame("", index=pd.Index(range(model.cfg.n_layer), name="layer"),
+                            columns=[f"head {h}" for h in range(model.cfg.n_head)])
+        for name in picked:
+            l, h = map(int, name.removeprefix("L").split("H"))
+            grid.iloc[l, h] = receiver_input
+        st.table(grid)
+    else:
+        st.caption("Receivers: the logits.")
+
+fields = st.session_state.get("path.request")
+if fields is None:
+    st.info("Choose the prompts and receivers and press Run path patching.", icon=":material/info:")
+    st.stop()
+
+with common.guard():
+    config, result = common.compute(s.key, "path_patching", fields, "Path patching every sender ...")
+    metric_label = METRICS[config.metric]
+    c1, c2, c3 = st.columns(3)
+    c1.metric("clean", f"{result.clean_value:.3f}", help=f"{config.metric}: {metric_label}")
+    c2.metric("corrupted", f"{result.corrupted_value:.3f}", help=f"{config.metric}: {metric_label}")
+    c3.metric("senders", f"{int(result.computed.sum())} of {result.values.numel()}",
+              help="senders in a block before some receiver; the others cannot reach it and are blank")
+    base = "corrupted" if config.direction == "denoise" else "clean"
+    st.caption(f"{PROMPT_SETS[config.prompt_set]}; {common.plural(len(config.token_ids['clean']), 'prompt')} of "
+               f"{common.plural(len(config.token_ids['clean'][0]), 'token')}. Metric: {config.metric}, {metric_label}. "
+               f"Receivers: {receivers_label(result.receivers)}; {config.direction}: each sender's output from the "
+               f"{'clean' if base == 'corrupted' else 'corrupted'} run into the {base} run, every other head frozen.")
+    warning = no_signal_message(result.clean_value, result.corrupted_value, config.metric)
+    if warning:
+        st.warning(warning, icon=":material/warning:")
+    show = st.radio("Show", list(PATCHING_SHOW), format_func=PATCHING_SHOW.get, horizontal=True,
+                    key=common.state("p.path.show", "effect"))
+    frame = result.to_frame()
+    if show == "normalized" and frame["normalized"].isna().all():
+        st.warning("Cannot normalise: the clean and corrupted metric are equal; showing the raw metric.",
+                   icon=":material/warning:")
+        show = "value"
+    st.plotly_chart(path_patching_figure(frame, show=show), width="stretch", key="path.chart")
+    with st.expander("Largest effects", expanded=True):
+        done = frame[frame["computed"]]
+        common.table(done.sort_values("effect", key=abs, ascending=False).head(20)
+                     .drop(columns=["computed", "receivers", "direction", "metric"]))
+
+    common.save_run(s, "path_patching", config, result, key="path_patching", identity=fields)

@@ -1,0 +1,141 @@
+"""Direct logit attribution on the prompts of a task the model can do (default: IOI on GPT-2,
+induction on other models): how much each head (or layer, neuron, component) writes the task's
+direction of the logits at the read position, per prompt and on average, and the accumulated view."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from workbench.errors import InputError
+from workbench.experiments.core import Experiment, ExperimentConfig, register
+from workbench.experiments.figures import dla_accumulated_figure, dla_figure, dla_layer_figure
+from workbench.experiments.prompt_sets import PromptSetOptions, prompt_set_tokens, prompts_frame, resolve_prompt_set
+from workbench.methods.dla import BY, DLAResult, direct_logit_attribution
+from workbench.runs import RunResults
+
+# What each prompt set's direction is, for pages and summaries.
+DIRECTIONS = {
+    "ioi": "logit difference IO - S at the last position",
+    "custom": "logit difference answer - wrong at the last position",
+    "induction": "logit of the correct next token (second copy) at the second-to-last position",
+}
+
+
+@dataclass
+class DLAConfig(PromptSetOptions, ExperimentConfig):
+    by: Literal[BY] = field(default="head", metadata={  # type: ignore[valid-type]
+        "help": "the grid of components: head ([layer head]), layer ([layer]), neuron ([layer d_mlp]) or "
+                "component (embed, pos_embed, each attn_out and mlp_out)"})
+    pos: int | None = field(default=None, metadata={
+        "help": "the position read (negative counts from the end); default: the last for ioi/custom, the "
+                "second-to-last for induction (the last whose next token is known)"})
+    top_k: int = field(default=10, metadata={"help": "components listed in the summary"})
+
+    def applies(self, name: str) -> bool:
+        if name in ("corrupted_prompts", "ioi_corruption"):
+            return False  # one run of the clean prompts: nothing is corrupted
+        if name == "metric":
+            return False  # the prompt set's direction (DIRECTIONS) is read, not its patching metric
+        return super().applies(name)
+
+    def validate(self) -> None:
+        self.validate_prompt_set()
+        if self.top_k < 1:
+            raise InputError(f"top_k must be >= 1, got {self.top_k}")
+
+
+def tokens(config: DLAConfig, model) -> dict[str, torch.Tensor]:
+    """The prompt set's clean prompts (and answers / wrong answers), without corrupted prompts."""
+    config.validate()
+    if config.prompt_set == "custom":  # the shared checks want a corrupted prompt per clean one: DLA has none
+        config = dataclasses.replace(config, corrupted_prompts=list(config.clean_prompts))
+    ids = prompt_set_tokens(config, model)
+    ids.pop("corrupted")
+    return ids
+
+
+def position(config: DLAConfig, n_pos: int) -> int:
+    """The position a resolved config reads, counted from 0."""
+    pos = config.pos if config.pos is not None else (-2 if config.prompt_set == "induction" else -1)
+    if not -n_pos <= pos < n_pos:
+        raise InputError(f"pos must be a position of the prompts: {-n_pos} to {n_pos - 1} for {n_pos} tokens, got {pos}")
+    pos %= n_pos
+    if config.prompt_set == "induction" and pos == n_pos - 1:
+        raise InputError(f"pos {config.pos} is the last position: on the induction set the direction is the "
+                         f"logit of the next token, so pos must be at most {n_pos - 2} (or -2)")
+    return pos
+
+
+def compute(config: DLAConfig, model, *, progress=False) -> DLAResult:
+    """The DLAResult of a resolved config with its token ids (see `core.with_tokens`); one cached
+    forward, so `progress` has nothing to report."""
+    ids = {k: torch.tensor(v, device=model.device) for k, v in config.token_ids.items()}
+    clean = ids["clean"]
+    pos = position(config, clean.shape[1])
+    if config.prompt_set == "induction":  # the token that follows: what an induction head predicts
+        result = direct_logit_attribution(model, clean, clean[:, pos + 1], by=config.by, pos=pos)
+        return dataclasses.replace(result, direction="logit[correct next token]")
+    direction = (ids["answers"][:, 0], ids["wrong_answers"][:, 0])
+    return direct_logit_attribution(model, clean, direction, by=config.by, pos=pos)
+
+
+def record(config: DLAConfig, model, result: DLAResult) -> RunResults:
+    """Tensors: values_per_prompt [batch ...] (the grid of `by`), terms_per_prompt [batch component],
+    total [batch] (the model's own value), attn_out / mlp_out [batch layer], accumulated [batch
+    layer]; tables: components (one row per component, mean and spread over the prompts), layers,
+    accumulated, prompts."""
+    frame = result.to_frame()
+    layers, accumulated = result.layer_frame(), result.accumulated_frame()
+    return RunResults(
+        tensors={"values_per_prompt": result.per_prompt, "terms_per_prompt": result.terms_per_prompt,
+                 "total": result.total, "attn_out": result.attn_out, "mlp_out": result.mlp_out,
+                 "accumulated": result.accumulated},
+        tables={"components": frame, "layers": layers, "accumulated": accumulated,
+                "prompts": prompts_frame(config.token_ids, model)},
+        figures={"dla": dla_figure(frame), "layers": dla_layer_figure(layers),
+                 "accumulated": dla_accumulated_figure(accumulated)},
+        summary=summary(result, frame, config.top_k),
+    )
+
+
+def run(config: DLAConfig, model) -> RunResults:
+    return record(config, model, compute(config, model))
+
+
+def summary(result: DLAResult, frame, top_k: int) -> str:
+    values, _ = result.all_per_prompt()
+    gap = float((values.sum(1) - result.total).abs().max())
+    lines = [f"{result.direction} at pos {result.pos}, {result.n_prompts} prompt(s): the model's value "
+             f"{float(result.total.mean()):.3f} (mean), the components sum to it within {gap:.1e}"]
+    lines.append(f"largest direct contributions (by {result.by}, logits, mean [min, max] over prompts):")
+    top = frame.reindex(frame["value"].abs().sort_values(ascending=False).index).head(top_k)
+    for _, r in top.iterrows():
+        lines.append(f"  {r['label']}: {r['value']:+.3f} [{r['min']:+.3f}, {r['max']:+.3f}]")
+    return "\n".join(lines)
+
+
+def figures(tensors: dict, tables: dict) -> list:
+    out = [dla_figure(tables["components"])] if "components" in tables else []
+    if "layers" in tables:
+        out.append(dla_layer_figure(tables["layers"]))
+    if "accumulated" in tables:
+        out.append(dla_accumulated_figure(tables["accumulated"]))
+    return out
+
+
+EXPERIMENT = register(Experiment(
+    name="dla",
+    config=DLAConfig,
+    tokens=tokens,
+    run=run,
+    description="direct logit attribution of every head, layer, neuron or component to the task's logit "
+                "(difference), on the prompts of a task the model can do",
+    compute=compute,
+    record=record,
+    resolve=resolve_prompt_set,
+    figures=figures,
+))
