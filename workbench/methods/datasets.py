@@ -260,8 +260,8 @@ class PromptSet:
             raise InputError(f"the dataset has splits {list(dataset)}: give split=")
         rename = {v: k for k, v in (columns or {}).items()}
         records = ({rename.get(k, k): v for k, v in row.items()} for row in dataset)
-        return cls.from_records(records, model, prepend_bos=prepend_bos, source=getattr(dataset, "info", None)
-                                and dataset.info.dataset_name or "dataset")
+        name = getattr(getattr(dataset, "info", None), "dataset_name", None) or "the dataset"
+        return cls.from_records(records, model, prepend_bos=prepend_bos, source=name)
 
 
 def read_records(path: Path) -> list[dict]:
