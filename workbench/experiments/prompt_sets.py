@@ -187,7 +187,8 @@ class PromptSetOptions:
 
 def resolve_prompt_set(config: PromptSetOptions, model):
     """`config` with "auto" replaced by the prompt set the model can do (file when --prompts is
-    given) and that set's metric, and a prompt file's group labels in `prompt_groups`."""
+    given) and that set's metric, and a prompt file's absolute path and its group labels in
+    `prompt_groups`."""
     config.validate_prompt_set()
     if config.prompt_set == "auto":
         prompt_set = "file" if config.prompts is not None else default_prompt_set(model)
@@ -200,7 +201,8 @@ def resolve_prompt_set(config: PromptSetOptions, model):
     config = dataclasses.replace(config, prompt_set=prompt_set, metric=metric)
     if prompt_set == "file" and (Path(config.prompts).is_file() or not config.token_ids):
         groups = PromptSet.read(config.prompts, model, prepend_bos=config.prepend_bos).groups
-        config = dataclasses.replace(config, prompt_groups=groups or [])
+        # by its absolute path, so that a re-run from elsewhere finds it (replay needs only the ids)
+        config = dataclasses.replace(config, prompts=str(Path(config.prompts).resolve()), prompt_groups=groups or [])
     return config
 
 
