@@ -1,5 +1,5 @@
 """The workbench explorer: logit lens, attention, activation patching, ablation, direct logit
-attribution, path patching and recorded runs.
+attribution, path patching, circuits and recorded runs.
 
     streamlit run apps/explorer.py          (or: bash scripts/start.sh)
 
@@ -25,6 +25,7 @@ from dashboard import common  # noqa: E402
 
 st.set_page_config(page_title="workbench explorer", page_icon=":material/biotech:", layout="wide")
 common.keep_page_widgets()
+common.open_run_from_url()  # ?run=<folder>: before the sidebar, which shows its model
 pages = [
     st.Page(HERE / "dashboard" / "home.py", title="Model & prompt", icon=":material/tune:", default=True),
     st.Page(HERE / "dashboard" / "logit_lens.py", title="Logit lens", icon=":material/layers:", url_path="logit_lens"),
@@ -36,6 +37,7 @@ pages = [
             url_path="dla"),
     st.Page(HERE / "dashboard" / "path_patching.py", title="Path patching", icon=":material/route:",
             url_path="path_patching"),
+    st.Page(HERE / "dashboard" / "circuit.py", title="Circuit", icon=":material/account_tree:", url_path="circuit"),
     st.Page(HERE / "dashboard" / "runs.py", title="Runs", icon=":material/history:", url_path="runs"),
 ]
 page = st.navigation(pages)

@@ -481,7 +481,9 @@ def test_dla_custom_prompt_and_errors(app, lib_model):
 # ----------------------------------------------------------------------------- save run, runs page
 def open_and_run(at, name: str):
     at = page(at, name)
-    if name in ("patching", "ablation", "dla"):
+    if name == "circuit":
+        small_circuit_inputs(at)
+    if name in ("patching", "ablation", "dla", "circuit"):
         at.button[0].click().run()  # the form's Run button
     elif name == "attention":
         at.number_input(key="p.attn.n_seqs").set_value(2)
@@ -494,6 +496,7 @@ def open_and_run(at, name: str):
     ("logit_lens", "logit_lens", "lens"), ("attention", "attention_heads", "attention"),
     ("patching", "activation_patching", "patching"), ("ablation", "ablate_heads", "ablation"),
     ("dla", "dla", "dla"),
+    ("circuit", "circuit", "circuit"),
 ])
 def test_save_run_writes_a_run_that_replays(app, tmp_path, name, experiment, key, monkeypatch):
     """Save run records the result on screen (the library method is not run again) and the record
@@ -502,7 +505,8 @@ def test_save_run_writes_a_run_that_replays(app, tmp_path, name, experiment, key
 
     module = importlib.import_module(f"workbench.experiments.{experiment}")
     method = {"logit_lens": "logit_lens", "attention_heads": "head_scores", "activation_patching": "activation_patching",
-              "ablate_heads": "ablation_sweep", "dla": "direct_logit_attribution"}[experiment]
+              "ablate_heads": "ablation_sweep", "dla": "direct_logit_attribution",
+              "circuit": "edge_attribution"}[experiment]
     calls = count_calls(monkeypatch, module, method)
     at = open_and_run(app, name)
     computed = len(calls)
@@ -621,7 +625,8 @@ def test_empty_prompt_is_a_message_on_every_page_and_cannot_be_saved(app):
     assert "save.lens" not in [b.key for b in at.button]
     at = page(at, "attention")
     assert any("prompt is empty" in e for e in errors(at)), errors(at)  # the pattern over the prompt
-    for name, key in (("patching", "patch"), ("ablation", "ablate")):
+    for name, key, save in (("patching", "patch", "patching"), ("ablation", "ablate", "ablation"),
+                            ("path_patching", "path", "path_patching"), ("circuit", "circuit", "circuit")):
         at = page(at, name)
         at.radio(key=f"p.{key}.source").set_value("custom")
         at.text_input(key=f"p.{key}.clean").set_value("")
@@ -629,7 +634,7 @@ def test_empty_prompt_is_a_message_on_every_page_and_cannot_be_saved(app):
         assert not at.exception
         assert any("clean_prompts[0] has no text" in e for e in errors(at)), errors(at)
         assert not charts(at)
-        assert f"save.{'patching' if name == 'patching' else 'ablation'}" not in [b.key for b in at.button]
+        assert f"save.{save}" not in [b.key for b in at.button]
 
 
 def test_model_page_banner_tokens_and_card(app, experiment_model, monkeypatch):
@@ -734,3 +739,82 @@ def test_path_patching_page_saves_a_run_that_replays_and_refuses_empty_receivers
     at.button[0].click().run()
     assert not at.exception and not errors(at), errors(at)
     assert any("L1H0.q" in c.value for c in at.caption)
+
+
+def test_path_patching_receivers_from_the_activation_patching_result(app, lib_model):
+    """After a head_k sweep on the patching page, the path patching page takes its top heads (outside
+    block 0, by |effect|) as receivers of their key input."""
+    from workbench.experiments.path_patching import heads_from_patching
+
+    at = page(app, "patching")
+    at.selectbox(key="p.patch.target").set_value("head_k")
+    at.button[0].click().run()
+    assert not at.exception and not errors(at), errors(at)
+    at = page(at, "path_patching")
+    at.number_input(key="p.path.top_k").set_value(2)
+    at.button(key="path.from_patching").click().run()
+    assert not at.exception and not errors(at), errors(at)
+    pairs = prompts.induction_prompts(n=8, seq_len=10, seed=0, vocab_size=lib_model.cfg.vocab_size)
+    expected = patching.activation_patching(lib_model, pairs.clean_tokens, pairs.corrupted_tokens, pairs.metric(),
+                                            target="head_k", progress=False).to_frame()
+    top = expected[expected["layer"] > 0].sort_values("effect", key=abs, ascending=False).head(2)
+    chosen = [f"L{l}H{h}" for l, h in zip(top["layer"], top["head"])]
+    assert [f"L{l}H{h}" for l, h in heads_from_patching(expected, k=2)] == chosen
+    assert at.multiselect(key="p.path.heads").value == chosen
+    assert at.selectbox(key="p.path.input").value == "k"
+    (run,) = [b for b in at.button if b.label == "Run path patching"]
+    run.click().run()
+    assert not at.exception and not errors(at), errors(at)
+    assert any(", ".join(f"{name}.k" for name in chosen) in c.value for c in at.caption), [c.value for c in at.caption]
+
+
+# ----------------------------------------------------------------------------- circuit
+def small_circuit_inputs(at):
+    for key, value in {"n_prompts": 2, "seq_len": 4, "steps": 2, "exact_top": 8, "points": 5}.items():
+        at.number_input(key=f"p.circuit.{key}").set_value(value)
+
+
+def test_circuit_page_matches_the_library(app, lib_model, monkeypatch):
+    from workbench.experiments import circuit as experiment
+    from workbench.methods import circuit as lib
+    from workbench.methods.prompts import induction_prompts
+
+    calls = count_calls(monkeypatch, experiment, "edge_attribution")
+    at = page(app, "circuit")
+    assert at.radio(key="p.circuit.source").value == "induction"  # the task the test model can do
+    small_circuit_inputs(at)
+    at.button[0].click().run()
+    assert not at.exception and not errors(at), errors(at)
+    pairs = induction_prompts(n=2, seq_len=4, seed=0, vocab_size=lib_model.cfg.vocab_size)
+    metric = pairs.metric()
+    scores = lib.edge_attribution(lib_model, pairs.clean_tokens, pairs.corrupted_tokens, metric, method="eap-ig", steps=2)
+    curve = lib.faithfulness_curve(lib_model, pairs.clean_tokens, pairs.corrupted_tokens, metric, scores, points=5,
+                                   exact_top=8)
+    assert [m.value for m in at.metric][:3] == [f"{curve.clean_value:.3f}", f"{curve.corrupted_value:.3f}",
+                                                 f"{len(scores.graph)}"]
+    graph, faithfulness = charts(at)
+    # the graph: one midpoint per drawn edge (top 30 by |exact effect| among the verified edges)
+    (mids,) = [t for t in graph["data"] if t.get("name") == "edges"]
+    order = curve.exact.edges[curve.exact.effect.abs().argsort(descending=True, stable=True)]
+    assert mids["customdata"] == [scores.graph.edges[i] for i in order.tolist()]
+    (line,) = faithfulness["data"]
+    assert line["x"] == curve.n_edges.tolist()
+    assert_close(torch.tensor(line["y"]), curve.faithfulness)
+    table = at.dataframe[0].value
+    exact = dict(zip(curve.exact.to_frame().edge, curve.exact.effect.tolist()))
+    verified = table[table["exact"].notna()]
+    assert len(verified) == 8
+    for _, row in verified.iterrows():
+        assert row["exact"] == pytest.approx(exact[row["edge"]], abs=1e-5)
+        assert row["score"] == pytest.approx(float(scores.scores[scores.graph.edges.index(row["edge"])]), abs=1e-5)
+    at.radio(key="p.circuit.score").set_value("score").run()  # a plot option: no recomputation
+    assert not at.exception and len(calls) == 1
+
+
+def test_circuit_page_errors_are_messages(app):
+    at = page(app, "circuit")
+    at.radio(key="p.circuit.source").set_value("custom")
+    at.text_input(key="p.circuit.corrupted").set_value("When Mary and John went to the store, Mary gave drinks to")
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("different lengths" in e for e in errors(at))

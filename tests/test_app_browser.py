@@ -288,3 +288,22 @@ def test_path_patching_page_runs_and_saves(server, page, shots):
     check_page(page, plots=1)
     assert page.get_by_text("Saved run").count() == 0
     assert (shots / "path_patching.png").stat().st_size > 10_000
+
+
+def test_circuit_page_renders_runs_and_saves(server, page, shots):
+    page.goto(f"{server}/circuit")
+    page.get_by_role("heading", name="Circuit").wait_for()
+    settle(page)
+    page.get_by_role("spinbutton", name="verify top N exactly").fill("20")
+    page.get_by_role("button", name="Find circuit").click()
+    page.wait_for_selector(PLOT, timeout=SLOW)
+    settle(page)
+    check_page(page, plots=2)  # the graph and the faithfulness curve
+    edges = page.evaluate("() => document.querySelectorAll('.js-plotly-plot')[0].data"
+                          ".filter(t => t.name === 'edges')[0].customdata.length")
+    assert edges == 20  # drawn by exact effect: the 20 verified edges (of the top 30 asked), one hover point each
+    page.get_by_role("button", name="Save run").click()
+    page.get_by_text("Saved run").wait_for()
+    settle(page)
+    shoot(page, shots, "circuit")
+    assert (shots / "circuit.png").stat().st_size > 10_000

@@ -28,6 +28,7 @@ SMALL = {
     "ablate_heads": ["--n-prompts", "2", "--method", "mean"],
     "dla": ["--n-prompts", "2"],
     "path_patching": ["--n-prompts", "2"],
+    "circuit": ["--n-prompts", "2", "--seq-len", "4", "--steps", "2", "--exact-top", "8", "--points", "5"],
 }
 SCRIPTS = sorted(name for name in SMALL if name in EXPERIMENTS)
 
@@ -359,7 +360,8 @@ def test_default_model_notice(tmp_path, monkeypatch, capsys):
 def test_experiments_listing(capsys):
     assert run_cli("experiments") == 0
     out = capsys.readouterr().out
-    for name in ("ablate_heads", "activation_patching", "attention_heads", "logit_lens", "path_patching"):
+    for name in ("ablate_heads", "activation_patching", "attention_heads", "circuit", "dla", "logit_lens",
+                 "path_patching"):
         assert name in out
 
 
@@ -658,3 +660,39 @@ def test_parse_receivers():
     assert parse_receivers(["logits"]) == "logits"
     assert parse_receivers(["1.0.k", "L2H3.q", "10.11.v"]) == [(1, 0, "k"), (2, 3, "q"), (10, 11, "v")]
     assert format_receivers(parse_receivers(["L2H3.q"])) == ["2.3.q"]
+
+
+# ----------------------------------------------------------------------------- circuit
+def test_circuit_run_records_the_librarys_numbers(experiment_model, tmp_path):
+    """The recorded ranking, exact effects and curve are the library's on the recorded token ids."""
+    import workbench
+    from workbench.methods.circuit import circuit_faithfulness, edge_attribution, edge_patching
+    from workbench.methods.metrics import NextTokenLogProb
+    from workbench.methods.prompts import induction_positions
+
+    path = small_run("circuit", experiment_model, tmp_path)
+    rec = load_run(path)
+    config, tensors, tables = rec.config, rec.tensors(), rec.tables()
+    assert config["prompt_set"] == "induction"  # the task the bundled (or tiny) model can do
+    model = workbench.load_model(experiment_model, device="cpu")
+    clean, corrupted = (torch.tensor(config["token_ids"][k]) for k in ("clean", "corrupted"))
+    metric = NextTokenLogProb(clean, induction_positions(config["seq_len"]))
+    scores = edge_attribution(model, clean, corrupted, metric, method="eap-ig", steps=config["steps"])
+    torch.testing.assert_close(tensors["scores"], scores.scores, atol=1e-5, rtol=0)
+    edges = tables["edges"]
+    verified = edges[edges["exact"].notna()]
+    assert len(verified) == config["exact_top"]
+    exact = edge_patching(model, clean, corrupted, metric, verified["edge"].tolist(), progress=False)
+    torch.testing.assert_close(torch.tensor(verified["exact"].to_numpy()), exact.effect.double(), atol=1e-5, rtol=0)
+    curve = tables["curve"]
+    k = int(curve["n_edges"].iloc[2])
+    circuit = edges.sort_values("final_rank")["edge"].head(k).tolist()
+    one = circuit_faithfulness(model, clean, corrupted, metric, circuit)
+    assert curve["faithfulness"].iloc[2] == pytest.approx(float(one.faithfulness[0]), abs=1e-4)
+    smallest = tables["smallest"]
+    n = int(tensors["smallest_n_edges"])
+    if n > 0:
+        reached = circuit_faithfulness(model, clean, corrupted, metric,
+                                       edges.sort_values("final_rank")["edge"].head(n).tolist())
+        assert float(reached.faithfulness[0]) >= config["target"]
+        assert smallest["faithfulness"].iloc[0] == pytest.approx(float(reached.faithfulness[0]), abs=1e-4)

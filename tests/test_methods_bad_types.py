@@ -22,6 +22,8 @@ import workbench
 from workbench.errors import WorkbenchError
 from workbench.methods import Ablation, LogitDiff, ablate, ablation_sweep, activation_patching, attribution_patching
 from workbench.methods import direct_logit_attribution
+from workbench.methods import path_patching
+from workbench.methods import circuit_faithfulness, edge_attribution, edge_patching, faithfulness_curve
 
 torch.manual_seed(0)
 model = workbench.GPT(workbench.GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64)).eval()
@@ -90,6 +92,32 @@ CASES = {
                            r"metric_direction must be a one-token string.*got NoneType None"),
     "dla direction a list": ("direct_logit_attribution(model, toks, [1, 2])",
                              r"metric_direction must be a one-token string.*got list"),
+    # path_patching
+    "path receivers an int": ("path_patching(model, toks, toks, metric, receivers=1, progress=False)",
+                              "receivers must be 'logits' or a non-empty list of .layer, head, input., got int 1"),
+    "path receiver layer a float": ("path_patching(model, toks, toks, metric, receivers=[(1.0, 0, 'k')], progress=False)",
+                                    "a receiver's layer must be an integer, got float 1.0"),
+    "path receiver input None": ("path_patching(model, toks, toks, metric, receivers=[(1, 0, None)], progress=False)",
+                                 "a receiver's input must be one of q, k, v .*got None"),
+    "path senders a dict": ("path_patching(model, toks, toks, metric, receivers='logits', senders={}, progress=False)",
+                            "senders must be 'heads', 'mlps' or a non-empty list"),
+    "path sender head a string": ("path_patching(model, toks, toks, metric, receivers='logits', senders=[(0, 'h1')], "
+                                  "progress=False)", "a sender's head .or 'mlp'. must be an integer, got str 'h1'"),
+    "path metric an int": ("path_patching(model, toks, toks, 3, receivers='logits', progress=False)",
+                           "metric must be a Metric or a callable logits -> scalar, got int"),
+    # circuits
+    "edge_attribution steps a string": ("edge_attribution(model, toks, toks, metric, method='eap-ig', steps='5')",
+                                        "steps must be an integer, got str '5'"),
+    "edge_attribution method None": ("edge_attribution(model, toks, toks, metric, method=None)",
+                                     "method must be one of eap, eap-ig, got NoneType None"),
+    "edge_patching edges a string": ("edge_patching(model, toks, toks, metric, 'input->logits', progress=False)",
+                                     "edges must be a list of edge labels"),
+    "edge_patching edge a float": ("edge_patching(model, toks, toks, metric, [1.0], progress=False)",
+                                   "float 1.0 is not an edge"),
+    "circuit_faithfulness circuit None": ("circuit_faithfulness(model, toks, toks, metric, None)",
+                                          "edges must be a list of edge labels.*got NoneType"),
+    "faithfulness_curve points a float": ("faithfulness_curve(model, toks, toks, metric, ['input->logits'], points=2.5)",
+                                          "points must be an integer, got float 2.5"),
 }
 
 

@@ -1,18 +1,20 @@
 """What the ported-notebook tests share: run a snippet on TransformerLens and on workbench, compare
 every value it returns to `TOL`. A snippet is `snippet(model, lib)` where `lib` holds the library
-under test's `utils` and `FactoredMatrix`; it returns a value, or a dict / list / tuple of values."""
+under test's `utils`, `FactoredMatrix` and `patching`; it returns a value, or a dict / list / tuple of values."""
 
 from types import SimpleNamespace
 
 import torch
 import transformer_lens
+import transformer_lens.patching
 import transformer_lens.utilities
 
 import workbench
 
 TOL = 1e-4
-TL = SimpleNamespace(utils=transformer_lens.utilities, FactoredMatrix=transformer_lens.FactoredMatrix)
-WB = SimpleNamespace(utils=workbench.utils, FactoredMatrix=workbench.FactoredMatrix)
+TL = SimpleNamespace(utils=transformer_lens.utilities, FactoredMatrix=transformer_lens.FactoredMatrix,
+                     patching=transformer_lens.patching)
+WB = SimpleNamespace(utils=workbench.utils, FactoredMatrix=workbench.FactoredMatrix, patching=workbench.patching)
 
 
 def assert_same(ours, theirs, what=""):

@@ -4,16 +4,21 @@
     workbench replay RUN_DIR                re-run a recorded run and compare every result
     workbench runs [--root DIR]             list recorded runs (unreadable ones marked)
     workbench experiments                   list registered experiments
+    workbench export RUN_DIR --to script    a run as an editable Python script (or --to notebook)
+    workbench diff RUN_A RUN_B              what differs between two runs: config, environment, results
+    workbench delete RUN_DIR                delete a run (asks first; --yes does not)
+    workbench tidy [--remove]               list (and remove) the temporary folders of killed runs
 
 The runs root defaults to $WORKBENCH_RUNS, else runs/ of the workbench checkout when working
 inside it, else ./runs.
 
 Exit status:
-  0    success; for replay: MATCH, every compared result reproduced
-  1    replay: MISMATCH, the record was read but results differ
+  0    success; for replay: MATCH, every compared result reproduced; for diff: the results are
+       the same or within tolerance
+  1    replay: MISMATCH, the record was read but results differ; diff: the results differ
   2    bad input: an option, a config or a model that cannot be used (nothing is written)
-  3    replay: the record cannot be read (missing, incomplete, corrupt or truncated files,
-       another record version); nothing was run
+  3    replay, export, diff: a record cannot be read (not a run folder; missing, incomplete,
+       corrupt or truncated files; another record version); nothing was run or written
   130  interrupted (nothing is written)
 """
 
@@ -150,9 +155,75 @@ def runs_command(args: argparse.Namespace) -> int:
             print(f"{unreadable} run(s) cannot be read (status 'unreadable'); replay would refuse them")
     unfinished = find_unfinished(root)
     if unfinished:
-        print(f"{len(unfinished)} unfinished run folder(s) left by killed runs (not runs; safe to delete): "
+        print(f"{len(unfinished)} unfinished run folder(s) left by killed runs (not runs; `workbench tidy --remove` "
+              "deletes them): "
               + ", ".join(str(p) for p in unfinished[:3]) + (" ..." if len(unfinished) > 3 else ""))
     return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from workbench.experiments.exporting import write_export
+    from workbench.runs import RecordError
+
+    try:
+        path = write_export(args.run_dir, to=args.to, out=args.out)
+    except RecordError as e:
+        print(f"error: cannot export: {e}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    print(f"Wrote {path}")
+    print(f"Run it: {'python' if args.to == 'script' else 'jupyter execute'} {shlex.quote(str(path))}")
+    return EXIT_OK
+
+
+def diff_command(args: argparse.Namespace) -> int:
+    from workbench.experiments.comparing import compare_runs
+    from workbench.runs import RecordError
+
+    try:
+        diff = compare_runs(args.run_a, args.run_b)
+    except RecordError as e:
+        print(f"error: unreadable record: {e}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    print(diff.format())
+    return EXIT_MISMATCH if diff.verdict == "different" else EXIT_OK
+
+
+def delete_command(args: argparse.Namespace) -> int:
+    from workbench.runs import RecordError, delete_run
+
+    try:
+        if not args.yes:
+            answer = input(f"Delete the run {args.run_dir} and everything in it? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("Nothing deleted.")
+                return EXIT_OK
+        path = delete_run(args.run_dir)
+    except RecordError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    except EOFError:
+        print("error: no answer (stdin closed); pass --yes to delete without asking", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"Deleted {path}")
+    return EXIT_OK
+
+
+def tidy_command(args: argparse.Namespace) -> int:
+    from workbench.runs import default_runs_root, find_unfinished, remove_unfinished
+
+    root = args.root if args.root is not None else default_runs_root()
+    found = find_unfinished(root)
+    if not found:
+        print(f"no temporary folders under {root}")
+        return EXIT_OK
+    if args.remove:
+        for path in remove_unfinished(root):
+            print(f"removed {path}")
+    else:
+        print(f"{len(found)} temporary folder(s) left by killed runs (not runs; `--remove` deletes them):")
+        for path in found:
+            print(f"  {path}")
+    return EXIT_OK
 
 
 def experiments_command(args: argparse.Namespace) -> int:
@@ -190,6 +261,29 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", help="only this experiment's runs")
 
     sub.add_parser("experiments", help="list registered experiments")
+
+    p = sub.add_parser("export", help="write a run as an editable Python script or Jupyter notebook",
+                       description="Write a recorded run as a plain Python script or a notebook that runs it again: "
+                       "the model by name (weights checked), the exact token ids, the library call with every option, "
+                       "the summary and figures; set RECORD = True in it to record the new run.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder")
+    p.add_argument("--to", choices=["script", "notebook"], default="script", help="script (.py) or notebook (.ipynb)")
+    p.add_argument("--out", metavar="PATH", help="file (or folder) to write (default: <experiment>_<run>.py or "
+                   ".ipynb here); an existing file is never replaced")
+
+    p = sub.add_parser("diff", help="compare two runs: config, environment and results",
+                       description="What differs between two runs (config, environment) and their results compared "
+                       "as replay compares them, with a verdict: same / within tolerance / different.")
+    p.add_argument("run_a", metavar="RUN_A")
+    p.add_argument("run_b", metavar="RUN_B")
+
+    p = sub.add_parser("delete", help="delete a run folder (asks first)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--yes", action="store_true", help="do not ask")
+
+    p = sub.add_parser("tidy", help="list, and with --remove delete, the temporary folders of killed runs")
+    p.add_argument("--root", help="runs root (default: as for `workbench runs`)")
+    p.add_argument("--remove", action="store_true", help="delete them")
     return parser
 
 
@@ -223,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         return guarded(replay_command, args)
     if args.command == "runs":
         return guarded(runs_command, args)
+    commands = {"export": export_command, "diff": diff_command, "delete": delete_command, "tidy": tidy_command}
+    if args.command in commands:
+        return guarded(commands[args.command], args)
     return guarded(experiments_command, args)
 
 

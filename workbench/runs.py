@@ -497,3 +497,30 @@ def list_runs(root: str | os.PathLike | None = None) -> pd.DataFrame:
         rows.append(row)
     columns = ["run", "experiment", "created", "model", "device", "dtype", "commit", "status", "path"]
     return pd.DataFrame(rows, columns=columns)
+
+
+# ----------------------------------------------------------------------------- deleting
+def delete_run(path: str | os.PathLike) -> Path:
+    """Delete a run folder (readable or not) and return its path. RecordError for a folder that is
+    not a run (nothing is deleted): only a folder with a file of the record layout, not a
+    temporary `.tmp-*` one (see `remove_unfinished`), is removed."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RecordError(f"no run folder at {path}")
+    if path.name.startswith(TMP_PREFIX):
+        raise RecordError(f"{path} is the temporary folder of an unfinished run; `workbench tidy --remove` "
+                          "removes it")
+    if not _looks_like_a_run(path) or path.name == ASSETS:
+        raise RecordError(f"{path} is not a run folder (it has none of config.json, env.json, command, results/); "
+                          "nothing was deleted")
+    shutil.rmtree(path)
+    return path
+
+
+def remove_unfinished(root: str | os.PathLike | None = None) -> list[Path]:
+    """Delete the temporary folders that killed runs left (`find_unfinished`); the paths removed."""
+    removed = []
+    for path in find_unfinished(root):
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed

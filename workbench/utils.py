@@ -1,13 +1,45 @@
 """TransformerLens's `utils` names that ported notebooks call: `get_act_name` (our `act_name`, one
-function under TransformerLens's name) and `test_prompt`."""
+function under TransformerLens's name), `test_prompt`, `get_device`, `to_numpy` and `get_corner`."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from torch import Tensor
 
+from workbench.errors import InputError
 from workbench.hooks.names import act_name
+from workbench.models.factored_matrix import FactoredMatrix
+from workbench.models.loading import resolve_device
 
 get_act_name = act_name
+
+
+def get_device() -> str:
+    """The device name a model loads on by default: "cuda" when a GPU is available, else "cpu" (the
+    default of `load_model` / `from_pretrained`). TransformerLens's picks "mps" too, but only when the
+    environment variable TRANSFORMERLENS_ALLOW_MPS=1 is set; this never does."""
+    return str(resolve_device(None))
+
+
+def to_numpy(tensor: Tensor | np.ndarray | list | tuple | int | float | bool | str) -> np.ndarray:
+    """A NumPy array of a tensor (detached, on the CPU; bfloat16 as float32, which NumPy lacks), a
+    list, tuple or scalar; an array is returned as it is. Anything else is an InputError."""
+    if isinstance(tensor, np.ndarray):
+        return tensor
+    if isinstance(tensor, Tensor):
+        tensor = tensor.detach().cpu()
+        return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+    if isinstance(tensor, (list, tuple, int, float, bool, str)):
+        return np.array(tensor)
+    raise InputError(f"to_numpy takes a tensor, array, list, tuple or scalar, got {type(tensor).__name__}")
+
+
+def get_corner(tensor: Tensor | FactoredMatrix, n: int = 3) -> Tensor | FactoredMatrix:
+    """The first `n` entries along every axis (`tensor[:n, :n, ...]`), for printing a glance at a big
+    tensor. A FactoredMatrix gives the FactoredMatrix of that corner, as in TransformerLens (its
+    `get_corner(n)` method gives the corner of the product as a tensor)."""
+    return tensor[tuple(slice(n) for _ in range(tensor.ndim))]
 
 
 @torch.no_grad()

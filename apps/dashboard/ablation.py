@@ -50,6 +50,8 @@ preset = default_prompt_set(model)
 if st.session_state.get("ablate.defaults_for") != s.model_name:  # open on the task this model can do
     st.session_state["ablate.defaults_for"] = s.model_name
     st.session_state["p.ablate.source"] = preset
+opened = common.opened_run("ablate_heads", lambda c: {
+    **common.prompt_set_widgets("ablate", c), "p.ablate.method": c["method"], "p.ablate.reference": c["reference"]})
 
 with st.form("ablate.form"):
     source = st.radio("Prompts", list(PROMPT_SETS), format_func=PROMPT_SETS.get, horizontal=True,
@@ -85,6 +87,12 @@ with st.form("ablate.form"):
             fields.update(n_prompts=int(n_prompts), seq_len=int(seq_len))
         if source != "file" or "prompts" in fields:
             st.session_state["ablate.request"] = common.fields_key(fields)
+            common.close_run()
+
+if opened is not None and common.RUN_PARAM in st.query_params:
+    with common.guard():
+        common.show_opened_run(opened, key="ablation")
+    st.stop()
 
 fields = st.session_state.get("ablate.request")
 if fields is None:

@@ -26,6 +26,8 @@ s = common.session()
 st.title("Attention")
 model = common.require_model(s)
 n_layer, n_head = model.cfg.n_layer, model.cfg.n_head
+opened = common.opened_run("attention_heads", lambda c: {
+    "p.attn.n_seqs": int(c["n_seqs"]), "p.attn.seq_len": int(c["seq_len"]), "p.attn.seed": int(c["seed"])})
 
 st.subheader("Head detectors")
 st.caption("Mean attention each head pays to the position its detector expects, on [BOS] + r + r for random "
@@ -38,6 +40,11 @@ with st.expander("Detector prompts"):
     seq_len = c2.number_input("tokens per half", 2, longest,
                               key=common.state("p.attn.seq_len", min(DEFAULTS.seq_len, longest)))
     seed = c3.number_input("seed", 0, 2**31 - 1, key=common.state("p.attn.seed", DEFAULTS.seed))
+
+if opened is not None:
+    with common.guard():
+        common.show_opened_run(opened, key="attention")
+    st.stop()
 
 detector_ids = None
 with common.guard():

@@ -23,7 +23,7 @@ from workbench.experiments.figures import show_token
 from workbench.experiments.prompt_sets import leading_space_hint
 from workbench.models.bundled import bundled_names
 from workbench.models.config import PRESETS
-from workbench.runs import default_runs_root
+from workbench.runs import RunRecord, default_runs_root
 
 DEFAULT = "default"
 LOCAL_PATH = "a local path"
@@ -359,3 +359,141 @@ def save_run(s: Session, experiment: str, config, result, *, key: str, identity:
             st.code(command, language="bash")
             st.caption("Replay it and compare with the record:")
             st.code(f"python -m workbench replay {shlex.quote(path)}", language="bash")
+            download_buttons(path, key=key)
+
+
+# ----------------------------------------------------------------------------- recorded runs
+# The page of each experiment, for "Open" on the Runs page (an experiment without a page opens
+# nowhere; its runs are still shown, exported and compared on the Runs page).
+PAGES = {"logit_lens": "dashboard/logit_lens.py", "attention_heads": "dashboard/attention.py",
+         "activation_patching": "dashboard/patching.py", "ablate_heads": "dashboard/ablation.py",
+         "dla": "dashboard/dla.py", "path_patching": "dashboard/path_patching.py",
+         "circuit": "dashboard/circuit.py"}
+RUN_PARAM = "run"  # ?run=<run folder> in the URL: the page shows that run from its record
+
+
+def download_buttons(path: str | Path, *, key: str) -> None:
+    """"Download script" and "Download notebook" for a recorded run: `workbench export` of it, the
+    same files (the one helper every page and the Runs page call)."""
+    from workbench.experiments.exporting import SUFFIX, export_run, render
+
+    path = Path(path)
+    with guard():
+        export = export_run(path)
+        cols = st.columns(2)
+        for col, (to, label, icon, mime) in zip(cols, (
+                ("script", "Download script", ":material/code:", "text/x-python"),
+                ("notebook", "Download notebook", ":material/menu_book:", "application/x-ipynb+json"))):
+            col.download_button(label, render(export, to), file_name=f"{path.parent.name}_{path.name}{SUFFIX[to]}",
+                                mime=mime, key=f"download.{to}.{key}", icon=icon, on_click="ignore",
+                                help=f"The run as a {to} that runs as it is, offline (`workbench export --to {to}`): "
+                                     "the model by name (weights checked), the exact token ids, the library call "
+                                     "with every option; RECORD = True in it records a new run.")
+
+
+def open_run_from_url() -> None:
+    """Before the sidebar is drawn: when the URL names a run (?run=<folder>) not yet opened in this
+    session, set the sidebar's model, device, dtype (and prompt) to the run's, and leave the
+    page's own inputs to `opened_run`."""
+    run = st.query_params.get(RUN_PARAM)
+    if not run or st.session_state.get("opened.sidebar") == run:
+        return
+    st.session_state["opened.sidebar"] = run
+    from workbench.runs import RecordError, load_run
+
+    try:
+        config = load_run(run).config
+    except RecordError as e:
+        st.session_state["opened.error"] = f"Cannot open the run in the URL: {e}"
+        return
+    st.session_state.pop("opened.error", None)
+    name = config.get("model")
+    choices = [*PRESETS, *bundled_names()]
+    if name in choices:
+        st.session_state["p.model"] = name
+    elif name:
+        st.session_state["p.model"], st.session_state["p.model_path"] = LOCAL_PATH, name
+    if config.get("device") == "cpu" or (str(config.get("device")).startswith("cuda") and torch.cuda.is_available()):
+        st.session_state["p.device"] = config["device"]
+    if config.get("dtype") in DTYPES:
+        st.session_state["p.dtype"] = config["dtype"]
+    if isinstance(config.get("prompt"), str):
+        st.session_state["p.prompt"] = config["prompt"]
+
+
+def opened_run(experiment: str, fill) -> RunRecord | None:
+    """The run this page was opened on (?run=<folder> in the URL), if it is of `experiment`; the
+    first time, the page's widgets are set to its inputs: `fill(config)` gives {widget key: value}.
+    Call it before the page draws its widgets."""
+    from workbench.runs import RecordError, load_run
+
+    error = st.session_state.get("opened.error")
+    if error:
+        st.error(error, icon=":material/error:")
+    run = st.query_params.get(RUN_PARAM)
+    if not run:
+        return None
+    try:
+        record = load_run(run)
+    except RecordError:
+        return None  # the message is shown above
+    if record.experiment != experiment:
+        return None
+    if st.session_state.get("opened.page") != run:
+        st.session_state["opened.page"] = run
+        from workbench.experiments.core import with_current_names
+
+        config = with_current_names(EXPERIMENTS[experiment].config, record.config)
+        st.session_state.update(fill(config))
+    return record
+
+
+def prompt_set_widgets(page: str, config: dict) -> dict:
+    """The patching and ablation pages' prompt widgets (keys `p.<page>.*`) set to a config's
+    prompt set (the first pair of a custom set: the pages take one)."""
+    values = {f"p.{page}.source": config["prompt_set"], f"p.{page}.n_prompts": int(config["n_prompts"]),
+              f"p.{page}.seq_len": int(config["seq_len"]), f"p.{page}.seed": int(config["seed"])}
+    for widget, name in (("clean", "clean_prompts"), ("corrupted", "corrupted_prompts"), ("answer", "answers"),
+                         ("wrong", "wrong_answers")):
+        if config.get(name):
+            values[f"p.{page}.{widget}"] = config[name][0]
+    return values
+
+
+def close_run() -> None:
+    """Leave the opened run: the page computes from its inputs again (the URL loses ?run=)."""
+    if RUN_PARAM in st.query_params:
+        del st.query_params[RUN_PARAM]
+    for key in ("opened.sidebar", "opened.page", "opened.error"):
+        st.session_state.pop(key, None)
+
+
+def show_opened_run(record, *, key: str) -> None:
+    """The opened run's results from its record (nothing is computed), with its downloads; the
+    page stops after this until "Compute again" is pressed."""
+    st.info(f"Showing the recorded run `{record.path}` ({record.created}): the inputs above are the run's, the "
+            "results below are read from its record, not computed. Press Compute again to run the experiment "
+            "on these inputs.", icon=":material/history:")
+    if st.button("Compute again", key=f"open.close.{key}", icon=":material/play_arrow:"):
+        close_run()
+        st.rerun()
+    show_record(record, key=key)
+    download_buttons(record.path, key=f"opened.{key}")
+
+
+def show_record(record, *, key: str) -> None:
+    """A recorded run's summary, figures (drawn by its experiment from the recorded tensors and
+    tables) and tables."""
+    from workbench.experiments.figures import generic_figures
+
+    summary = record.path / "summary.txt"
+    if summary.is_file():
+        st.code(summary.read_text(), language=None)
+    tensors, tables = record.tensors(), record.tables()
+    experiment = EXPERIMENTS.get(record.experiment)
+    draw = experiment.figures if experiment is not None and experiment.figures is not None else generic_figures
+    for i, fig in enumerate(draw(tensors, tables)):
+        st.plotly_chart(fig, width="stretch", key=f"record.{key}.{i}")
+    for name, frame in tables.items():
+        with st.expander(f"Table: {name} ({plural(len(frame), 'row')})"):
+            table(frame)

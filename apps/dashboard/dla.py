@@ -22,6 +22,8 @@ preset = default_prompt_set(model)
 if st.session_state.get("dla.defaults_for") != s.model_name:  # open on the task this model can do
     st.session_state["dla.defaults_for"] = s.model_name
     st.session_state["p.dla.source"] = preset
+opened = common.opened_run("dla", lambda c: {**common.prompt_set_widgets("dla", c), "p.dla.by": c["by"],
+                                             "p.dla.pos": c["pos"]})
 
 with st.form("dla.form"):
     source = st.radio("Prompts", list(PROMPT_SETS), format_func=PROMPT_SETS.get, horizontal=True,
@@ -56,6 +58,12 @@ with st.form("dla.form"):
         else:
             fields.update(n_prompts=int(n_prompts), seq_len=int(seq_len))
         st.session_state["dla.request"] = common.fields_key(fields)
+        common.close_run()
+
+if opened is not None and common.RUN_PARAM in st.query_params:
+    with common.guard():
+        common.show_opened_run(opened, key="dla")
+    st.stop()
 
 fields = st.session_state.get("dla.request")
 if fields is None:

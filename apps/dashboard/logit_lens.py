@@ -44,6 +44,8 @@ st.caption("Each row reads the residual stream before a block (and after the las
            "model's output: through the final LayerNorm and the unembedding. The last row is the model's own "
            "prediction. Hover a cell for its top tokens. Edit the prompt in the sidebar.")
 model = common.require_model(s)
+opened = common.opened_run("logit_lens", lambda c: {"p.lens.target": c.get("target") or "",
+                                                    "p.lens.top_k": int(c.get("top_k", DEFAULTS.top_k))})
 
 c1, c2, c3 = st.columns([1, 1, 2])
 target = c1.text_input("Target token", key=common.state("p.lens.target", DEFAULTS.target or ""),
@@ -58,6 +60,11 @@ options = list(LENS_SHOW) if tracked else ["top_prob"]
 if st.session_state.get("p.lens.show") not in options:
     st.session_state["p.lens.show"] = options[0]
 show = c3.selectbox("Colour", options, format_func=LENS_SHOW.get, key="p.lens.show")
+
+if opened is not None:
+    with common.guard():
+        common.show_opened_run(opened, key="lens")
+    st.stop()
 
 with common.guard():
     prompt = common.require_prompt(s)

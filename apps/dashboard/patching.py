@@ -45,6 +45,9 @@ preset = default_prompt_set(model)
 if st.session_state.get("patch.defaults_for") != s.model_name:  # open on the task this model can do
     st.session_state["patch.defaults_for"] = s.model_name
     st.session_state["p.patch.source"] = preset
+opened = common.opened_run("activation_patching", lambda c: {
+    **common.prompt_set_widgets("patch", c), "p.patch.target": c["target"], "p.patch.direction": c["direction"],
+    "p.patch.method": "activation"})
 
 with st.form("patch.form"):
     source = st.radio("Prompts", list(PROMPT_SETS), format_func=PROMPT_SETS.get, horizontal=True,
@@ -90,6 +93,12 @@ with st.form("patch.form"):
             fields.update(n_prompts=int(n_prompts), seq_len=int(seq_len))
         if source != "file" or "prompts" in fields:
             st.session_state["patch.request"] = (common.fields_key(fields), method)
+            common.close_run()
+
+if opened is not None and common.RUN_PARAM in st.query_params:
+    with common.guard():
+        common.show_opened_run(opened, key="patching")
+    st.stop()
 
 request = st.session_state.get("patch.request")
 if request is None:

@@ -1,17 +1,25 @@
 """Path patching: which senders (heads or MLPs) reach the chosen receivers directly, every other head
 frozen. The page builds a path_patching experiment config and runs the experiment's own computation;
-the receivers are heads picked from a head grid (with the input they receive) or the logits."""
+the receivers are heads picked from a head list, shown on a head grid (with the input they receive),
+or taken from the activation patching page's head sweep, or the logits."""
+
+import json
 
 import pandas as pd
 import streamlit as st
 
 from dashboard import common
 from workbench.experiments.figures import PATCHING_SHOW, path_patching_figure
-from workbench.experiments.path_patching import PathPatchingConfig, default_receivers, parse_receivers
+from workbench.experiments.path_patching import (
+    PathPatchingConfig,
+    default_receivers,
+    heads_from_patching,
+    parse_receivers,
+)
 from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS, default_prompt_set
 from workbench.methods.metrics import no_signal_message
 from workbench.methods.path_patching import RECEIVER_INPUTS, SENDER_SETS, receivers_label
-from workbench.methods.patching import DIRECTIONS
+from workbench.methods.patching import DIRECTIONS, HEAD_TARGETS
 
 DEFAULTS = PathPatchingConfig()  # the experiment's defaults are the page's
 RECEIVER_KINDS = {"heads": "heads' inputs (q, k or v)", "logits": "the logits"}
@@ -30,6 +38,20 @@ st.title("Path patching")
 model = common.require_model(s)
 preset = default_prompt_set(model)
 heads = [f"L{l}H{h}" for l in range(1, model.cfg.n_layer) for h in range(model.cfg.n_head)]
+
+
+def opened_inputs(config: dict) -> dict:
+    """The form's widgets for a recorded config (receivers "L.H.input": the heads, and the first one's input)."""
+    values = {**common.prompt_set_widgets("path", config), "p.path.senders": config["senders"],
+              "p.path.direction": config["direction"], "path.defaults_for": s.model_name}
+    if config["receivers"] == ["logits"]:
+        return {**values, "p.path.receiver_kind": "logits"}
+    parts = [r.split(".") for r in config["receivers"]]
+    return {**values, "p.path.receiver_kind": "heads", "p.path.heads": [f"L{l}H{h}" for l, h, _ in parts],
+            "p.path.input": parts[0][2]}
+
+
+opened = common.opened_run("path_patching", opened_inputs)  # the run's inputs, not the defaults below
 if st.session_state.get("path.defaults_for") != s.model_name:  # open on the task and circuit this model shows
     st.session_state["path.defaults_for"] = s.model_name
     st.session_state["p.path.source"] = preset
@@ -39,6 +61,23 @@ if st.session_state.get("path.defaults_for") != s.model_name:  # open on the tas
     if receivers != "logits":
         st.session_state["p.path.heads"] = [f"L{l}H{h}" for l, h, _ in receivers]
         st.session_state["p.path.input"] = receivers[0][2]
+
+# Receivers from the activation patching result of this session (its page's last head sweep).
+patch_request = st.session_state.get("patch.request")
+if patch_request and patch_request[1] == "activation" and json.loads(patch_request[0]).get("target") in HEAD_TARGETS:
+    with st.expander("Receivers from the activation patching result", expanded=False):
+        c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
+        k = c1.number_input("heads", 1, len(heads) or 1, key=common.state("p.path.top_k", 3),
+                            help="The heads (outside block 0) whose patching moved the metric most.")
+        if c2.button("Use the top heads of the activation patching result as receivers", key="path.from_patching"):
+            with common.guard():
+                _, patched = common.compute(s.key, "activation_patching", patch_request[0], "Patching every cell ...")
+                chosen = heads_from_patching(patched.to_frame(), k=int(k))
+                st.session_state["p.path.receiver_kind"] = "heads"
+                st.session_state["p.path.heads"] = [f"L{l}H{h}" for l, h in chosen]
+                if patched.target.removeprefix("head_") in RECEIVER_INPUTS:
+                    st.session_state["p.path.input"] = patched.target.removeprefix("head_")
+                st.rerun()
 
 with st.form("path.form"):
     source = st.radio("Prompts", list(PROMPT_SETS), format_func=PROMPT_SETS.get, horizontal=True,
@@ -88,6 +127,7 @@ with st.form("path.form"):
         else:
             fields.update(n_prompts=int(n_prompts), seq_len=int(seq_len))
         st.session_state["path.request"] = common.fields_key(fields)
+        common.close_run()
 
 # The receivers on a head grid (layer x head): what the form sends.
 with st.expander("Receivers on the head grid", expanded=False):
@@ -100,6 +140,11 @@ with st.expander("Receivers on the head grid", expanded=False):
         st.table(grid)
     else:
         st.caption("Receivers: the logits.")
+
+if opened is not None and common.RUN_PARAM in st.query_params:
+    with common.guard():
+        common.show_opened_run(opened, key="path_patching")
+    st.stop()
 
 fields = st.session_state.get("path.request")
 if fields is None:

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from workbench.errors import InputError
-from workbench.experiments.core import Experiment, ExperimentConfig, register
+from workbench.experiments.core import Experiment, ExperimentConfig, ScriptBody, register
 from workbench.experiments.figures import ablation_figure
 from workbench.experiments.prompt_sets import (
     PromptSetOptions,
@@ -152,6 +152,22 @@ def figures(tensors: dict, tables: dict) -> list:
     return [ablation_figure(tables["heads"])] if "heads" in tables else []
 
 
+def script(config: AblateHeadsConfig) -> ScriptBody:
+    """The exported script's library call (`workbench.experiments.exporting`)."""
+    return ScriptBody(
+        heading=f"Ablation: {config.method}-ablate each head on its own and measure {config.metric}",
+        imports=("from workbench.experiments.ablate_heads import HeadAblation, reference_tokens",
+                 "from workbench.experiments.prompt_sets import prompt_set_metric",
+                 "from workbench.methods import ablation_sweep"),
+        code="""ids = {role: torch.tensor(rows, device=model.device) for role, rows in config.token_ids.items()}
+metric = prompt_set_metric(config, ids)
+sweep = ablation_sweep(model, ids["clean"], metric, method=config.method, reference=reference_tokens(config, ids),
+                       seed=config.seed, max_batch=config.max_batch)
+corrupted = float(metric(model(ids["corrupted"])))  # without ablation: does the task separate at all?
+result = HeadAblation(sweep, sweep.baseline, corrupted)""",
+    )
+
+
 EXPERIMENT = register(Experiment(
     name="ablate_heads",
     config=AblateHeadsConfig,
@@ -162,4 +178,5 @@ EXPERIMENT = register(Experiment(
     record=record,
     resolve=resolve_prompt_set,
     figures=figures,
+    script=script,
 ))

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 
 from workbench.errors import InputError
-from workbench.experiments.core import Experiment, ExperimentConfig, register
+from workbench.experiments.core import Experiment, ExperimentConfig, ScriptBody, register
 from workbench.experiments.figures import patching_figure
 from workbench.experiments.prompt_sets import (
     PromptSetOptions,
@@ -112,6 +112,19 @@ def figures(tensors: dict, tables: dict) -> list:
     return [patching_figure(tables["patching"])] if "patching" in tables else []
 
 
+def script(config: ActivationPatchingConfig) -> ScriptBody:
+    """The exported script's library call (`workbench.experiments.exporting`)."""
+    return ScriptBody(
+        heading=f"Activation patching: {config.direction} each {config.target} cell and measure {config.metric}",
+        imports=("from workbench.experiments.prompt_sets import prompt_set_metric",
+                 "from workbench.methods import activation_patching"),
+        code="""ids = {role: torch.tensor(rows, device=model.device) for role, rows in config.token_ids.items()}
+metric = prompt_set_metric(config, ids)
+result = activation_patching(model, ids["clean"], ids["corrupted"], metric, target=config.target,
+                             direction=config.direction, layers=config.layers, max_batch=config.max_batch)""",
+    )
+
+
 EXPERIMENT = register(Experiment(
     name="activation_patching",
     config=ActivationPatchingConfig,
@@ -123,4 +136,5 @@ EXPERIMENT = register(Experiment(
     record=record,
     resolve=resolve_prompt_set,
     figures=figures,
+    script=script,
 ))

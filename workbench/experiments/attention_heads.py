@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from workbench.errors import InputError
-from workbench.experiments.core import Experiment, ExperimentConfig, register
+from workbench.experiments.core import Experiment, ExperimentConfig, ScriptBody, register
 from workbench.experiments.figures import head_grid
 from workbench.methods.head_detectors import DETECTORS, HeadScores, head_scores
 from workbench.methods.prompts import repeated_tokens
@@ -70,6 +70,16 @@ def figures(tensors: dict, tables: dict) -> list:
     return [head_grid(scores, title="Head detector scores (recorded)")] if scores else []
 
 
+def script(config: AttentionHeadsConfig) -> ScriptBody:
+    """The exported script's library call (`workbench.experiments.exporting`)."""
+    return ScriptBody(
+        heading="Head detectors: each head's mean attention to the position each detector expects",
+        imports=("from workbench.methods import head_scores",),
+        code="""tokens = torch.tensor(config.token_ids["tokens"], device=model.device)
+result = head_scores(model, tokens, detectors=config.detectors)""",
+    )
+
+
 EXPERIMENT = register(Experiment(
     name="attention_heads",
     config=AttentionHeadsConfig,
@@ -79,4 +89,5 @@ EXPERIMENT = register(Experiment(
     compute=compute,
     record=record,
     figures=figures,
+    script=script,
 ))

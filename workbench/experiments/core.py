@@ -89,7 +89,9 @@ class Experiment:
     result: `compute(config, model)` gives the library's result object and `record(config, model,
     result)` turns it into RunResults. `resolve(config, model)` fills in choices that depend on the
     model (e.g. prompt_set "auto") before the tokens are made. `figures(tensors, tables)` re-draws a
-    recorded run's figures from its tensors and tables (the Runs page)."""
+    recorded run's figures from its tensors and tables (the Runs page). `script(config)` gives the
+    experiment's own part of an exported script (`ScriptBody`: the library call, options spelled
+    out); without it, `workbench export` writes a script that calls `run_experiment`."""
 
     name: str
     config: type[ExperimentConfig]
@@ -100,6 +102,20 @@ class Experiment:
     record: Callable[[Any, Any, Any], RunResults] | None = None
     resolve: Callable[[Any, Any], Any] | None = None
     figures: Callable[[dict, dict], list] | None = None
+    script: Callable[[Any], ScriptBody] | None = None
+
+
+@dataclass(frozen=True)
+class ScriptBody:
+    """An experiment's own part of an exported script (`workbench.experiments.exporting`): `code`
+    sets `result`, what the experiment's `record(config, model, result)` records, from `model` and
+    `config` (a complete config, token ids included), calling the library with every option
+    spelled out. `imports` are the import lines it needs; `heading` says in a few words what it
+    computes (a comment in the script, a markdown heading in the notebook)."""
+
+    heading: str
+    code: str
+    imports: tuple[str, ...] = ()
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
@@ -228,13 +244,7 @@ def prepare(experiment: Experiment, config: ExperimentConfig, model) -> Experime
     """The config completed for this model: its name, weights hashes, actual device and dtype, token ids.
 
     Raises InputError if the config records a different weights state sha256 or different token ids."""
-    sha = model_state_sha256(model)
-    if config.model_state_sha256 and config.model_state_sha256 != sha:
-        raise InputError(
-            f"the weights of model {model.name!r} have state sha256 {sha}, but the config records "
-            f"{config.model_state_sha256}: this is not the model the config was run with. Pass that model, or "
-            "remove model_state_sha256 from the config to run anyway"
-        )
+    sha = check_weights(model, config.model_state_sha256)
     weights_file = getattr(model, "weights_file", None)
     if weights_file is not None and weights_file.stat().st_mtime_ns != getattr(model, "weights_file_mtime_ns", None):
         weights_file = None  # replaced since the model was loaded: its hash would not describe these weights
@@ -246,6 +256,19 @@ def prepare(experiment: Experiment, config: ExperimentConfig, model) -> Experime
         model_file_sha256=file_sha256(weights_file) if weights_file is not None else None, device=str(model.device),
         dtype=str(model.dtype).removeprefix("torch."),
     )
+
+
+def check_weights(model, state_sha256: str | None) -> str:
+    """The state sha256 of `model`'s weights (`workbench.runs.model_state_sha256`); InputError when
+    `state_sha256` is given and differs (not the weights a config was run with)."""
+    sha = model_state_sha256(model)
+    if state_sha256 and state_sha256 != sha:
+        raise InputError(
+            f"the weights of model {model.name!r} have state sha256 {sha}, but the config records "
+            f"{state_sha256}: this is not the model the config was run with. Pass that model, or "
+            "remove model_state_sha256 from the config to run anyway"
+        )
+    return sha
 
 
 def with_tokens(experiment: Experiment, config: ExperimentConfig, model) -> ExperimentConfig:

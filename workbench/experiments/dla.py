@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 
 from workbench.errors import InputError
-from workbench.experiments.core import Experiment, ExperimentConfig, register
+from workbench.experiments.core import Experiment, ExperimentConfig, ScriptBody, register
 from workbench.experiments.figures import dla_accumulated_figure, dla_figure, dla_layer_figure
 from workbench.experiments.prompt_sets import PromptSetOptions, prompt_set_tokens, prompts_frame, resolve_prompt_set
 from workbench.methods.dla import BY, DLAResult, direct_logit_attribution
@@ -127,6 +127,29 @@ def figures(tensors: dict, tables: dict) -> list:
     return out
 
 
+def script(config: DLAConfig) -> ScriptBody:
+    """The exported script's library call (`workbench.experiments.exporting`)."""
+    imports = ("from workbench.experiments.dla import position", "from workbench.methods import direct_logit_attribution")
+    if config.prompt_set == "induction":
+        return ScriptBody(
+            heading=f"Direct logit attribution by {config.by} of the correct next token's logit",
+            imports=("import dataclasses", *imports),
+            code="""ids = torch.tensor(config.token_ids["clean"], device=model.device)
+pos = position(config, ids.shape[1])
+# Induction: the logit of the token that follows, what an induction head predicts.
+result = direct_logit_attribution(model, ids, ids[:, pos + 1], by=config.by, pos=pos)
+result = dataclasses.replace(result, direction="logit[correct next token]")""",
+        )
+    return ScriptBody(
+        heading=f"Direct logit attribution by {config.by} of logit[answer] - logit[wrong answer]",
+        imports=imports,
+        code="""ids = {role: torch.tensor(rows, device=model.device) for role, rows in config.token_ids.items()}
+pos = position(config, ids["clean"].shape[1])
+direction = (ids["answers"][:, 0], ids["wrong_answers"][:, 0])
+result = direct_logit_attribution(model, ids["clean"], direction, by=config.by, pos=pos)""",
+    )
+
+
 EXPERIMENT = register(Experiment(
     name="dla",
     config=DLAConfig,
@@ -138,4 +161,5 @@ EXPERIMENT = register(Experiment(
     record=record,
     resolve=resolve_prompt_set,
     figures=figures,
+    script=script,
 ))

@@ -410,4 +410,77 @@ def _spread_bars(frame, *, title: str) -> go.Figure:
         hovertemplate="%{x}: %{y:.3f} logits<extra></extra>"))
     fig.update_layout(title=title, height=360, margin={"t": 60, "b": 10}, xaxis_title="component",
                       yaxis_title="logits")
+# ----------------------------------------------------------------------------- circuits
+POSITIVE, NEGATIVE = "#2166ac", "#b2182b"  # the ends of DIVERGING (RdBu): blue > 0, red < 0
+
+
+def _node_xy(node: str, n_layer: int, n_head: int) -> tuple[float, float]:
+    """Where a node sits in the circuit drawing: a column per block (heads, then its MLP half a
+    column to the right), the input on the left and the logits on the right; heads by index."""
+    middle = (n_head - 1) / 2
+    if node == "input":
+        return 0.0, middle
+    if node == "logits":
+        return n_layer + 1.0, middle
+    if node.startswith("MLP"):
+        return int(node[3:]) + 1.5, middle
+    layer, head = node[1:].split("H")
+    return int(layer) + 1.0, float(head)
+
+
+def circuit_figure(edges, *, n_layer: int, n_head: int, score: str = "score", top: int = 50,
+                   title: str | None = None) -> go.Figure:
+    """The `top` edges of largest |score| (an edge table: edge, upstream, downstream, and the `score`
+    column; e.g. `EdgeScores.to_frame()`) drawn between the nodes, which stand in columns by block:
+    line width grows with |score|, blue for a positive and red for a negative score. Every edge's
+    midpoint and every node carries a hover (and is a point a page can select, customdata = its label)."""
+    shown = edges.dropna(subset=[score])
+    shown = shown.reindex(shown[score].abs().sort_values(ascending=False).index).head(top)
+    biggest = float(shown[score].abs().max()) if len(shown) else 1.0
+    fig = go.Figure()
+    mid_x, mid_y, mid_text, mid_label = [], [], [], []
+    for _, row in shown.iterrows():
+        reader = row["downstream"].split(".")[0]
+        (x0, y0), (x1, y1) = _node_xy(row["upstream"], n_layer, n_head), _node_xy(reader, n_layer, n_head)
+        value = float(row[score])
+        fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", hoverinfo="skip", showlegend=False,
+                                 line={"width": 0.5 + 7.5 * abs(value) / (biggest or 1.0),
+                                       "color": POSITIVE if value >= 0 else NEGATIVE}, opacity=0.7))
+        mid_x.append((x0 + x1) / 2)
+        mid_y.append((y0 + y1) / 2)
+        mid_label.append(row["edge"])
+        mid_text.append(f"{row['edge']}<br>{score}: {fmt(value)}")
+    fig.add_trace(go.Scatter(x=mid_x, y=mid_y, mode="markers", marker={"size": 7, "color": "rgba(0,0,0,0.25)"},
+                             customdata=mid_label, hovertext=mid_text, hoverinfo="text", name="edges"))
+    nodes = ["input"] + [f"L{l}H{h}" for l in range(n_layer) for h in range(n_head)] + [f"MLP{l}" for l in range(n_layer)]
+    nodes.append("logits")
+    used = set(shown["upstream"]) | {d.split(".")[0] for d in shown["downstream"]}
+    xy = [_node_xy(n, n_layer, n_head) for n in nodes]
+    fig.add_trace(go.Scatter(
+        x=[p[0] for p in xy], y=[p[1] for p in xy], mode="markers+text", customdata=nodes, name="nodes",
+        text=[n if n in used else "" for n in nodes], textposition="top center", hoverinfo="text", hovertext=nodes,
+        marker={"size": [12 if n in used else 6 for n in nodes], "color": ["#444" if n in used else "#bbb" for n in nodes],
+                "symbol": ["square" if n.startswith("MLP") else "circle" for n in nodes]},
+    ))
+    ticks = [0.0] + [l + 1.0 for l in range(n_layer)] + [n_layer + 1.0]
+    fig.update_xaxes(tickmode="array", tickvals=ticks, ticktext=["input"] + [f"block {l}" for l in range(n_layer)]
+                     + ["logits"], showgrid=False, zeroline=False)
+    fig.update_yaxes(title_text="head", autorange="reversed", showgrid=False, zeroline=False, dtick=1)
+    fig.update_layout(title=title or f"top {len(shown)} edges by |{score}| (blue > 0, red < 0; width ~ |{score}|)",
+                      height=max(360, 60 + 34 * n_head), showlegend=False, margin={"t": 60, "b": 10})
+    return fig
+
+
+def faithfulness_figure(curve, *, target: float | None = None, title: str | None = None) -> go.Figure:
+    """A faithfulness curve (a table with n_edges and faithfulness, e.g. `Faithfulness.to_frame()`)
+    against the number of edges on a log axis; `target` drawn as a dashed line."""
+    points = curve[curve["n_edges"] > 0]
+    fig = go.Figure(go.Scatter(x=points["n_edges"].tolist(), y=points["faithfulness"].tolist(), mode="lines+markers",
+                               hovertemplate="%{x} edges<br>faithfulness %{y:.3f}<extra></extra>"))
+    if target is not None:
+        fig.add_hline(y=target, line_dash="dash", annotation_text=f"target {target:g}")
+    fig.add_hline(y=1.0, line_color="#999", line_width=1)
+    fig.update_xaxes(type="log", title_text="edges in the circuit (top k of the ranking)")
+    fig.update_yaxes(title_text="faithfulness (0 = corrupted, 1 = clean)")
+    fig.update_layout(title=title or "faithfulness of the top-k edges", height=380, margin={"t": 60, "b": 10})
     return fig

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from workbench.errors import InputError
-from workbench.experiments.core import Experiment, ExperimentConfig, register
+from workbench.experiments.core import Experiment, ExperimentConfig, ScriptBody, register
 from workbench.experiments.figures import lens_figure_from_frame
 from workbench.methods.logit_lens import LogitLensResult, logit_lens
 from workbench.runs import RunResults
@@ -82,6 +82,17 @@ def figures(tensors: dict, tables: dict) -> list:
     return [lens_figure_from_frame(tables["logit_lens"])] if "logit_lens" in tables else []
 
 
+def script(config: LogitLensConfig) -> ScriptBody:
+    """The exported script's library call (`workbench.experiments.exporting`)."""
+    target = 'config.token_ids["target"][0][0]' if config.target is not None else "None"
+    return ScriptBody(
+        heading="The logit lens: every layer's residual stream read through ln_final and the unembedding",
+        imports=("from workbench.methods import logit_lens",),
+        code=f"""prompt = torch.tensor(config.token_ids["prompt"], device=model.device)
+result = logit_lens(model, prompt, targets={target}, top_k=config.top_k)""",
+    )
+
+
 EXPERIMENT = register(Experiment(
     name="logit_lens",
     config=LogitLensConfig,
@@ -91,4 +102,5 @@ EXPERIMENT = register(Experiment(
     compute=compute,
     record=record,
     figures=figures,
+    script=script,
 ))

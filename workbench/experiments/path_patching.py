@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 
 from workbench.errors import InputError
-from workbench.experiments.core import Experiment, ExperimentConfig, register
+from workbench.experiments.core import Experiment, ExperimentConfig, ScriptBody, register
 from workbench.experiments.figures import path_patching_figure
 from workbench.experiments.prompt_sets import (
     PromptSetOptions,
@@ -101,6 +101,18 @@ def default_receivers(prompt_set: str, model) -> list[str]:
     return ["logits"]
 
 
+def heads_from_patching(frame, *, k: int = 3) -> list[tuple[int, int]]:
+    """Receiver heads from a head patching result (`PatchingResult.to_frame()` of a [layer head] target
+    such as head_out): the `k` heads with the largest |effect|, outside block 0 (a receiver needs a
+    block before it), largest first."""
+    if "head" not in frame or "pos" in frame:
+        raise InputError("receivers come from a head patching result ([layer head]: target head_out, head_q, "
+                         "head_k, head_v or head_pattern)")
+    heads = frame[frame["layer"] > 0]
+    top = heads.reindex(heads["effect"].abs().sort_values(ascending=False, kind="stable").index).head(k)
+    return [(int(r["layer"]), int(r["head"])) for _, r in top.iterrows()]
+
+
 def resolve(config: PathPatchingConfig, model) -> PathPatchingConfig:
     config = resolve_prompt_set(config, model)
     if config.receivers == ["auto"]:
@@ -158,6 +170,20 @@ def figures(tensors: dict, tables: dict) -> list:
     return [path_patching_figure(tables["path_patching"])] if "path_patching" in tables else []
 
 
+def script(config: PathPatchingConfig) -> ScriptBody:
+    """The exported script's library call (`workbench.experiments.exporting`)."""
+    return ScriptBody(
+        heading=f"Path patching: {config.direction} each of the {config.senders} into {', '.join(config.receivers)}",
+        imports=("from workbench.experiments.path_patching import parse_receivers",
+                 "from workbench.experiments.prompt_sets import prompt_set_metric",
+                 "from workbench.methods import path_patching"),
+        code="""ids = {role: torch.tensor(rows, device=model.device) for role, rows in config.token_ids.items()}
+metric = prompt_set_metric(config, ids)
+result = path_patching(model, ids["clean"], ids["corrupted"], metric, receivers=parse_receivers(config.receivers),
+                       senders=config.senders, direction=config.direction, max_batch=config.max_batch)""",
+    )
+
+
 EXPERIMENT = register(Experiment(
     name="path_patching",
     config=PathPatchingConfig,
@@ -168,4 +194,5 @@ EXPERIMENT = register(Experiment(
     record=record,
     resolve=resolve,
     figures=figures,
+    script=script,
 ))

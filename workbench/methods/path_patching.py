@@ -253,7 +253,8 @@ def path_patching(
     (base_logits, base_cache), (source_logits, source_cache) = cached_runs(
         model, [base_tokens, source_tokens], names, read, metric.vocab
     )
-    clean_logits, corrupted_logits = (source_logits, base_logits) if direction == "denoise" else (base_logits, source_logits)
+    runs = (source_logits, base_logits) if direction == "denoise" else (base_logits, source_logits)
+    clean_logits, corrupted_logits = runs
     clean_value = float(scalar(metric.evaluate(clean_logits), metric.name))
     corrupted_value = float(scalar(metric.evaluate(corrupted_logits), metric.name))
     frozen = _FrozenRun(model, base_cache, source_cache)
@@ -322,8 +323,8 @@ class _FrozenRun:
             if live:  # heads frozen: resid_mid changes only by delta; the MLP recomputes
                 resid_mid = self.base["resid_mid", layer][:, pos] + delta[:live]
                 rows = einops.rearrange(resid_mid, "cell batch pos d_model -> (cell batch) pos d_model")
-                mlp_out = einops.rearrange(block.mlp(block.ln2(rows)), "(cell batch) pos d_model -> cell batch pos d_model",
-                                           batch=batch)
+                mlp_out = einops.rearrange(block.mlp(block.ln2(rows)),
+                                           "(cell batch) pos d_model -> cell batch pos d_model", batch=batch)
                 delta[:live] += mlp_out - self.base["mlp_out", layer][:, pos]
             for i, s in enumerate(ordered):
                 if s.layer == layer and s.head is None:
@@ -371,7 +372,8 @@ class _FrozenRun:
 
 
 def _to_logits(
-    frozen: _FrozenRun, base: BaseRun, metric: Metric, senders: list[Sender], index: dict, out: Tensor, *, max_batch: int | None, progress: bool | Callable[[int, int], None],
+    frozen: _FrozenRun, base: BaseRun, metric: Metric, senders: list[Sender], index: dict, out: Tensor, *,
+    max_batch: int | None, progress: bool | Callable[[int, int], None],
 ) -> None:
     """receivers="logits": the metric of each sender's frozen run, which differs from the base run
     only through the MLPs, position by position: computed at the positions the metric reads only."""

@@ -33,6 +33,11 @@ uses these names, and only these:
     ldim       the rows of a `FactoredMatrix` A @ B (A's rows), e.g. d_model for a head's OV circuit
     mdim       the inner width a `FactoredMatrix`'s factors share (A's columns, B's rows), e.g. d_head
     rdim       the columns of a `FactoredMatrix` (B's columns)
+    upstream   a node of a circuit graph, something that writes to the residual stream: the input
+               embeddings, a head's output, an MLP's output (`methods.circuit.CircuitGraph`)
+    downstream  an input of a circuit graph, something that reads the residual stream: a head's q,
+               k or v input, an MLP's input, the logits
+    edge       an (upstream, downstream) pair of a circuit graph: a node's output read by a later input
 
 (`_` in an annotation is jaxtyping's unchecked axis. As a DataFrame column, `token` is the text of
 the token at `pos`.)

@@ -195,6 +195,15 @@ class GPT(TokenMixin, WeightsMixin, HookedRootModule):
     def attention_layers(self) -> list[Attention]:
         return [block.attn for block in self.blocks]
 
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """TransformerLens's switch for per-head outputs (`attn.hook_result`, `cache["result", layer]`
+        [batch pos head d_model]), kept so ported code runs. There is nothing to switch: a head's output
+        is computed whenever `hook_result` is hooked or cached and never otherwise, which is what True
+        gives in TransformerLens, without its cost on runs that do not read it. So True and False both
+        leave the model as it is (`cfg.use_attn_result` stays False); anything but a bool is an InputError."""
+        if not isinstance(use_attn_result, bool):
+            raise InputError(f"set_use_attn_result takes True or False, got {use_attn_result!r}")
+
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def generate(

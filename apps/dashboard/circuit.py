@@ -1,0 +1,117 @@
+"""Circuit discovery: rank every edge by EAP-IG (or EAP), verify the top edges by exact edge
+patching, and draw the faithfulness curve of the top-k edges. The page builds a circuit experiment
+config and runs the experiment's own computation; clicking an edge or a node on the graph shows its
+values."""
+
+import streamlit as st
+
+from dashboard import common
+from workbench.experiments.circuit import CircuitConfig
+from workbench.experiments.figures import circuit_figure, faithfulness_figure
+from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS, default_prompt_set
+from workbench.methods.metrics import no_signal_message
+
+METHODS = {"eap-ig": "EAP-IG (gradients along the corrupted -> clean inputs)", "eap": "EAP (one gradient)"}
+SCORES = {"exact": "exact effect (verified edges only)", "score": "gradient estimate"}
+DEFAULTS = CircuitConfig()  # the experiment's defaults are the page's
+
+s = common.session()
+st.title("Circuit")
+model = common.require_model(s)
+preset = default_prompt_set(model)
+if st.session_state.get("circuit.defaults_for") != s.model_name:  # open on the task this model can do
+    st.session_state["circuit.defaults_for"] = s.model_name
+    st.session_state["p.circuit.source"] = preset
+opened = common.opened_run("circuit", lambda c: {
+    **common.prompt_set_widgets("circuit", c), "p.circuit.method": c["method"], "p.circuit.steps": int(c["steps"]),
+    "p.circuit.exact_top": int(c["exact_top"]), "p.circuit.points": int(c["points"]),
+    "p.circuit.target": float(c["target"])})
+
+with st.form("circuit.form"):
+    source = st.radio("Prompts", list(PROMPT_SETS), format_func=PROMPT_SETS.get, horizontal=True,
+                      key=common.state("p.circuit.source", preset),
+                      help=f"A preset per task; this model's is {preset}. The bundled model can do induction, not IOI.")
+    c1, c2, c3 = st.columns(3)
+    n_prompts = c1.number_input("prompts (induction, IOI)", 1, 64, key=common.state("p.circuit.n_prompts", 4))
+    seq_len = c2.number_input("tokens per copy (induction)", 2, max(2, (model.cfg.block_size - 1) // 2),
+                              key=common.state("p.circuit.seq_len", 8))
+    seed = c3.number_input("seed", 0, 2**31 - 1, key=common.state("p.circuit.seed", DEFAULTS.seed))
+    c1, c2 = st.columns(2)
+    clean = c1.text_input("Clean prompt (custom)", key=common.state("p.circuit.clean", common.IOI_CLEAN))
+    corrupted = c2.text_input("Corrupted prompt (custom)", key=common.state("p.circuit.corrupted",
+                                                                           common.IOI_CORRUPTED),
+                              help="Must have as many tokens as the clean prompt.")
+    c1, c2 = st.columns(2)
+    answer = c1.text_input("Answer token (custom)", key=common.state("p.circuit.answer", common.IOI_ANSWER))
+    wrong = c2.text_input("Wrong token (custom)", key=common.state("p.circuit.wrong", common.IOI_WRONG))
+    c1, c2, c3, c4, c5 = st.columns(5)
+    method = c1.selectbox("Ranking", list(METHODS), format_func=METHODS.get,
+                          key=common.state("p.circuit.method", DEFAULTS.method))
+    steps = c2.number_input("EAP-IG steps", 1, 50, key=common.state("p.circuit.steps", DEFAULTS.steps))
+    exact_top = c3.number_input("verify top N exactly", 0, 5000, key=common.state("p.circuit.exact_top",
+                                                                                   DEFAULTS.exact_top),
+                                help="Exact edge patching of the N best-ranked edges, which are then re-ranked by it.")
+    points = c4.number_input("curve points", 1, 100, key=common.state("p.circuit.points", DEFAULTS.points))
+    target = c5.number_input("target faithfulness", 0.0, 2.0, step=0.05,
+                             key=common.state("p.circuit.target", DEFAULTS.target))
+    if st.form_submit_button("Find circuit", icon=":material/play_arrow:", type="primary"):
+        fields = {"prompt_set": source, "seed": int(seed), "method": method, "steps": int(steps),
+                  "exact_top": int(exact_top), "points": int(points), "target": float(target)}
+        if source == "custom":
+            fields.update(clean_prompts=[clean], corrupted_prompts=[corrupted], answers=[answer], wrong_answers=[wrong])
+        else:
+            fields.update(n_prompts=int(n_prompts), seq_len=int(seq_len))
+        st.session_state["circuit.request"] = common.fields_key(fields)
+        common.close_run()
+
+if opened is not None and common.RUN_PARAM in st.query_params:
+    with common.guard():
+        common.show_opened_run(opened, key="circuit")
+    st.stop()
+
+fields = st.session_state.get("circuit.request")
+if fields is None:
+    st.info("Choose the prompts and press Find circuit.", icon=":material/info:")
+    st.stop()
+
+with common.guard():
+    config, result = common.compute(s.key, "circuit", fields, "Ranking, verifying and evaluating edges ...")
+    curve, scores = result.curve, result.scores
+    metric_label = METRICS[config.metric]
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("clean", f"{curve.clean_value:.3f}", help=f"{config.metric}: {metric_label}")
+    c2.metric("corrupted", f"{curve.corrupted_value:.3f}", help=f"{config.metric}: {metric_label}")
+    c3.metric("edges", f"{len(scores.graph)}", help="(node, input) pairs: head q / k / v, MLP and logit inputs")
+    c4.metric(f"smallest circuit >= {config.target:g}", "none" if result.smallest is None else
+              f"{result.smallest[0]} edges", help="on the ranking below; faithfulness "
+              + ("-" if result.smallest is None else f"{result.smallest[1]:.3f}"))
+    st.caption(f"{PROMPT_SETS[config.prompt_set]}; {common.plural(len(config.token_ids['clean']), 'prompt')} of "
+               f"{common.plural(len(config.token_ids['clean'][0]), 'token')}. Metric: {config.metric}, {metric_label}. "
+               "Faithfulness = (m(circuit) - m(corrupted)) / (m(clean) - m(corrupted)), edges outside the circuit "
+               "carrying the corrupted run's outputs.")
+    warning = no_signal_message(curve.clean_value, curve.corrupted_value, config.metric)
+    if warning:
+        st.warning(warning, icon=":material/warning:")
+    edges = result.edges_frame()
+    c1, c2 = st.columns([1, 2])
+    top = c1.number_input("edges drawn (top N)", 1, len(edges), min(30, len(edges)), key="p.circuit.top")
+    verified = bool(edges["exact"].notna().any())
+    score = c2.radio("Width and colour by", list(SCORES) if verified else ["score"], format_func=SCORES.get,
+                     horizontal=True, key="p.circuit.score")
+    fig = circuit_figure(edges, n_layer=model.cfg.n_layer, n_head=model.cfg.n_head, score=score, top=int(top))
+    event = st.plotly_chart(fig, width="stretch", key="circuit.graph", on_select="rerun", selection_mode="points")
+    picked = [p.get("customdata") for p in (event.selection.points if event else []) if p.get("customdata")]
+    for label in picked[:3]:
+        if "->" in label:
+            st.dataframe(edges[edges["edge"] == label], hide_index=True)
+        else:
+            touching = edges[(edges["upstream"] == label) | (edges["downstream"].str.split(".").str[0] == label)]
+            st.caption(f"{label}: {len(touching)} edges; largest |score| first")
+            common.table(touching.sort_values("abs_score", ascending=False).head(10))
+    st.plotly_chart(faithfulness_figure(curve.to_frame(), target=config.target), width="stretch",
+                    key="circuit.curve")
+    with st.expander("Edges: gradient estimate vs exact effect", expanded=True):
+        common.table(edges.sort_values("final_rank")[
+            ["edge", "score", "exact", "rank", "final_rank", "in_smallest", "upstream_layer", "downstream_layer",
+             "input"]].head(max(int(top), config.exact_top)))
+    common.save_run(s, "circuit", config, result, key="circuit", identity=fields)

@@ -1,0 +1,358 @@
+"""Circuit discovery (`workbench.methods.circuit`) against hand-written references: hooks that give one
+downstream input (one head's q, k or v, one MLP's input, the logits) its own residual stream, autograd
+on those, and a planted model whose answer flows through a known path."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import workbench
+from workbench.errors import InputError
+from workbench.hooks import act_name
+from workbench.methods import LogitDiff, NextTokenLogProb
+from workbench.methods.circuit import (
+    CircuitGraph, circuit_faithfulness, edge_attribution, edge_patching, faithfulness_curve,
+)
+
+
+# ---------------------------------------------------------------------- the hand-written reference
+def inputs_of(model):
+    """Every downstream input as (label, kind, layer, head), in forward order."""
+    H = model.cfg.n_head
+    out = []
+    for l in range(model.cfg.n_layer):
+        out += [(f"L{l}H{h}.{x}", x, l, h) for x in "qkv" for h in range(H)]
+        out.append((f"MLP{l}", "mlp", l, None))
+    return out + [("logits", "logits", None, None)]
+
+
+def hooked_logits(model, tokens, changes, *, embed=None):
+    """Logits of a forward in which downstream input `label` reads resid + changes[label]
+    ([batch pos d_model]), each through its own LayerNorm, by hooks on q / k / v, the MLP's pre-activation
+    and the final residual. `embed`: replaces the token embedding (hook_embed)."""
+    seen, hooks = {}, []
+    if embed is not None:
+        hooks.append((act_name("embed"), lambda x, hook: embed))
+
+    def keep(x, hook):
+        seen[hook.name] = x
+
+    def ln(block_ln, x):
+        return F.layer_norm(x, x.shape[-1:], block_ln.weight, block_ln.bias, block_ln.eps)
+
+    for l, block in enumerate(model.blocks):
+        hooks += [(act_name("resid_pre", l), keep), (act_name("resid_mid", l), keep)]
+        for i, kind in enumerate("qkv"):
+            W, b = (block.attn.W_Q, block.attn.W_K, block.attn.W_V)[i], (block.attn.b_Q, block.attn.b_K, block.attn.b_V)[i]
+
+            def qkv_hook(x, hook, l=l, kind=kind, W=W, b=b, block=block):
+                x = x.clone()
+                for h in range(model.cfg.n_head):
+                    change = changes.get(f"L{l}H{h}.{kind}")
+                    if change is not None:
+                        x[:, :, h] = ln(block.ln1, seen[act_name("resid_pre", l)] + change) @ W[h] + b[h]
+                return x
+
+            hooks.append((act_name(kind, l), qkv_hook))
+
+        def pre_hook(x, hook, l=l, block=block):
+            change = changes.get(f"MLP{l}")
+            if change is None:
+                return x
+            return ln(block.ln2, seen[act_name("resid_mid", l)] + change) @ block.mlp.W_in + block.mlp.b_in
+
+        hooks.append((act_name("pre", l), pre_hook))
+    if "logits" in changes:
+        hooks.append((act_name("resid_post", model.cfg.n_layer - 1), lambda x, hook: x + changes["logits"]))
+    return model.run_with_hooks(tokens, fwd_hooks=hooks)
+
+
+def node_outputs_by_hand(model, tokens):
+    """{node label: output [batch pos d_model]}: embed + pos_embed, each head's z W_O, each mlp_out."""
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+        out = {"input": cache["embed"] + cache["pos_embed"]}
+        for l, block in enumerate(model.blocks):
+            for h in range(model.cfg.n_head):
+                out[f"L{l}H{h}"] = cache["z", l][:, :, h] @ block.attn.W_O[h]
+            out[f"MLP{l}"] = cache["mlp_out", l]
+    return out
+
+
+def input_grads_by_hand(model, tokens, metric, *, embed=None):
+    """d metric / d (each downstream input's residual), by autograd on zero changes."""
+    eps = {label: torch.zeros(*tokens.shape, model.cfg.d_model, requires_grad=True) for label, *_ in inputs_of(model)}
+    value = metric(hooked_logits(model, tokens, eps, embed=embed))
+    grads = torch.autograd.grad(value, list(eps.values()))
+    return {label: g.detach() for label, g in zip(eps, grads)}
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A random 2-layer, 4-head GPT with weights large enough for edges to matter (effects ~0.1-1),
+    random biases and LayerNorm weights."""
+    torch.manual_seed(0)
+    model = workbench.GPT(workbench.GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64)).eval()
+    model.init_weights(std=0.15)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)
+            elif "ln" in name:
+                p.normal_(1, 0.2)
+    return model
+
+
+@pytest.fixture(scope="module")
+def pair():
+    g = torch.Generator().manual_seed(5)
+    clean = torch.randint(0, 50257, (3, 9), generator=g)
+    corrupted = clean.clone()
+    corrupted[:, 3] = torch.randint(0, 50257, (3,), generator=g)
+    corrupted[:, 6] = torch.randint(0, 50257, (3,), generator=g)
+    return clean, corrupted
+
+
+METRICS = {
+    "logit_diff": lambda clean: LogitDiff(torch.tensor([11, 500, 7]), torch.tensor([3, 3, 900])),
+    "next_token_logprob": lambda clean: NextTokenLogProb(clean, positions=(4, 6, 7)),
+}
+
+
+# ---------------------------------------------------------------------- the graph
+def test_graph_of_gpt2_small_shape():
+    graph = CircuitGraph(12, 12)
+    assert (len(graph.upstream), len(graph.downstream), len(graph)) == (157, 445, 32491)
+    df = graph.to_frame()
+    assert list(df.columns[:3]) == ["edge", "upstream", "downstream"]
+    # a head in block l reads the input and blocks < l; an MLP also its own block's heads
+    reads = df.groupby("downstream").upstream.apply(set)
+    assert reads["L0H3.k"] == {"input"}
+    assert reads["MLP0"] == {"input"} | {f"L0H{h}" for h in range(12)}
+    assert "MLP1" in reads["L2H0.v"] and "L2H0" not in reads["MLP1"] and len(reads["logits"]) == 157
+    ok = (df.upstream_layer < df.downstream_layer) | ((df.upstream_layer == df.downstream_layer) & (df.input == "mlp"))
+    assert ok.all()
+
+
+# ---------------------------------------------------------------------- (1) EAP and EAP-IG
+@pytest.mark.parametrize("metric_name", list(METRICS))
+def test_eap_equals_autograd_per_edge(model, pair, metric_name):
+    clean, corrupted = pair
+    metric = METRICS[metric_name](clean)
+    scores = edge_attribution(model, clean, corrupted, metric, method="eap")
+    clean_out, corrupted_out = node_outputs_by_hand(model, clean), node_outputs_by_hand(model, corrupted)
+    grads = input_grads_by_hand(model, clean, metric)
+    expected = torch.tensor([
+        float(((corrupted_out[e.split("->")[0]] - clean_out[e.split("->")[0]]) * grads[e.split("->")[1]]).sum())
+        for e in scores.graph.edges
+    ])
+    assert len(expected) == 110
+    torch.testing.assert_close(scores.scores, expected, atol=1e-4, rtol=0)
+    assert scores.scores.abs().max() > 1e-2  # not trivially zero
+    assert scores.clean_value == pytest.approx(float(metric(model(clean)).detach()), abs=1e-5)
+    assert scores.corrupted_value == pytest.approx(float(metric(model(corrupted)).detach()), abs=1e-5)
+
+
+def test_eap_per_prompt_scores_are_each_prompts_own(model, pair):
+    clean, corrupted = pair
+    answer, wrong = torch.tensor([11, 500, 7]), torch.tensor([3, 3, 900])
+    scores = edge_attribution(model, clean, corrupted, LogitDiff(answer, wrong))
+    for b in range(3):
+        one = edge_attribution(model, clean[b : b + 1], corrupted[b : b + 1], LogitDiff(int(answer[b]), int(wrong[b])))
+        torch.testing.assert_close(scores.per_prompt[b], one.scores, atol=1e-4, rtol=0)
+    torch.testing.assert_close(scores.per_prompt.mean(0), scores.scores)
+
+
+def test_eap_ig_equals_a_hand_loop_over_interpolation_points(model, pair):
+    clean, corrupted = pair
+    metric = METRICS["logit_diff"](clean)
+    steps = 3
+    scores = edge_attribution(model, clean, corrupted, metric, method="eap-ig", steps=steps)
+    clean_out, corrupted_out = node_outputs_by_hand(model, clean), node_outputs_by_hand(model, corrupted)
+    e_clean, e_corrupted = model.embed(clean), model.embed(corrupted)
+    mean_grads = {}
+    for k in range(1, steps + 1):
+        grads = input_grads_by_hand(model, clean, metric, embed=e_corrupted + k / steps * (e_clean - e_corrupted))
+        for label, g in grads.items():
+            mean_grads[label] = mean_grads.get(label, 0) + g / steps
+    expected = torch.tensor([
+        float(((corrupted_out[e.split("->")[0]] - clean_out[e.split("->")[0]]) * mean_grads[e.split("->")[1]]).sum())
+        for e in scores.graph.edges
+    ])
+    torch.testing.assert_close(scores.scores, expected, atol=1e-4, rtol=0)
+    eap = edge_attribution(model, clean, corrupted, metric, method="eap")
+    assert (scores.scores - eap.scores).abs().max() > 1e-3  # the interpolation changes the scores
+
+
+# ---------------------------------------------------------------------- (2) exact edge patching
+@pytest.mark.parametrize("metric_name", list(METRICS))
+def test_edge_patching_equals_a_hook_loop(model, pair, metric_name):
+    clean, corrupted = pair
+    metric = METRICS[metric_name](clean)
+    graph = CircuitGraph.of_model(model)
+    edges = graph.edges[::3] + ["MLP1->logits"]  # 38 of the 110: head q / k / v, MLP and logit inputs
+    result = edge_patching(model, clean, corrupted, metric, edges, progress=False)
+    clean_out, corrupted_out = node_outputs_by_hand(model, clean), node_outputs_by_hand(model, corrupted)
+    expected = []
+    with torch.no_grad():
+        for e in edges:
+            up, down = e.split("->")
+            expected.append(float(metric(hooked_logits(model, clean, {down: corrupted_out[up] - clean_out[up]}))))
+    torch.testing.assert_close(result.values, torch.tensor(expected), atol=1e-4, rtol=0)
+    assert set(result.to_frame().input) == {"q", "k", "v", "mlp", "logits"}
+    assert set(result.to_frame().downstream_layer) == {0, 1, 2}
+    assert result.effect.abs().max() > 1e-2
+    assert result.clean_value == pytest.approx(float(metric(model(clean)).detach()), abs=1e-5)
+
+
+def test_edge_patching_takes_a_subset_in_any_order(model, pair):
+    clean, corrupted = pair
+    metric = METRICS["logit_diff"](clean)
+    full = edge_patching(model, clean, corrupted, metric, progress=False)
+    picked = ["MLP1->logits", "input->L0H2.k", "L0H1->L1H3.v"]
+    some = edge_patching(model, clean, corrupted, metric, picked, progress=False)
+    index = [full.graph.edges.index(e) for e in picked]
+    torch.testing.assert_close(some.values, full.values[index])
+    assert some.to_frame().edge.tolist() == picked
+
+
+# ---------------------------------------------------------------------- (3) faithfulness
+def test_full_graph_is_one_and_empty_circuit_is_zero(model, pair):
+    clean, corrupted = pair
+    metric = METRICS["logit_diff"](clean)
+    graph = CircuitGraph.of_model(model)
+    full = circuit_faithfulness(model, clean, corrupted, metric, graph.edges)
+    empty = circuit_faithfulness(model, clean, corrupted, metric, [])
+    assert float(full.faithfulness[0]) == pytest.approx(1, abs=1e-4)
+    assert float(empty.faithfulness[0]) == pytest.approx(0, abs=1e-4)
+    assert full.clean_value == pytest.approx(float(metric(model(clean)).detach()), abs=1e-5)
+    assert empty.values[0] == pytest.approx(float(metric(model(corrupted)).detach()), abs=1e-4)
+
+
+def test_faithfulness_of_one_circuit_equals_hooks_reading_corrupted_outputs(model, pair):
+    # a circuit of all edges but those into the logits from two nodes: the logits read those two
+    # nodes' corrupted outputs, everything else runs clean (nothing upstream of the logits changed)
+    clean, corrupted = pair
+    metric = METRICS["logit_diff"](clean)
+    graph = CircuitGraph.of_model(model)
+    dropped = ["L1H2->logits", "MLP0->logits"]
+    result = circuit_faithfulness(model, clean, corrupted, metric, [e for e in graph.edges if e not in dropped])
+    clean_out, corrupted_out = node_outputs_by_hand(model, clean), node_outputs_by_hand(model, corrupted)
+    change = sum(corrupted_out[e.split("->")[0]] - clean_out[e.split("->")[0]] for e in dropped)
+    with torch.no_grad():
+        expected = float(metric(hooked_logits(model, clean, {"logits": change})))
+    assert float(result.values[0]) == pytest.approx(expected, abs=1e-4)
+
+
+def planted_model():
+    """2 layers, 4 heads: the answer X (over Y) is read from the token at position 1 through exactly one
+    path, input -> L0H1.v -> L0H1 -> L1H2.v -> L1H2 -> logits. Every other weight is 0 except the
+    embeddings, and two large constant position dimensions keep every LayerNorm's scale nearly fixed."""
+    cfg = workbench.GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=16)
+    model = workbench.GPT(cfg).eval()
+    A, B, X, Y = 10, 11, 20, 21
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for module in model.modules():
+            if isinstance(module, workbench.models.layernorm.LayerNorm):
+                module.weight.fill_(1)
+        model.embed.W_E[A, 0] = model.embed.W_E[B, 1] = 1.0  # the token the answer depends on
+        model.embed.W_E[X, 5] = model.embed.W_E[Y, 6] = 1.0  # the answer directions (tied unembedding)
+        model.pos_embed.W_pos[:, 62], model.pos_embed.W_pos[:, 63] = 10.0, -10.0
+        d = cfg.d_model
+        c_attn0, c_proj0 = model.blocks[0].attn.c_attn.weight, model.blocks[0].attn.c_proj.weight
+        # L0H1: v = x0 - x1 (A: +, B: -), written to residual dim 2
+        h, dh = 1, cfg.d_head
+        c_attn0[2 * d + h * dh, 0], c_attn0[2 * d + h * dh, 1] = 20.0, -20.0
+        c_proj0[2, h * dh] = 1.0
+        # L1H2: v = x2, written to X (+) and Y (-)
+        c_attn1, c_proj1 = model.blocks[1].attn.c_attn.weight, model.blocks[1].attn.c_proj.weight
+        h = 2
+        c_attn1[2 * d + h * dh, 2] = 20.0
+        c_proj1[5, h * dh], c_proj1[6, h * dh] = 5.0, -5.0
+    return model, (A, B, X, Y)
+
+
+PLANTED = ["input->L0H1.v", "L0H1->L1H2.v", "L1H2->logits"]
+
+
+def test_planted_path_is_needed_and_found_first():
+    model, (A, B, X, Y) = planted_model()
+    filler = 12
+    clean = torch.tensor([[50256, A, filler, filler, filler, filler]])
+    corrupted = torch.tensor([[50256, B, filler, filler, filler, filler]])
+    metric = LogitDiff(X, Y)
+    clean_value, corrupted_value = float(metric(model(clean)).detach()), float(metric(model(corrupted)).detach())
+    assert clean_value - corrupted_value > 1  # the model shows the behaviour
+    planted = circuit_faithfulness(model, clean, corrupted, metric, PLANTED)
+    assert float(planted.faithfulness[0]) > 0.95
+    for edge in PLANTED:
+        without = circuit_faithfulness(model, clean, corrupted, metric, [e for e in planted.graph.edges if e != edge])
+        assert float(without.faithfulness[0]) < 0.05, edge
+    for method in ("eap", "eap-ig"):
+        scores = edge_attribution(model, clean, corrupted, metric, method=method)
+        assert set(scores.top(3)) == set(PLANTED), method
+    curve = faithfulness_curve(model, clean, corrupted, metric, scores, sizes=[0, 1, 2, 3, len(scores.graph)],
+                               exact_top=10)
+    assert curve.faithfulness[3] > 0.95 and curve.faithfulness[:3].abs().max() < 0.05
+    assert curve.smallest(0.9) == 3
+    assert set(curve.ranking[:3].tolist()) == set(scores.graph.edge_index(PLANTED).tolist())
+
+
+def test_faithfulness_curve_on_a_log_grid(model, pair):
+    clean, corrupted = pair
+    metric = METRICS["logit_diff"](clean)
+    scores = edge_attribution(model, clean, corrupted, metric, method="eap-ig", steps=2)
+    curve = faithfulness_curve(model, clean, corrupted, metric, scores, points=6)
+    sizes = curve.n_edges.tolist()
+    assert sizes[0] == 1 and sizes[-1] == 110 and sizes == sorted(set(sizes))
+    assert float(curve.faithfulness[-1]) == pytest.approx(1, abs=1e-4)
+    # each point is that top-k circuit's own faithfulness
+    k = sizes[2]
+    one = circuit_faithfulness(model, clean, corrupted, metric, scores.top(k))
+    assert float(curve.values[2]) == pytest.approx(float(one.values[0]), abs=1e-5)
+    df = curve.to_frame()
+    assert list(df.columns) == ["n_edges", "value", "faithfulness", "metric"]
+
+
+# ---------------------------------------------------------------------- (4) bad input
+def test_bad_input(model, pair):
+    clean, corrupted = pair
+    metric = METRICS["logit_diff"](clean)
+    graph = CircuitGraph.of_model(model)
+    with pytest.raises(InputError, match="'L9H0' is not a node"):
+        graph.edge_index(["L9H0->logits"])
+    with pytest.raises(InputError, match="not a node input"):
+        edge_patching(model, clean, corrupted, metric, ["input->L0H0.x"])
+    with pytest.raises(InputError, match="does not read"):  # exists as names, not as an edge (a later block)
+        circuit_faithfulness(model, clean, corrupted, metric, ["L1H0->L0H2.q"])
+    with pytest.raises(InputError, match="UPSTREAM->DOWNSTREAM"):
+        circuit_faithfulness(model, clean, corrupted, metric, ["L0H0"])
+    with pytest.raises(InputError, match="index"):
+        circuit_faithfulness(model, clean, corrupted, metric, [len(graph)])
+    with pytest.raises(InputError, match="edge mask"):
+        circuit_faithfulness(model, clean, corrupted, metric, torch.ones(3, dtype=torch.bool))
+    with pytest.raises(InputError, match="steps must be a positive"):
+        edge_attribution(model, clean, corrupted, metric, method="eap-ig", steps=0)
+    with pytest.raises(InputError, match="method must be one of"):
+        edge_attribution(model, clean, corrupted, metric, method="acdc")
+    with pytest.raises(InputError, match="faithfulness is undefined"):
+        circuit_faithfulness(model, clean, clean, metric, [])
+    with pytest.raises(InputError, match="exact_top"):
+        faithfulness_curve(model, clean, corrupted, metric, graph.edges, exact_top=1000)
+    with pytest.raises(InputError, match="more than once"):
+        faithfulness_curve(model, clean, corrupted, metric, ["MLP0->logits", "MLP0->logits"])
+
+
+def test_eap_ig_in_chunks_of_steps_equals_one_batch(model, pair, monkeypatch):
+    # prompt sets too big for one forward run the interpolation steps a few at a time
+    from workbench.methods.circuit import attribution
+
+    clean, corrupted = pair
+    metric = METRICS["logit_diff"](clean)
+    whole = edge_attribution(model, clean, corrupted, metric, method="eap-ig", steps=3)
+    monkeypatch.setattr(attribution, "TOKEN_BUDGET", 1)  # one step per forward
+    chunked = edge_attribution(model, clean, corrupted, metric, method="eap-ig", steps=3)
+    torch.testing.assert_close(chunked.per_prompt, whole.per_prompt, atol=1e-5, rtol=0)
+    assert chunked.clean_value == pytest.approx(whole.clean_value, abs=1e-6)
