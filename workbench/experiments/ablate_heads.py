@@ -157,12 +157,14 @@ def script(config: AblateHeadsConfig) -> ScriptBody:
     return ScriptBody(
         heading=f"Ablation: {config.method}-ablate each head on its own and measure {config.metric}",
         imports=("from workbench.experiments.ablate_heads import HeadAblation, reference_tokens",
-                 "from workbench.experiments.prompt_sets import prompt_set_metric",
+                 "from workbench.experiments.prompt_sets import bootstrap, prompt_set_metric, sweep_options",
                  "from workbench.methods import ablation_sweep"),
         code="""ids = {role: torch.tensor(rows, device=model.device) for role, rows in config.token_ids.items()}
-metric = prompt_set_metric(config, ids)
+metric = prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size)
+# sweep_options: per_prompt (each prompt's value kept) and the prompts' group labels
 sweep = ablation_sweep(model, ids["clean"], metric, method=config.method, reference=reference_tokens(config, ids),
-                       seed=config.seed, max_batch=config.max_batch)
+                       seed=config.seed, max_batch=config.max_batch, **sweep_options(config))
+sweep.bootstrap = bootstrap(config)  # the intervals' resamples, seed and confidence
 corrupted = float(metric(model(ids["corrupted"])))  # without ablation: does the task separate at all?
 result = HeadAblation(sweep, sweep.baseline, corrupted)""",
     )

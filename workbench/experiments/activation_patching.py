@@ -116,12 +116,15 @@ def script(config: ActivationPatchingConfig) -> ScriptBody:
     """The exported script's library call (`workbench.experiments.exporting`)."""
     return ScriptBody(
         heading=f"Activation patching: {config.direction} each {config.target} cell and measure {config.metric}",
-        imports=("from workbench.experiments.prompt_sets import prompt_set_metric",
+        imports=("from workbench.experiments.prompt_sets import bootstrap, prompt_set_metric, sweep_options",
                  "from workbench.methods import activation_patching"),
         code="""ids = {role: torch.tensor(rows, device=model.device) for role, rows in config.token_ids.items()}
-metric = prompt_set_metric(config, ids)
+metric = prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size)
+# sweep_options: per_prompt (each prompt's value kept) and the prompts' group labels
 result = activation_patching(model, ids["clean"], ids["corrupted"], metric, target=config.target,
-                             direction=config.direction, layers=config.layers, max_batch=config.max_batch)""",
+                             direction=config.direction, layers=config.layers, max_batch=config.max_batch,
+                             **sweep_options(config))
+result.bootstrap = bootstrap(config)  # the intervals' resamples, seed and confidence""",
     )
 
 
