@@ -161,7 +161,6 @@ def script(config: AblateHeadsConfig) -> ScriptBody:
                  "from workbench.methods import ablation_sweep"),
         code="""ids = {role: torch.tensor(rows, device=model.device) for role, rows in config.token_ids.items()}
 metric = prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size)
-# sweep_options: per_prompt (each prompt's value kept) and the prompts' group labels
 sweep = ablation_sweep(model, ids["clean"], metric, method=config.method, reference=reference_tokens(config, ids),
                        seed=config.seed, max_batch=config.max_batch, **sweep_options(config))
 sweep.bootstrap = bootstrap(config)  # the intervals' resamples, seed and confidence

@@ -120,7 +120,6 @@ def script(config: ActivationPatchingConfig) -> ScriptBody:
                  "from workbench.methods import activation_patching"),
         code="""ids = {role: torch.tensor(rows, device=model.device) for role, rows in config.token_ids.items()}
 metric = prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size)
-# sweep_options: per_prompt (each prompt's value kept) and the prompts' group labels
 result = activation_patching(model, ids["clean"], ids["corrupted"], metric, target=config.target,
                              direction=config.direction, layers=config.layers, max_batch=config.max_batch,
                              **sweep_options(config))
