@@ -410,6 +410,9 @@ def _spread_bars(frame, *, title: str) -> go.Figure:
         hovertemplate="%{x}: %{y:.3f} logits<extra></extra>"))
     fig.update_layout(title=title, height=360, margin={"t": 60, "b": 10}, xaxis_title="component",
                       yaxis_title="logits")
+    return fig
+
+
 # ----------------------------------------------------------------------------- circuits
 POSITIVE, NEGATIVE = "#2166ac", "#b2182b"  # the ends of DIVERGING (RdBu): blue > 0, red < 0
 
