@@ -11,6 +11,7 @@ Defaults: mean ablation over the prompts themselves (the dashboard opens on the 
         --clean-prompts "When Mary and John went to the store, John gave a drink to" \
         --corrupted-prompts "When Mary and John went to the store, Mary gave a drink to" \
         --answers " Mary" --wrong-answers " John"
+    python experiments/ablate_heads.py --prompts pairs.csv --length-rule pad
     python experiments/ablate_heads.py --config runs/ablate_heads/<run>/config.json
 """
 

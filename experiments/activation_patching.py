@@ -4,7 +4,9 @@ reverse), and record the task's metric for every cell; any target of workbench.m
 tokens, corrupted: a different first copy; metric: log-prob of the correct next token on the
 second copy), ioi (metric: logit difference IO - S), custom; the default, auto, picks the task the
 model can do: ioi on GPT-2, induction on the bundled model. The summary warns when the clean run
-is not clearly better than the corrupted one (the model does not do the task).
+is not clearly better than the corrupted one (the model does not do the task). --prompts FILE
+reads prompt pairs from JSONL, CSV or Parquet (workbench.methods.datasets); every cell gets a
+bootstrap interval over the prompts (--no-per-prompt to skip).
 
     python experiments/activation_patching.py
     python experiments/activation_patching.py --prompt-set induction --seq-len 20
@@ -13,6 +15,8 @@ is not clearly better than the corrupted one (the model does not do the task).
         --clean-prompts "When Mary and John went to the store, John gave a drink to" \
         --corrupted-prompts "When Mary and John went to the store, Mary gave a drink to" \
         --answers " Mary" --wrong-answers " John"
+    python experiments/activation_patching.py --prompts pairs.jsonl --target head_out   # or .csv / .parquet
+    python experiments/activation_patching.py --prompt-set greater_than --model gpt2
     python experiments/activation_patching.py --config runs/activation_patching/<run>/config.json
 """
 

@@ -11,7 +11,7 @@ import torch
 from dashboard import common
 from workbench.experiments.ablate_heads import REFERENCES, AblateHeadsConfig, ranked_heads, reference_tokens
 from workbench.experiments.figures import ablation_figure
-from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS, default_prompt_set, prompt_set_metric
+from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS, default_prompt_set, interval_note, prompt_set_metric
 from workbench.methods import ablation
 
 METHODS = {"zero": "zero (output set to 0)", "mean": "mean (over the reference prompts, per position)",
@@ -26,16 +26,17 @@ def before_after(key: common.ModelKey, fields: str, heads: tuple) -> pd.DataFram
     with common.using_model(key) as model:
         config = common.experiment_config(key, "ablate_heads", fields, model)
         ids = {k: torch.tensor(v, device=model.device) for k, v in config.token_ids.items()}
-        metric = prompt_set_metric(config, ids)
+        metric = prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size)
         with torch.no_grad():
             before = model(ids["clean"])
         after = ablation.ablate(model, ids["clean"], ablation.Ablation(config.method, heads=heads), seed=config.seed,
                                 reference=reference_tokens(config, ids))
         rows = []
+        read = int(ids["read_pos"][0, 0]) if "read_pos" in ids else -1  # padded prompts: the first one's last token
         if "answers" in ids:
             for t in (int(ids["answers"][0, 0]), int(ids["wrong_answers"][0, 0])):
                 rows.append({"": f"logit of {model.to_str_tokens([t])[0]!r} (first prompt)",
-                             "before": float(before[0, -1, t]), "after": float(after[0, -1, t])})
+                             "before": float(before[0, read, t]), "after": float(after[0, read, t])})
         rows.append({"": f"{config.metric} (mean over prompts)", "before": float(metric(before)),
                      "after": float(metric(after))})
         return pd.DataFrame(rows)
@@ -56,7 +57,7 @@ with st.form("ablate.form"):
     source = st.radio("Prompts", list(PROMPT_SETS), format_func=PROMPT_SETS.get, horizontal=True,
                       key=common.state("p.ablate.source", preset), help=f"A preset per task; this model's is {preset}.")
     c1, c2, c3 = st.columns(3)
-    n_prompts = c1.number_input("prompts (induction, IOI)", 1, 256,
+    n_prompts = c1.number_input("prompts (induction, IOI, greater-than)", 1, 256,
                                 key=common.state("p.ablate.n_prompts", DEFAULTS.n_prompts))
     seq_len = c2.number_input("tokens per copy (induction)", 2, max(2, (model.cfg.block_size - 1) // 2),
                               key=common.state("p.ablate.seq_len", DEFAULTS.seq_len))
@@ -69,6 +70,7 @@ with st.form("ablate.form"):
     c1, c2 = st.columns(2)
     answer = c1.text_input("Answer token (custom)", key=common.state("p.ablate.answer", common.IOI_ANSWER))
     wrong = c2.text_input("Wrong token (custom)", key=common.state("p.ablate.wrong", common.IOI_WRONG))
+    upload, length_rule = common.prompt_file_inputs("ablate")
     c1, c2 = st.columns(2)
     method = c1.selectbox("Method", list(METHODS), format_func=METHODS.get,
                           key=common.state("p.ablate.method", DEFAULTS.method))
@@ -78,10 +80,14 @@ with st.form("ablate.form"):
         fields = {"prompt_set": source, "seed": int(seed), "method": method, "reference": reference}
         if source == "custom":
             fields.update(clean_prompts=[clean], corrupted_prompts=[corrupted], answers=[answer], wrong_answers=[wrong])
+        elif source == "file":
+            with common.guard():
+                fields.update(prompts=common.saved_upload(s, upload), length_rule=length_rule)
         else:
             fields.update(n_prompts=int(n_prompts), seq_len=int(seq_len))
-        st.session_state["ablate.request"] = common.fields_key(fields)
-        common.close_run()
+        if source != "file" or "prompts" in fields:
+            st.session_state["ablate.request"] = common.fields_key(fields)
+            common.close_run()
 
 if opened is not None and common.RUN_PARAM in st.query_params:
     with common.guard():
@@ -108,7 +114,12 @@ with common.guard():
     if run.no_signal:
         st.warning(run.no_signal, icon=":material/warning:")
     heads = ranked_heads(result)
-    st.plotly_chart(ablation_figure(heads), width="stretch", key="ablate.chart")
+    grey = False
+    if result.per_prompt is not None:
+        grey = st.toggle("Grey out heads whose interval includes 0", key=common.state("p.ablate.grey", False),
+                         help=common.GREY_HELP)
+        st.caption(interval_note(config, result.per_prompt.shape[-1]) + " (in each cell's hover).")
+    st.plotly_chart(ablation_figure(heads, grey=grey), width="stretch", key="ablate.chart")
     with st.expander("Every head, largest effect first", expanded=True):
         common.table(heads)
     common.save_run(s, "ablate_heads", config, run, key="ablation", identity=fields)

@@ -285,6 +285,41 @@ def remember_selection(key: str, event) -> None:
     st.session_state[f"{key}.seen"] = selected_labels(event)
 
 
+# ----------------------------------------------------------------------------- prompt files
+LENGTH_RULES = {"error": "one length only (else an error naming the row)",
+                "pad": "pad (each prompt read at its own last token)"}
+GREY_HELP = ("Cover the cells whose effect's bootstrap interval over the prompts includes 0: the prompts do not "
+             "tell whether patching or ablating there raises or lowers the metric.")
+
+
+def prompt_file_inputs(page: str):
+    """The prompt-file widgets of a page's form: an upload (JSONL, CSV or Parquet) and the length rule."""
+    c1, c2 = st.columns([2, 1])
+    upload = c1.file_uploader("Prompt file (file)", type=["jsonl", "csv", "parquet"], key=f"{page}.upload",
+                              help="One prompt pair per row: clean (or clean_ids), corrupted (or corrupted_ids), "
+                                   "answer (or answer_id), wrong (or wrong_id), optional group or template "
+                                   "(workbench.methods.datasets).")
+    rule = c2.selectbox("Prompts of different lengths", list(LENGTH_RULES), format_func=LENGTH_RULES.get,
+                        key=state(f"p.{page}.length_rule", "error"))
+    return upload, rule
+
+
+def saved_upload(s: Session, upload) -> str:
+    """An uploaded prompt file, saved under the runs folder by its content hash (the run's config
+    records this path; replay needs no file, the record holds the token ids)."""
+    import hashlib
+
+    if upload is None:
+        raise InputError("Choose a prompt file (JSONL, CSV or Parquet) to upload, or another prompt set.")
+    data = upload.getvalue()
+    folder = s.runs_root / "_prompts"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (hashlib.sha256(data).hexdigest()[:16] + Path(upload.name).suffix.lower())
+    if not path.exists():
+        path.write_bytes(data)
+    return str(path.resolve())
+
+
 # ----------------------------------------------------------------------------- experiments
 def fields_key(fields: dict) -> str:
     """A page's experiment fields as a hashable, canonical cache key."""

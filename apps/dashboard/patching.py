@@ -8,7 +8,15 @@ import torch
 from dashboard import common
 from workbench.experiments.activation_patching import ActivationPatchingConfig
 from workbench.experiments.figures import PATCHING_SHOW, beyond_note, patching_figure
-from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS, default_prompt_set, prompt_set_metric
+from workbench.experiments.prompt_sets import (
+    METRICS,
+    PROMPT_SETS,
+    bootstrap,
+    default_prompt_set,
+    interval_note,
+    prompt_set_metric,
+    sweep_options,
+)
 from workbench.methods import attribution, patching
 from workbench.methods.metrics import no_signal_message
 
@@ -22,9 +30,12 @@ def attribution_preview(key: common.ModelKey, fields: str):
     with common.using_model(key) as model:
         config = common.experiment_config(key, "activation_patching", fields, model)
         ids = {k: torch.tensor(v, device=model.device) for k, v in config.token_ids.items()}
-        return config, attribution.attribution_patching(model, ids["clean"], ids["corrupted"],
-                                                        prompt_set_metric(config, ids), target=config.target,
-                                                        direction=config.direction)
+        result = attribution.attribution_patching(model, ids["clean"], ids["corrupted"],
+                                                  prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size),
+                                                  target=config.target, direction=config.direction,
+                                                  **sweep_options(config))
+        result.bootstrap = bootstrap(config)
+        return config, result
 
 
 s = common.session()
@@ -43,9 +54,10 @@ with st.form("patch.form"):
                       key=common.state("p.patch.source", preset),
                       help=f"A preset per task; this model's is {preset}. Induction: [BOS] + r + r for random "
                            "tokens r, corrupted [BOS] + r' + r. IOI: Wang et al.'s templates, corrupted with three "
-                           "other names. Custom: the pair typed below.")
+                           "other names. Greater-than: Hanna et al.'s year prompts (GPT-2). Custom: the pair typed "
+                           "below. File: the prompt file uploaded below.")
     c1, c2, c3 = st.columns(3)
-    n_prompts = c1.number_input("prompts (induction, IOI)", 1, 256, key=common.state("p.patch.n_prompts",
+    n_prompts = c1.number_input("prompts (induction, IOI, greater-than)", 1, 256, key=common.state("p.patch.n_prompts",
                                                                                     DEFAULTS.n_prompts))
     seq_len = c2.number_input("tokens per copy (induction)", 2, max(2, (model.cfg.block_size - 1) // 2),
                               key=common.state("p.patch.seq_len", DEFAULTS.seq_len))
@@ -58,6 +70,7 @@ with st.form("patch.form"):
     answer = c1.text_input("Answer token (custom)", key=common.state("p.patch.answer", common.IOI_ANSWER),
                            help="The clean prompt's correct next token, one token (mind the leading space).")
     wrong = c2.text_input("Wrong token (custom)", key=common.state("p.patch.wrong", common.IOI_WRONG))
+    upload, length_rule = common.prompt_file_inputs("patch")
     c1, c2, c3 = st.columns(3)
     target = c1.selectbox("Target", patching.TARGETS, key=common.state("p.patch.target", DEFAULTS.target),
                           help="What is patched: the residual stream, a layer's attention or MLP output at one "
@@ -73,10 +86,14 @@ with st.form("patch.form"):
         fields = {"prompt_set": source, "seed": int(seed), "target": target, "direction": direction}
         if source == "custom":
             fields.update(clean_prompts=[clean], corrupted_prompts=[corrupted], answers=[answer], wrong_answers=[wrong])
+        elif source == "file":
+            with common.guard():
+                fields.update(prompts=common.saved_upload(s, upload), length_rule=length_rule)
         else:
             fields.update(n_prompts=int(n_prompts), seq_len=int(seq_len))
-        st.session_state["patch.request"] = (common.fields_key(fields), method)
-        common.close_run()
+        if source != "file" or "prompts" in fields:
+            st.session_state["patch.request"] = (common.fields_key(fields), method)
+            common.close_run()
 
 if opened is not None and common.RUN_PARAM in st.query_params:
     with common.guard():
@@ -108,6 +125,11 @@ with common.guard():
     show = c1.radio("Show", list(PATCHING_SHOW), format_func=PATCHING_SHOW.get, horizontal=True,
                     key=common.state("p.patch.show", "normalized"))
     frame = result.to_frame()
+    grey = False
+    if result.per_prompt is not None:
+        grey = st.toggle("Grey out cells whose interval includes 0", key=common.state("p.patch.grey", False),
+                         help=common.GREY_HELP)
+        st.caption(interval_note(config, result.per_prompt.shape[-1]) + " (in each cell's hover).")
     if show == "normalized" and frame["normalized"].isna().all():
         st.warning("Cannot normalise: the clean and corrupted metric are equal, so the prompts do not separate "
                    "the behaviour; showing the raw metric.", icon=":material/warning:")
@@ -115,7 +137,7 @@ with common.guard():
     head = None
     if len(result.dims) == 3:
         head = c2.selectbox("head", range(result.values.shape[2]), key=common.state("p.patch.head", 0))
-    fig = patching_figure(frame, show=show, head=head)
+    fig = patching_figure(frame, show=show, head=head, grey=grey)
     if show == "normalized":
         shown = frame if head is None else frame[frame["head"] == head]
         note = beyond_note(shown[["normalized"]].to_numpy().T, -1.0, 1.0)

@@ -15,10 +15,13 @@ from workbench.experiments.core import Experiment, ExperimentConfig, ScriptBody,
 from workbench.experiments.figures import ablation_figure
 from workbench.experiments.prompt_sets import (
     PromptSetOptions,
+    bootstrap,
+    interval_note,
     prompt_set_metric,
     prompt_set_tokens,
     prompts_frame,
     resolve_prompt_set,
+    sweep_options,
 )
 from workbench.methods.ablation import METHODS, AblationResult, ablation_sweep
 from workbench.methods.metrics import no_signal_message
@@ -33,6 +36,7 @@ REFERENCES = {"prompts": "the prompts themselves", "corrupted": "the corrupted p
 
 @dataclass
 class AblateHeadsConfig(PromptSetOptions, ExperimentConfig):
+    keeps_per_prompt = True  # per-prompt values and bootstrap intervals (PromptSetOptions)
     method: Literal[METHODS] = field(default=DEFAULT_METHOD, metadata={  # type: ignore[valid-type]
         "help": "zero: the head's output set to 0; mean: to its mean over the reference batch, position by "
                 "position; resample: to its value on a random reference prompt (seeded)"})
@@ -98,10 +102,14 @@ def compute(config: AblateHeadsConfig, model, *, progress=False, rows: slice | N
                              "be split into shards: run it in one process (without torchrun)")
         reference = every["clean"] if reference is None else reference  # the whole set's mean, not the shard's
     ids = {k: v[rows or slice(None)] for k, v in every.items()}
-    metric = prompt_set_metric(config, ids)
+    options = sweep_options(config)
+    if rows is not None and options.get("groups") is not None:
+        options["groups"] = options["groups"][rows]
+    metric = prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size)
     result = ablation_sweep(model, ids["clean"], metric, method=config.method, reference=reference,
                             seed=config.seed, max_batch=config.max_batch, progress=progress,
-                            memory=config.memory)
+                            memory=config.memory, **options)
+    result.bootstrap = bootstrap(config)
     with torch.no_grad():
         corrupted = float(metric(model(ids["corrupted"])))
     return HeadAblation(result, result.baseline, corrupted)
@@ -112,12 +120,21 @@ def record(config: AblateHeadsConfig, model, run_result: HeadAblation) -> RunRes
     |effect| first."""
     result = run_result.result
     heads = ranked_heads(result)
+    tensors = {"values": result.values, "baseline": torch.tensor(result.baseline),
+               "clean_corrupted": torch.tensor([run_result.clean_value, run_result.corrupted_value])}
+    tables = {"heads": heads, "prompts": prompts_frame(config.token_ids, model, config.prompt_groups)}
+    if result.per_prompt is not None:
+        tensors["per_prompt"], tensors["prompt_baseline"] = result.per_prompt, result.prompt_baseline
+        if result.groups is not None:
+            tables["heads_by_group"] = result.to_frame(by_group=True)
+    lines = summary(run_result, heads, config.top_k)
+    if result.per_prompt is not None:
+        lines += "\n" + interval_note(config, result.per_prompt.shape[-1])
     return RunResults(
-        tensors={"values": result.values, "baseline": torch.tensor(result.baseline),
-                 "clean_corrupted": torch.tensor([run_result.clean_value, run_result.corrupted_value])},
-        tables={"heads": heads, "prompts": prompts_frame(config.token_ids, model)},
+        tensors=tensors,
+        tables=tables,
         figures={"ablation": ablation_figure(heads)},
-        summary=summary(run_result, heads, config.top_k),
+        summary=lines,
     )
 
 
@@ -142,9 +159,11 @@ def summary(run_result: HeadAblation, heads: pd.DataFrame, top_k: int) -> str:
     if run_result.no_signal:
         lines.append(f"WARNING: {run_result.no_signal}")
     lines.append(f"{result.method}-ablating each head:")
+    ci = "effect_ci_low" in heads
     for _, r in heads.head(top_k).iterrows():
         lines.append(f"  {int(r['rank']):>3}. L{int(r['layer'])}H{int(r['head'])}: {r['value']:.3f} "
-                     f"(effect {r['effect']:+.3f})")
+                     f"(effect {r['effect']:+.3f}"
+                     + (f", interval [{r['effect_ci_low']:+.3f}, {r['effect_ci_high']:+.3f}])" if ci else ")"))
     if result.memory_plan is not None:
         lines.append(result.memory_plan.format())
     return "\n".join(lines)
@@ -159,12 +178,13 @@ def script(config: AblateHeadsConfig) -> ScriptBody:
     return ScriptBody(
         heading=f"Ablation: {config.method}-ablate each head on its own and measure {config.metric}",
         imports=("from workbench.experiments.ablate_heads import HeadAblation, reference_tokens",
-                 "from workbench.experiments.prompt_sets import prompt_set_metric",
+                 "from workbench.experiments.prompt_sets import bootstrap, prompt_set_metric, sweep_options",
                  "from workbench.methods import ablation_sweep"),
         code="""ids = {role: torch.tensor(rows, device=model.device) for role, rows in config.token_ids.items()}
-metric = prompt_set_metric(config, ids)
+metric = prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size)
 sweep = ablation_sweep(model, ids["clean"], metric, method=config.method, reference=reference_tokens(config, ids),
-                       seed=config.seed, max_batch=config.max_batch)
+                       seed=config.seed, max_batch=config.max_batch, **sweep_options(config))
+sweep.bootstrap = bootstrap(config)  # the intervals' resamples, seed and confidence
 corrupted = float(metric(model(ids["corrupted"])))  # without ablation: does the task separate at all?
 result = HeadAblation(sweep, sweep.baseline, corrupted)""",
     )

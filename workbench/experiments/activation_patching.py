@@ -13,10 +13,13 @@ from workbench.experiments.core import Experiment, ExperimentConfig, ScriptBody,
 from workbench.experiments.figures import patching_figure
 from workbench.experiments.prompt_sets import (
     PromptSetOptions,
+    bootstrap,
+    interval_note,
     prompt_set_metric,
     prompt_set_tokens,
     prompts_frame,
     resolve_prompt_set,
+    sweep_options,
 )
 from workbench.methods.metrics import no_signal_message
 from workbench.methods.patching import DIRECTIONS, TARGETS, PatchingResult, activation_patching
@@ -29,6 +32,7 @@ Direction = Literal[DIRECTIONS]  # type: ignore[valid-type]
 
 @dataclass
 class ActivationPatchingConfig(PromptSetOptions, ExperimentConfig):
+    keeps_per_prompt = True  # per-prompt values and bootstrap intervals (PromptSetOptions)
     target: Target = field(default="resid_pre", metadata={"help": "what to patch"})
     direction: Direction = field(default="denoise", metadata={
         "help": "denoise: clean activations into the corrupted run; noise: the reverse"})
@@ -57,21 +61,36 @@ def compute(config: ActivationPatchingConfig, model, *, progress=False, rows: sl
     """The PatchingResult of a resolved config with its token ids (see `core.with_tokens`); with
     `rows`, of those prompts only (a shard: `workbench.experiments.distributed`)."""
     ids = {k: torch.tensor(v[rows or slice(None)], device=model.device) for k, v in config.token_ids.items()}
-    metric = prompt_set_metric(config, ids)
-    return activation_patching(model, ids["clean"], ids["corrupted"], metric, target=config.target,
-                               direction=config.direction, layers=config.layers, max_batch=config.max_batch,
-                               progress=progress, memory=config.memory)
+    options = sweep_options(config)
+    if rows is not None and options.get("groups") is not None:
+        options["groups"] = options["groups"][rows]
+    metric = prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size)
+    result = activation_patching(model, ids["clean"], ids["corrupted"], metric, target=config.target,
+                                 direction=config.direction, layers=config.layers, max_batch=config.max_batch,
+                                 progress=progress, memory=config.memory, **options)
+    result.bootstrap = bootstrap(config)
+    return result
 
 
 def record(config: ActivationPatchingConfig, model, result: PatchingResult) -> RunResults:
-    """values: the metric with each cell patched, axes per target ([layer pos] or [layer head] ...)."""
+    """values: the metric with each cell patched, axes per target ([layer pos] or [layer head] ...);
+    with per-prompt values also per_prompt [... prompt], the unpatched runs' per-prompt values
+    (prompt_clean_corrupted [2 prompt]), interval columns in the patching table and, with group
+    labels, a patching_by_group table."""
     frame = result.to_frame()
     scale = torch.tensor([result.clean_value, result.corrupted_value])
+    tensors = {"values": result.values, "clean_corrupted": scale}
+    tables = {"patching": frame, "prompts": prompts_frame(config.token_ids, model, config.prompt_groups)}
+    if result.per_prompt is not None:
+        tensors["per_prompt"] = result.per_prompt
+        tensors["prompt_clean_corrupted"] = torch.stack([result.prompt_clean, result.prompt_corrupted])
+        if result.groups is not None:
+            tables["patching_by_group"] = result.to_frame(by_group=True)
     return RunResults(
-        tensors={"values": result.values, "clean_corrupted": scale},
-        tables={"patching": frame, "prompts": prompts_frame(config.token_ids, model)},
+        tensors=tensors,
+        tables=tables,
         figures={"patching": patching_figure(frame)},
-        summary=summary(result, frame),
+        summary=summary(result, frame, config),
     )
 
 
@@ -79,11 +98,13 @@ def run(config: ActivationPatchingConfig, model) -> RunResults:
     return record(config, model, compute(config, model))
 
 
-def summary(result: PatchingResult, frame) -> str:
+def summary(result: PatchingResult, frame, config: ActivationPatchingConfig | None = None) -> str:
     axes = [d for d in result.dims if d in frame]
     top = frame.reindex(frame["effect"].abs().sort_values(ascending=False).index).head(5)
+    ci = "effect_ci_low" in frame
     cells = ", ".join(
         " ".join(f"{a}={int(r[a])}" for a in axes) + (f" {r['token']!r}" if "token" in r else "") + f": {r['effect']:+.3f}"
+        + (f" [{r['effect_ci_low']:+.3f}, {r['effect_ci_high']:+.3f}]" if ci else "")
         for _, r in top.iterrows()
     )
     lines = [f"{result.metric}: clean {result.clean_value:.3f}, corrupted {result.corrupted_value:.3f} "
@@ -94,6 +115,8 @@ def summary(result: PatchingResult, frame) -> str:
     lines.append(f"largest effects: {cells}")
     if result.memory_plan is not None:
         lines.append(result.memory_plan.format())
+    if ci and config is not None:
+        lines.append(interval_note(config, int(frame["n"].iloc[0])))
     return "\n".join(lines)
 
 
@@ -105,12 +128,14 @@ def script(config: ActivationPatchingConfig) -> ScriptBody:
     """The exported script's library call (`workbench.experiments.exporting`)."""
     return ScriptBody(
         heading=f"Activation patching: {config.direction} each {config.target} cell and measure {config.metric}",
-        imports=("from workbench.experiments.prompt_sets import prompt_set_metric",
+        imports=("from workbench.experiments.prompt_sets import bootstrap, prompt_set_metric, sweep_options",
                  "from workbench.methods import activation_patching"),
         code="""ids = {role: torch.tensor(rows, device=model.device) for role, rows in config.token_ids.items()}
-metric = prompt_set_metric(config, ids)
+metric = prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size)
 result = activation_patching(model, ids["clean"], ids["corrupted"], metric, target=config.target,
-                             direction=config.direction, layers=config.layers, max_batch=config.max_batch)""",
+                             direction=config.direction, layers=config.layers, max_batch=config.max_batch,
+                             **sweep_options(config))
+result.bootstrap = bootstrap(config)  # the intervals' resamples, seed and confidence""",
     )
 
 

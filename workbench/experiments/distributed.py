@@ -93,17 +93,24 @@ def shard_rows(n: int, rank: int, size: int) -> slice:
     return slice(start, start + base + (rank < extra))
 
 
+# Result fields with one entry per prompt on their last axis (`PatchingResult`, `AblationResult`):
+# the shards' are joined in row order, not averaged.
+PER_PROMPT_FIELDS = ("per_prompt", "prompt_baseline", "prompt_clean", "prompt_corrupted", "groups")
+
+
 def combine(parts: list[tuple[Any, int]]) -> Any:
     """The result of the whole prompt set from (result, n_prompts) of its shards, in row order:
     float tensors and numbers are the n-weighted mean (every sweep metric is a mean over prompts),
-    nested dataclasses are combined field by field, everything else is the first shard's."""
+    nested dataclasses are combined field by field (their `PER_PROMPT_FIELDS` joined along the
+    prompt axis), everything else is the first shard's."""
     if len(parts) == 1:
         return parts[0][0]
     first = parts[0][0]
     weights = [n for _, n in parts]
     total = sum(weights)
     if dataclasses.is_dataclass(first) and not isinstance(first, type):
-        fields = {f.name: combine([(getattr(p, f.name), n) for p, n in parts])
+        fields = {f.name: (_join([getattr(p, f.name) for p, _ in parts]) if f.name in PER_PROMPT_FIELDS
+                           else combine([(getattr(p, f.name), n) for p, n in parts]))
                   for f in dataclasses.fields(first) if f.init}
         return dataclasses.replace(first, **fields)
     if isinstance(first, Tensor) and first.is_floating_point():
@@ -112,6 +119,16 @@ def combine(parts: list[tuple[Any, int]]) -> Any:
     if isinstance(first, float):
         return sum(float(p) * n for p, n in parts) / total
     return first
+
+
+def _join(values: list) -> Any:
+    """Per-prompt values of the shards, in row order: tensors along their last (prompt) axis, lists
+    end to end; None stays None."""
+    if values[0] is None:
+        return None
+    if isinstance(values[0], Tensor):
+        return torch.cat(values, dim=-1)
+    return [v for part in values for v in part]
 
 
 def run_shard(experiment, config, model, rows: slice, *, prompt_batch: int | None = None,

@@ -165,17 +165,52 @@ def pattern_figure(pattern, str_tokens: Sequence[str], *, title: str) -> go.Figu
                    zmin=0.0, zmax=1.0)
 
 
+# ----------------------------------------------------------------------------- intervals over prompts
+# The interval columns of a sweep's table (per-prompt results, `methods.statistics`) for each shown column.
+INTERVAL_OF = {"value": ("ci_low", "ci_high"), "effect": ("effect_ci_low", "effect_ci_high"),
+               "normalized": ("normalized_ci_low", "normalized_ci_high")}
+GREY = "#cfcfcf"
+
+
+def interval_hover(frame, show: str, index: str, columns: str) -> list[list[str]] | None:
+    """Hover text per cell of a [index x columns] grid: the shown column's interval over prompts and n
+    (None when the table has no intervals)."""
+    low, high = INTERVAL_OF.get(show, (None, None))
+    if low not in frame:
+        return None
+    grids = [frame.pivot(index=index, columns=columns, values=c).to_numpy() for c in (low, high, "n")]
+    return [[f"interval [{fmt(lo)}, {fmt(hi)}] over {int(n)} prompts (bootstrap)" for lo, hi, n in zip(*rows)]
+            for rows in zip(*grids)]
+
+
+def grey_uncertain(fig: go.Figure, frame, index: str, columns: str) -> int:
+    """Cover the cells whose effect interval includes 0 (the prompts do not tell the effect's sign)
+    with grey, keeping their hover text; returns how many cells it covered."""
+    if "effect_ci_low" not in frame:
+        return 0
+    low = frame.pivot(index=index, columns=columns, values="effect_ci_low").to_numpy()
+    high = frame.pivot(index=index, columns=columns, values="effect_ci_high").to_numpy()
+    uncertain = (low <= 0) & (high >= 0)
+    base = fig.data[0]
+    z = [[1.0 if u else None for u in row] for row in uncertain.tolist()]
+    fig.add_trace(go.Heatmap(z=z, x=base.x, y=base.y, customdata=base.customdata, hovertemplate=base.hovertemplate,
+                             colorscale=[[0, GREY], [1, GREY]], showscale=False, xgap=base.xgap, ygap=base.ygap))
+    return int(uncertain.sum())
+
+
 # ----------------------------------------------------------------------------- patching
 PATCHING_SHOW = {"normalized": "normalised (0 = corrupted, 1 = clean)", "value": "metric",
                  "effect": "change from the unpatched run"}
 
 
-def patching_figure(frame, *, show: str = "normalized", head: int | None = None, title: str | None = None):
+def patching_figure(frame, *, show: str = "normalized", head: int | None = None, title: str | None = None,
+                    grey: bool = False):
     """A patching result's table (`PatchingResult.to_frame()`, recorded or fresh) as a [layer x pos]
     or [layer x head] heatmap of `show` ("normalized", "value" or "effect"); [layer pos head]
     results show one `head` (default 0). Normalised values sit on a fixed -1..1 scale, widened
     (and said so in the title) when cells lie beyond it. Falls back to the raw value when the
-    record has no normalisation (clean and corrupted equal)."""
+    record has no normalisation (clean and corrupted equal). With per-prompt intervals the hover
+    shows them, and `grey` covers the cells whose effect interval includes 0."""
     if show == "normalized" and frame["normalized"].isna().all():
         show = "value"
     three_d = "pos" in frame and "head" in frame
@@ -199,7 +234,10 @@ def patching_figure(frame, *, show: str = "normalized", head: int | None = None,
     note = beyond_note(grid.to_numpy(), -1.0, 1.0) if normalized else None
     fig = heatmap(grid.to_numpy(), x=x, y=[str(l) for l in grid.index], x_title=x_dim, y_title="layer",
                   title=title + (" — scale widened beyond ±1" if note else ""), colorbar=label.split(" (")[0],
-                  diverging=True, zmin=-1.0 if normalized else None, zmax=1.0 if normalized else None)
+                  diverging=True, zmin=-1.0 if normalized else None, zmax=1.0 if normalized else None,
+                  hover=interval_hover(frame, show, "layer", x_dim))
+    if grey:
+        grey_uncertain(fig, frame, "layer", x_dim)
     return fig
 
 
@@ -268,15 +306,19 @@ def receiver_grid_figure(*, n_layer: int, n_head: int, receivers: Sequence[str],
 
 
 # ----------------------------------------------------------------------------- ablation
-def ablation_figure(frame, *, title: str | None = None) -> go.Figure:
+def ablation_figure(frame, *, title: str | None = None, grey: bool = False) -> go.Figure:
     """An ablation table (one row per head: layer, head, effect; recorded or fresh) as a
-    [layer x head] heatmap of the effect, each cell labelled with its value."""
+    [layer x head] heatmap of the effect, each cell labelled with its value. With per-prompt
+    intervals the hover shows them, and `grey` covers the heads whose effect interval includes 0."""
     grid = frame.pivot(index="layer", columns="head", values="effect")
     method = frame["method"].iloc[0] if "method" in frame else ""
     metric = frame["metric"].iloc[0] if "metric" in frame else "the metric"
     fig = heatmap(grid.to_numpy(), x=[str(h) for h in grid.columns], y=[str(l) for l in grid.index],
                   x_title="head", y_title="layer", diverging=True, colorbar="effect",
-                  title=title or f"{method}-ablating each head: change in {metric}")
+                  title=title or f"{method}-ablating each head: change in {metric}",
+                  hover=interval_hover(frame, "effect", "layer", "head"))
+    if grey:
+        grey_uncertain(fig, frame, "layer", "head")
     cell_text(fig, [[f"{v:+.2f}" for v in row] for row in grid.to_numpy().tolist()], size=9)
     return fig
 

@@ -197,7 +197,11 @@ def replay(
     record = load_run(run_dir)
     try:
         experiment = get_experiment(record.experiment)
-        config = config_from_dict(experiment.config, record.config, source=f"{record.path / 'config.json'}")
+        data = dict(record.config)
+        for f in dataclasses.fields(experiment.config):  # options added since: what the record ran with
+            if f.name not in data and "before_field" in f.metadata:
+                data[f.name] = f.metadata["before_field"]
+        config = config_from_dict(experiment.config, data, source=f"{record.path / 'config.json'}")
     except InputError as e:
         raise RecordError(str(e)) from None
     recorded = record.results()  # read (and so checked) before the experiment runs

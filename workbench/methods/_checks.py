@@ -48,3 +48,21 @@ def check_sweep_options(max_batch: Any, progress: Any) -> None:
             f"progress must be True (a console bar), False (none) or a callable progress(done, total), "
             f"got {shown(progress)}"
         )
+
+
+def check_per_prompt(metric: Any, per_prompt: Any, groups: Any, batch: int) -> list[str] | None:
+    """`per_prompt` a bool, and when True a metric with per-prompt values (not a plain callable);
+    `groups` None or one label per prompt (and only with per_prompt). Returns the labels as strings."""
+    from workbench.methods.metrics import no_per_prompt_message
+
+    if not isinstance(per_prompt, bool):
+        raise InputError(f"per_prompt must be True or False, got {shown(per_prompt)}")
+    if per_prompt and not metric.has_per_prompt:
+        raise InputError(no_per_prompt_message(metric.name))
+    if groups is None:
+        return None
+    if not per_prompt:
+        raise InputError("groups label prompts for per-group results: pass per_prompt=True with them")
+    if isinstance(groups, (str, bytes)) or not hasattr(groups, "__len__") or len(groups) != batch:
+        raise InputError(f"groups must be one label per prompt ({batch}), got {shown(groups)}")
+    return [str(g) for g in groups]

@@ -178,8 +178,11 @@ def run_cells(
     progress: bool | Callable[[int, int], None] = True,
     desc: str = "cells",
     plan: MemoryPlan | None = None,
+    per_prompt: bool = False,
 ) -> list[tuple[int, int]]:
-    """Write metric(patched run) for every cell of `groups` into `out[cell.index]`.
+    """Write metric(patched run) for every cell of `groups` into `out[cell.index]`; with
+    `per_prompt`, `out` has a trailing prompt axis and gets each prompt's value
+    (`metric.per_prompt`, of which the metric is the mean), the same forwards either way.
 
     `max_batch` caps the rows (cells x prompts) of one forward; tokens per forward are capped
     at `TOKEN_BUDGET` either way, and a chunk's estimated bytes at `plan.chunk` (`planning.py`).
@@ -187,7 +190,8 @@ def run_cells(
     for a console bar, False for none, or a callback `progress(cells_done, cells_total)` (the
     dashboard's bar) called after each forward. Returns each chunk's (tokens, rows)."""
     batch, n_pos = base.tokens.shape
-    baseline = float(metric.evaluate(base.read_logits))
+    evaluate = metric.per_prompt if per_prompt else metric.evaluate
+    baseline = evaluate(base.read_logits).float().cpu()
     if base.read_logits.shape[1] == n_pos:  # all logits of the base run: a callable's reads can be found
         metric = find_reads(metric, [base.read_logits, *base.other_logits])
     read = metric.read_positions(n_pos)
@@ -226,8 +230,8 @@ def run_cells(
         report(done, total)
     with torch.no_grad():
         for chunk in tqdm(chunks, desc=desc, disable=progress is not True, leave=False):
-            for order, values in _run_fitting(model, base, chunk, metric, read, stop):
-                for c, v in zip(order, values.tolist()):
+            for order, values in _run_fitting(model, base, chunk, metric, read, stop, per_prompt):
+                for c, v in zip(order, values.cpu()):
                     out[c.index] = v
             done += len(chunk)
             if report:
@@ -240,11 +244,12 @@ def _is_out_of_memory(error: RuntimeError) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
-def _run_fitting(model: GPT, base: BaseRun, chunk: list[_Cell], metric: Metric, read: list[int], stop: int):
+def _run_fitting(model: GPT, base: BaseRun, chunk: list[_Cell], metric: Metric, read: list[int], stop: int,
+                 per_prompt: bool = False):
     """`_run_chunk`'s (cells, values), in halves of the chunk (recursively) while the device runs
     out of memory: a fallback for what the plan's estimate missed (other processes, fragmentation)."""
     try:
-        return [_run_chunk(model, base, chunk, metric, read, stop)]
+        return [_run_chunk(model, base, chunk, metric, read, stop, per_prompt)]
     except RuntimeError as e:
         if not _is_out_of_memory(e):
             raise
@@ -256,8 +261,8 @@ def _run_fitting(model: GPT, base: BaseRun, chunk: list[_Cell], metric: Metric, 
         torch.cuda.empty_cache()
     half = len(chunk) // 2
     # The halves keep the chunk's entry order, which _run_chunk needs.
-    return (_run_fitting(model, base, chunk[:half], metric, read, stop)
-            + _run_fitting(model, base, chunk[half:], metric, read, stop))
+    return (_run_fitting(model, base, chunk[:half], metric, read, stop, per_prompt)
+            + _run_fitting(model, base, chunk[half:], metric, read, stop, per_prompt))
 
 
 @dataclass
@@ -279,9 +284,10 @@ class _Tokens:
 
 
 def _run_chunk(
-    model: GPT, base: BaseRun, chunk: list[_Cell], metric: Metric, read: list[int], stop: int
+    model: GPT, base: BaseRun, chunk: list[_Cell], metric: Metric, read: list[int], stop: int, per_prompt: bool
 ) -> tuple[list[_Cell], Tensor]:
-    """The metric of every cell of `chunk` (sorted by entry), returned with the cells in row order."""
+    """The metric of every cell of `chunk` (sorted by entry), returned with the cells in row order
+    ([cell], or [cell batch] per prompt)."""
     n_layer = model.cfg.n_layer
     batch = base.tokens.shape[0]
     device = base.final_resid.device
@@ -316,7 +322,7 @@ def _run_chunk(
     final[state.row, slot] = state.x
     logits = unembed(model, final, metric.vocab)
     logits = einops.rearrange(logits, "(cell batch) pos d_vocab -> cell batch pos d_vocab", batch=batch)
-    return order, metric.evaluate(logits).float()
+    return order, (metric.per_prompt(logits) if per_prompt else metric.evaluate(logits)).float()
 
 
 def _sorted(xs: list[int]) -> bool:

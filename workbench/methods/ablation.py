@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import einops
 import pandas as pd
@@ -26,12 +26,13 @@ from torch import Tensor
 
 from workbench.errors import InputError
 from workbench.hooks import act_name, act_names
-from workbench.methods._checks import as_index, as_index_list, check_seed, check_sweep_options, shown
+from workbench.methods._checks import as_index, as_index_list, check_per_prompt, check_seed, check_sweep_options, shown
 from workbench.methods._resume import (
     BaseRun, CellGroup, all_rows, base_names, cached_runs, entry_of, run_cells, through_W_O,
 )
 from workbench.methods.metrics import Metric, as_metric, scalar
 from workbench.methods.planning import MemoryPlan, plan_sweep, show_plan
+from workbench.methods.statistics import Bootstrap, by_group_frame, interval_columns
 from workbench.models import GPT
 
 METHODS = ("zero", "mean", "resample")
@@ -207,7 +208,12 @@ def ablate(
 
 @dataclass
 class AblationResult:
-    """values[layer, head] is the metric with that one head ablated; `baseline` without ablation."""
+    """values[layer, head] is the metric with that one head ablated; `baseline` without ablation.
+
+    Per prompt (`ablation_sweep(..., per_prompt=True)`): `per_prompt[layer, head, prompt]` each
+    prompt's value (mean over prompts: `values`), `prompt_baseline` [prompt] each prompt's
+    unablated value, `groups` optional labels; `to_frame()` then adds bootstrap intervals over
+    prompts (`bootstrap`), `to_frame(by_group=True)` per group."""
 
     values: Float[Tensor, "layer head"]
     baseline: float
@@ -215,16 +221,34 @@ class AblationResult:
     metric: str
     seed: int | None = None
     memory_plan: MemoryPlan | None = None  # the sweep's memory plan
+    per_prompt: Float[Tensor, "layer head prompt"] | None = None
+    prompt_baseline: Float[Tensor, "prompt"] | None = None
+    groups: list[str] | None = None
+    bootstrap: Bootstrap = field(default_factory=Bootstrap)
 
     @property
     def effect(self) -> Float[Tensor, "layer head"]:
         """values - baseline: how much ablating each head moves the metric."""
         return self.values - self.baseline
 
-    def to_frame(self) -> pd.DataFrame:
-        """One row per head: layer, head, value, effect, method, metric."""
+    def for_prompts(self, keep: Tensor | Sequence[bool]) -> AblationResult:
+        """The result on the prompts marked in `keep` alone (per-prompt results only)."""
+        if self.per_prompt is None:
+            raise InputError("this result has no per-prompt values: run the sweep with per_prompt=True")
+        keep = torch.as_tensor(keep, dtype=torch.bool)
+        per_prompt = self.per_prompt[..., keep]
+        return replace(self, values=per_prompt.mean(-1), per_prompt=per_prompt,
+                       baseline=float(self.prompt_baseline[keep].mean()), prompt_baseline=self.prompt_baseline[keep],
+                       groups=None if self.groups is None else [g for g, k in zip(self.groups, keep) if k])
+
+    def to_frame(self, *, by_group: bool = False) -> pd.DataFrame:
+        """One row per head: layer, head, value, effect, method, metric; with per-prompt values also
+        n, ci_low / ci_high and effect_ci_low / effect_ci_high (bootstrap over prompts, effects
+        paired per prompt). `by_group`: a block of rows per group label (column `group`)."""
+        if by_group:
+            return by_group_frame(self)
         n_layer, n_head = self.values.shape
-        return pd.DataFrame({
+        frame = pd.DataFrame({
             "layer": [l for l in range(n_layer) for _ in range(n_head)],
             "head": [h for _ in range(n_layer) for h in range(n_head)],
             "value": self.values.flatten().tolist(),
@@ -232,6 +256,9 @@ class AblationResult:
             "method": self.method,
             "metric": self.metric,
         })
+        if self.per_prompt is None:
+            return frame
+        return pd.concat([frame, interval_columns(self.per_prompt, self.prompt_baseline, self.bootstrap)], axis=1)
 
 
 def ablation_sweep(
@@ -245,19 +272,23 @@ def ablation_sweep(
     max_batch: int | None = None,
     progress: bool | Callable[[int, int], None] = True,
     memory: int | float | str | None = None,
+    per_prompt: bool = False,
+    groups: Sequence[str] | None = None,
 ) -> AblationResult:
     """Ablate each head on its own (`Ablation(method, heads=[(layer, head)])`) and measure `metric`.
 
     Same numbers as one `ablate` forward per head, but the heads are packed into a few batched
     forwards, each resumed at the head's layer from cached residuals (`_resume.py`), in chunks
     sized to the memory budget `memory` (as in `activation_patching`).
-    Returns values[layer, head]."""
+    `per_prompt`: also keep each prompt's value (a workbench `Metric` only); `groups`: a label per
+    prompt for per-group intervals. Returns values[layer, head]."""
     if method not in METHODS:
         raise InputError(f"unknown ablation method {method!r}; allowed: {', '.join(METHODS)}")
     check_sweep_options(max_batch, progress)
     seed = check_seed(seed)
     tokens = model.prepare_tokens(tokens, name="tokens")
     metric = as_metric(metric)
+    groups = check_per_prompt(metric, per_prompt, groups, tokens.shape[0])
     reference = _check_reference(model, method, tokens, reference)
     n_layer, n_head, batch = model.cfg.n_layer, model.cfg.n_head, tokens.shape[0]
     read = metric.read_positions(tokens.shape[1])
@@ -275,17 +306,22 @@ def ablation_sweep(
     base = BaseRun(tokens, base_logits, base_cache, n_layer)
     baseline = float(scalar(metric.evaluate(base_logits), metric.name))
 
-    values = torch.full((n_layer, n_head), float("nan"))
-    groups = []
+    values = torch.full((n_layer, n_head) + ((batch,) if per_prompt else ()), float("nan"))
+    cells = []
     for l in range(n_layer):
         z = base_cache["z", l]
         z_new = _replacement(method, None if reference_cache is None else reference_cache["z", l], batch, rows, z)
         group = CellGroup(entry_of(l, "mid"), through_W_O(all_rows(z_new - z), model.blocks[l].attn))
         for h in range(n_head):
             group.add((None, h), (l, h), 0)
-        groups.append(group)
-    sizes = run_cells(model, base, groups, metric, values, max_batch=max_batch, progress=progress,
-                      desc=f"{method}-ablating heads", plan=plan)
+        cells.append(group)
+    sizes = run_cells(model, base, cells, metric, values, max_batch=max_batch, progress=progress,
+                      desc=f"{method}-ablating heads", plan=plan, per_prompt=per_prompt)
     plan = dataclasses.replace(plan, chunks=tuple(sizes))
-    return AblationResult(values, baseline, method, metric.name, seed if method == "resample" else None, plan)
+    prompts = {}
+    if per_prompt:
+        prompts = dict(per_prompt=values, prompt_baseline=metric.per_prompt(base_logits).float().cpu(), groups=groups)
+        values = einops.reduce(values, "layer head prompt -> layer head", "mean")
+    return AblationResult(values, baseline, method, metric.name, seed if method == "resample" else None,
+                          memory_plan=plan, **prompts)
 

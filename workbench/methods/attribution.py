@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from workbench.hooks import act_name
+from workbench.methods._checks import check_per_prompt
 from workbench.methods.metrics import Metric, scalar
 from workbench.methods.patching import (
     LAYER_POS_TARGETS,
@@ -44,17 +45,23 @@ def attribution_patching(
     target: str = "resid_pre",
     direction: str = "denoise",
     layers: Sequence[int] | None = None,
+    per_prompt: bool = False,
+    groups: Sequence[str] | None = None,
 ) -> PatchingResult:
     """Estimate `activation_patching` for every cell from gradients.
 
     Denoising: values = corrupted metric + grad_corrupted . (clean - corrupted activation), the
     gradient taken on the corrupted run; noising swaps the runs. `effect` is the estimated change,
     summed over the batch and over the activation's other axes (d_model, d_head, key_pos).
+    `per_prompt`: also keep each prompt's estimate (a workbench `Metric`, a mean over prompts: the
+    gradient of the mean is 1/batch that of each prompt's value, so prompt b's estimate is its
+    unpatched value + batch * its share of the sum); `groups`: a label per prompt.
     Returns a `PatchingResult` with `method="attribution"`, axes as in `activation_patching`.
     """
     target, direction, clean, corrupted, metric, layers = check_inputs(
         model, clean_tokens, corrupted_tokens, metric, target=target, direction=direction, layers=layers
     )
+    groups = check_per_prompt(metric, per_prompt, groups, clean.shape[0])
     base_tokens, source_tokens = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
     names = [target_hook(target, l) for l in layers]
 
@@ -77,15 +84,29 @@ def attribution_patching(
     else:
         layout = "pattern" if target.startswith("head_pattern") else "head"
     pattern = _REDUCE[(layout, target.endswith("_by_pos"))]
+    if per_prompt:
+        pattern += " batch"  # keep each prompt's share: [... prompt]
     effects = []
     for name in names:
         grad, base_act, source_act = base_cache[name + "_grad"], base_cache[name], source_cache[name]
         effects.append(einops.reduce(grad * (source_act - base_act), pattern, "sum"))
-    values = torch.stack(effects).float().cpu() + base_value
+    effect = torch.stack(effects).detach().float().cpu()
+    prompts = {}
+    if per_prompt:
+        with torch.no_grad():
+            base_prompt = metric.per_prompt(metric.select(base_logits)).detach().float().cpu()
+            source_prompt = metric.per_prompt(metric.select(source_logits)).float().cpu()
+        per_prompt_values = effect * clean.shape[0] + base_prompt
+        clean_prompt, corrupted_prompt = (source_prompt, base_prompt) if direction == "denoise" else (base_prompt, source_prompt)
+        prompts = dict(per_prompt=per_prompt_values, prompt_clean=clean_prompt, prompt_corrupted=corrupted_prompt,
+                       groups=groups)
+        values = einops.reduce(per_prompt_values, "... prompt -> ...", "mean")
+    else:
+        values = effect + base_value
     return PatchingResult(
         values=values, dims=target_dims(target), target=target, direction=direction, method="attribution",
         metric=metric.name, clean_value=clean_value, corrupted_value=corrupted_value, layers=layers,
-        str_tokens=model.to_str_tokens(clean[0]),
+        str_tokens=model.to_str_tokens(clean[0]), **prompts,
     )
 
 

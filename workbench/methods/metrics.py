@@ -10,7 +10,10 @@ sweep calls it once per cell on full-shaped logits [batch pos d_vocab], and firs
 logits it reads (`find_reads`), so that only those are computed; where that cannot be established
 it computes every logit and warns once.
 
-Every metric is a mean over the batch.
+Every metric is a mean over the batch: the built-in classes give the per-prompt values that mean
+is taken over (`per_prompt`, [*cell batch]), which sweeps keep when asked (`per_prompt=True`) for
+intervals over prompts (`methods.statistics`). A plain callable returns one number for the batch
+and has no per-prompt values.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import KW_ONLY, dataclass, field
 
 import einops
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from workbench.errors import InputError
@@ -46,7 +49,16 @@ class Metric:
     batched: bool = True  # evaluate() accepts leading cell axes
 
     def evaluate(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell"]:
-        raise NotImplementedError
+        return einops.reduce(self.per_prompt(logits), "... batch -> ...", "mean")
+
+    def per_prompt(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell batch"]:
+        """The value of each prompt, of which `evaluate` is the mean (logits as for `evaluate`)."""
+        raise InputError(no_per_prompt_message(self.name))
+
+    @property
+    def has_per_prompt(self) -> bool:
+        """Whether this metric gives per-prompt values (a plain callable does not)."""
+        return type(self).per_prompt is not Metric.per_prompt
 
     def __call__(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
         return self.evaluate(self.select(logits))
@@ -82,6 +94,38 @@ def _take(
     return logprobs[..., torch.arange(batch, device=logprobs.device), token.to(logprobs.device)]
 
 
+def no_per_prompt_message(name: str) -> str:
+    return (f"metric {name!r} gives one value for the whole batch, not one per prompt; per-prompt values need a "
+            "workbench Metric that is a mean over prompts (LogitDiff, TokenLogProb, TokenProb, NextTokenLogProb, "
+            "KLDivergence, ProbDiff)")
+
+
+def _check_pos(pos: object) -> tuple[int | Tensor, tuple[int, ...]]:
+    """`pos` (one position, or a [batch] tensor of non-negative positions, one per prompt) and the
+    positions a metric reading there declares."""
+    if isinstance(pos, Tensor):
+        if pos.ndim != 1 or pos.dtype.is_floating_point or len(pos) == 0 or bool((pos < 0).any()):
+            raise InputError("pos must be an int or a 1-D tensor of non-negative positions, one per prompt, got "
+                             f"shape {tuple(pos.shape)}")
+        return pos.long(), tuple(sorted(set(pos.tolist())))
+    if isinstance(pos, bool) or not isinstance(pos, int):
+        raise InputError(f"pos must be an int or a 1-D tensor of positions, got {type(pos).__name__}")
+    return pos, (pos,)
+
+
+def _at(logits: Float[Tensor, "*cell batch pos d_vocab"], pos: int | Tensor,
+        positions: tuple[int, ...]) -> Float[Tensor, "*cell batch d_vocab"]:
+    """The logits each prompt is read at: `logits` hold `positions` (in that order); with one
+    position per prompt (`pos` a [batch] tensor), prompt b's is positions.index(pos[b])."""
+    if not isinstance(pos, Tensor):
+        return logits[..., 0, :]
+    batch = logits.shape[-3]
+    if pos.shape[0] != batch:
+        raise InputError(f"pos has {pos.shape[0]} positions but the logits have batch size {batch}")
+    slot = torch.tensor([positions.index(p) for p in pos.tolist()], device=logits.device)
+    return logits[..., torch.arange(batch, device=logits.device), slot, :]
+
+
 def _ids(*tokens: TokenIds) -> tuple[int, ...]:
     """The distinct ids among int / tensor token arguments, sorted."""
     ids = set()
@@ -102,23 +146,25 @@ def _check_ids(token: object, what: str) -> TokenIds:
 
 @dataclass(eq=False)
 class LogitDiff(Metric):
-    """Mean over the batch of logit[answer] - logit[wrong] at position `pos` (e.g. IOI: IO - S)."""
+    """Mean over the batch of logit[answer] - logit[wrong] at position `pos` (e.g. IOI: IO - S).
+
+    `pos`: one position for every prompt, or a [batch] tensor with each prompt's (prompts of
+    different lengths padded to one: `methods.datasets`)."""
 
     answer: TokenIds
     wrong: TokenIds
     _: KW_ONLY
-    pos: int = -1
+    pos: int | Int[Tensor, "batch"] = -1
     name: str = "logit_diff"
 
     def __post_init__(self) -> None:
         self.answer, self.wrong = _check_ids(self.answer, "answer"), _check_ids(self.wrong, "wrong")
-        self.positions = (self.pos,)
+        self.pos, self.positions = _check_pos(self.pos)
         self.vocab = _ids(self.answer, self.wrong)
 
-    def evaluate(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell"]:
-        at = logits[..., 0, :]
-        diff = _take(at, self.answer, "answer") - _take(at, self.wrong, "wrong")
-        return einops.reduce(diff, "... batch -> ...", "mean")
+    def per_prompt(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell batch"]:
+        at = _at(logits, self.pos, self.positions)
+        return _take(at, self.answer, "answer") - _take(at, self.wrong, "wrong")
 
 
 @dataclass(eq=False)
@@ -134,9 +180,8 @@ class TokenLogProb(Metric):
         self.token = _check_ids(self.token, "token")
         self.positions = (self.pos,)
 
-    def evaluate(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell"]:
-        logprob = _take(logits[..., 0, :].float().log_softmax(-1), self.token, "token")
-        return einops.reduce(logprob, "... batch -> ...", "mean")
+    def per_prompt(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell batch"]:
+        return _take(logits[..., 0, :].float().log_softmax(-1), self.token, "token")
 
 
 @dataclass(eq=False)
@@ -145,9 +190,8 @@ class TokenProb(TokenLogProb):
 
     name: str = "token_prob"
 
-    def evaluate(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell"]:
-        prob = _take(logits[..., 0, :].float().softmax(-1), self.token, "token")
-        return einops.reduce(prob, "... batch -> ...", "mean")
+    def per_prompt(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell batch"]:
+        return _take(logits[..., 0, :].float().softmax(-1), self.token, "token")
 
 
 @dataclass(eq=False)
@@ -174,14 +218,14 @@ class NextTokenLogProb(Metric):
                              f"token must exist), got {list(self.positions)}")
         self._next = self.tokens[:, [p + 1 for p in self.positions]].long()  # [batch n_positions]
 
-    def evaluate(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell"]:
+    def per_prompt(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell batch"]:
         logprobs = logits.float().log_softmax(-1)
         if logprobs.shape[-3] != self._next.shape[0]:
             raise InputError(f"the metric scores {self._next.shape[0]} prompts but the logits have batch size "
                              f"{logprobs.shape[-3]}")
         index = self._next.to(logits.device).expand(*logprobs.shape[:-1])
         picked = logprobs.gather(-1, index.unsqueeze(-1)).squeeze(-1)  # [*cell batch pos]
-        return einops.reduce(picked, "... batch pos -> ...", "mean")
+        return einops.reduce(picked, "... batch pos -> ... batch", "mean")
 
 
 @dataclass(eq=False)
@@ -202,15 +246,53 @@ class KLDivergence(Metric):
             raise InputError(f"pos {self.pos} is out of range for reference logits with {n_pos} positions")
         self._ref_logprobs = self.reference_logits[:, self.pos].detach().float().log_softmax(-1)
 
-    def evaluate(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell"]:
+    def per_prompt(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell batch"]:
         ref = self._ref_logprobs.to(logits.device)
         if ref.shape[0] != logits.shape[-3]:
             raise InputError(
                 f"the reference logits have batch size {ref.shape[0]} but the logits have {logits.shape[-3]}"
             )
         logprobs = logits[..., 0, :].float().log_softmax(-1)
-        kl = einops.reduce(ref.exp() * (ref - logprobs), "... batch d_vocab -> ... batch", "sum")
-        return einops.reduce(kl, "... batch -> ...", "mean")
+        return einops.reduce(ref.exp() * (ref - logprobs), "... batch d_vocab -> ... batch", "sum")
+
+
+@dataclass(eq=False)
+class ProbDiff(Metric):
+    """Mean over the batch of p(above) - p(below) at position `pos`: the summed next-token
+    probability (softmax over the whole vocabulary) of the ids marked in `above[b]` minus that of
+    the ids marked in `below[b]`.
+
+    The greater-than task (Hanna et al. 2023, "How does GPT-2 compute greater-than?"): for
+    "... from the year 17YY to the year 17", above marks the two-digit year tokens > YY and below
+    those <= YY (`methods.prompts.greater_than_prompts`). `above`, `below`: [batch d_vocab] bool
+    masks of token ids."""
+
+    above: Bool[Tensor, "batch d_vocab"]
+    below: Bool[Tensor, "batch d_vocab"]
+    _: KW_ONLY
+    pos: int | Int[Tensor, "batch"] = -1
+    name: str = "prob_diff"
+
+    def __post_init__(self) -> None:
+        for what in ("above", "below"):
+            mask = getattr(self, what)
+            if not isinstance(mask, Tensor) or mask.ndim != 2 or mask.dtype != torch.bool:
+                raise InputError(f"{what} must be a [batch d_vocab] bool tensor marking token ids")
+        if self.above.shape != self.below.shape:
+            raise InputError(f"above and below have different shapes: {tuple(self.above.shape)} vs "
+                             f"{tuple(self.below.shape)}")
+        if bool((self.above & self.below).any()):
+            raise InputError("a token id is marked both above and below for some prompt")
+        self.pos, self.positions = _check_pos(self.pos)
+        # vocab stays None: the softmax reads every logit, so sweeps must compute them all.
+
+    def per_prompt(self, logits: Float[Tensor, "*cell batch pos d_vocab"]) -> Float[Tensor, "*cell batch"]:
+        if logits.shape[-1] != self.above.shape[-1] or logits.shape[-3] != self.above.shape[0]:
+            raise InputError(f"the metric marks ids for [batch d_vocab] = {list(self.above.shape)} but the logits "
+                             f"have batch {logits.shape[-3]} and d_vocab {logits.shape[-1]}")
+        probs = _at(logits, self.pos, self.positions).float().softmax(-1)
+        sign = self.above.float() - self.below.float()
+        return einops.einsum(probs, sign.to(probs.device), "... batch d_vocab, batch d_vocab -> ... batch")
 
 
 @dataclass(eq=False)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import einops
@@ -33,12 +33,13 @@ from torch import Tensor
 
 from workbench.errors import InputError
 from workbench.hooks import ActivationCache, act_name, act_names
-from workbench.methods._checks import as_index_list, check_sweep_options
+from workbench.methods._checks import as_index_list, check_per_prompt, check_sweep_options
 from workbench.methods._resume import (
     BaseRun, CellGroup, ZDiff, all_rows, base_names, cached_runs, entry_of, run_cells, through_W_O, unembed,
 )
 from workbench.methods.metrics import Metric, as_metric, clean_beats_corrupted, normalize, scalar
 from workbench.methods.planning import MemoryPlan, plan_sweep, show_plan
+from workbench.methods.statistics import Bootstrap, by_group_frame, interval_columns
 from workbench.models import GPT
 from workbench.models.attention import Attention
 
@@ -74,7 +75,13 @@ class PatchingResult:
     layer axis and `str_tokens` the positions (the clean prompt, first row).
 
     For attribution patching (`method="attribution"`) values are the linear estimate
-    baseline + gradient . (source - base activation)."""
+    baseline + gradient . (source - base activation).
+
+    Per prompt (a sweep run with `per_prompt=True`): `per_prompt[..., prompt]` is each prompt's
+    value, whose mean over the prompt axis is `values`; `prompt_clean`, `prompt_corrupted` [prompt]
+    the unpatched runs' values; `groups[prompt]` optional labels. `to_frame()` then adds the
+    bootstrap interval over prompts (`bootstrap`, `methods.statistics`) and `to_frame(by_group=True)`
+    gives it per group."""
 
     values: Float[Tensor, "layer ..."]
     dims: tuple[str, ...]
@@ -87,6 +94,11 @@ class PatchingResult:
     layers: list[int]
     str_tokens: list[str]
     memory_plan: MemoryPlan | None = None  # the sweep's memory plan (activation patching)
+    per_prompt: Float[Tensor, "layer ... prompt"] | None = None
+    prompt_clean: Float[Tensor, "prompt"] | None = None
+    prompt_corrupted: Float[Tensor, "prompt"] | None = None
+    groups: list[str] | None = None
+    bootstrap: Bootstrap = field(default_factory=Bootstrap)
 
     @property
     def baseline(self) -> float:
@@ -108,8 +120,27 @@ class PatchingResult:
         """values on the 0 = corrupted, 1 = clean scale."""
         return normalize(self.values, self.clean_value, self.corrupted_value)
 
-    def to_frame(self) -> pd.DataFrame:
-        """One row per cell: the axis columns (layer, pos, head), token, value, effect, normalized."""
+    def for_prompts(self, keep: Tensor | Sequence[bool]) -> PatchingResult:
+        """The result on the prompts marked in `keep` alone (per-prompt results only)."""
+        if self.per_prompt is None:
+            raise InputError("this result has no per-prompt values: run the sweep with per_prompt=True")
+        keep = torch.as_tensor(keep, dtype=torch.bool)
+        per_prompt = self.per_prompt[..., keep]
+        return replace(self, values=per_prompt.mean(-1), per_prompt=per_prompt,
+                       clean_value=float(self.prompt_clean[keep].mean()),
+                       corrupted_value=float(self.prompt_corrupted[keep].mean()),
+                       prompt_clean=self.prompt_clean[keep], prompt_corrupted=self.prompt_corrupted[keep],
+                       groups=None if self.groups is None else [g for g, k in zip(self.groups, keep) if k])
+
+    def to_frame(self, *, by_group: bool = False) -> pd.DataFrame:
+        """One row per cell: the axis columns (layer, pos, head), token, value, effect, normalized.
+
+        With per-prompt values also n (prompts), ci_low / ci_high (the bootstrap interval of value),
+        effect_ci_low / effect_ci_high (of each prompt's value - its unpatched value) and
+        normalized_ci_low / normalized_ci_high. `by_group`: one block of rows per group label
+        (column `group`), each from that group's prompts alone."""
+        if by_group:
+            return by_group_frame(self)
         grids = torch.meshgrid(*[torch.arange(n) for n in self.values.shape], indexing="ij")
         frame = {dim: g.flatten().tolist() for dim, g in zip(self.dims, grids)}
         frame["layer"] = [self.layers[i] for i in frame["layer"]]
@@ -122,6 +153,17 @@ class PatchingResult:
         except InputError:  # clean and corrupted metric equal: no scale
             frame["normalized"] = float("nan")
         df = pd.DataFrame(frame)
+        if self.per_prompt is not None:
+            base = self.prompt_corrupted if self.direction == "denoise" else self.prompt_clean
+            ci = interval_columns(self.per_prompt, base, self.bootstrap)
+            df = pd.concat([df, ci], axis=1)
+            try:
+                ends = [normalize(torch.tensor(ci[c].to_numpy()), self.clean_value, self.corrupted_value)
+                        for c in ("ci_low", "ci_high")]
+                df["normalized_ci_low"] = torch.minimum(*ends).tolist()
+                df["normalized_ci_high"] = torch.maximum(*ends).tolist()
+            except InputError:
+                df["normalized_ci_low"] = df["normalized_ci_high"] = float("nan")
         df["target"], df["method"], df["direction"], df["metric"] = self.target, self.method, self.direction, self.metric
         return df
 
@@ -213,6 +255,8 @@ def activation_patching(
     progress: bool | Callable[[int, int], None] = True,
     clean_cache: ActivationCache | Mapping[str, Tensor] | None = None,
     memory: int | float | str | None = None,
+    per_prompt: bool = False,
+    groups: Sequence[str] | None = None,
 ) -> PatchingResult:
     """Run one prompt, restore one activation from the other, and measure `metric`, for every cell.
 
@@ -233,6 +277,9 @@ def activation_patching(
     `memory`: the memory budget (bytes, or a size such as "2GiB"; default half the device's free
     memory): chunks are sized to fit it (`planning.plan_sweep`; `result.memory_plan`) and
     a budget that cannot hold the cached runs and one cell is a `MemoryBudgetError`.
+    `per_prompt`: also keep each prompt's value (`PatchingResult.per_prompt`, [... prompt]; the
+    metric must be a workbench `Metric`, which is a mean over prompts), from the same forwards;
+    `groups`: a label per prompt for per-group intervals.
 
     Returns a `PatchingResult` whose values[layer, pos] / [layer, head] / [layer, pos, head] is
     the metric of the patched run (TransformerLens's `get_act_patch_*` numbers).
@@ -249,6 +296,7 @@ def activation_patching(
             raise InputError("clean_cache patches clean activations into the corrupted run: direction must be 'denoise'")
         target, metric, layers = check_target(target), as_metric(metric), check_layers(model, layers)
         clean, corrupted = None, model.prepare_tokens(corrupted_tokens, name="corrupted_tokens")
+    groups = check_per_prompt(metric, per_prompt, groups, corrupted.shape[0])
     base_tokens, source_tokens = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
     hooks = [target_hook(target, l) for l in layers]
     if target.startswith(("head_q", "head_k", "head_v", "head_pattern")):  # patched z needs q, k, v, pattern
@@ -280,18 +328,23 @@ def activation_patching(
     n_pos, n_head = base_tokens.shape[1], model.cfg.n_head
     dims = target_dims(target)
     shape = [len(layers)] + [{"pos": n_pos, "head": n_head}[dim] for dim in dims[1:]]
-    values = torch.full(shape, float("nan"))
-    groups = [
+    values = torch.full(shape + ([base_tokens.shape[0]] if per_prompt else []), float("nan"))
+    cells = [
         _cell_group(model, target, layer, i, base_cache, source_cache, d, n_pos)
         for i, layer in enumerate(layers)
     ]
-    sizes = run_cells(model, base, groups, metric, values, max_batch=max_batch, progress=progress,
-                      desc=f"patching {target}", plan=plan)
+    sizes = run_cells(model, base, cells, metric, values, max_batch=max_batch, progress=progress,
+                      desc=f"patching {target}", plan=plan, per_prompt=per_prompt)
     plan = dataclasses.replace(plan, chunks=tuple(sizes))
+    prompts = {}
+    if per_prompt:
+        prompts = dict(per_prompt=values, prompt_clean=metric.per_prompt(clean_logits).float().cpu(),
+                       prompt_corrupted=metric.per_prompt(corrupted_logits).float().cpu(), groups=groups)
+        values = einops.reduce(values, "... prompt -> ...", "mean")
     return PatchingResult(
         values=values, dims=dims, target=target, direction=direction, method="activation", metric=metric.name,
         clean_value=clean_value, corrupted_value=corrupted_value, layers=layers,
-        str_tokens=model.to_str_tokens((corrupted if clean is None else clean)[0]), memory_plan=plan,
+        str_tokens=model.to_str_tokens((corrupted if clean is None else clean)[0]), memory_plan=plan, **prompts,
     )
 
 

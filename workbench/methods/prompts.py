@@ -1,4 +1,6 @@
-"""Prompt sets: repeated random tokens and the induction task built on them, and IOI (Wang et al. 2022)."""
+"""Prompt generators: repeated random tokens and the induction task built on them, IOI (Wang et al.
+2022) and greater-than (Hanna et al. 2023). `methods.datasets.PromptSet` holds any of them, or prompts
+read from a file, as one kind of object."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from workbench.errors import InputError
-from workbench.methods.metrics import LogitDiff, NextTokenLogProb
+from workbench.methods.metrics import LogitDiff, NextTokenLogProb, ProbDiff
 from workbench.models.tokenizer import EOT_ID, gpt2_tokenizer
 
 
@@ -242,3 +244,109 @@ def ioi_prompts(
     wrong = torch.tensor([enc.encode(" " + s)[0] for _, s in names])
     return IOIPrompts(clean_tokens, corrupted_tokens, answer, wrong, clean_text, corrupted_text, orders, names,
                       template, corruption)
+
+
+# ---------------------------------------------------------------------- greater-than (Hanna et al. 2023)
+
+# The nouns of Hanna et al. 2023 ("How does GPT-2 compute greater-than?"), each one GPT-2 token
+# after a space (tests/test_datasets.py checks).
+GREATER_THAN_NOUNS = (
+    "abduction", "accord", "affair", "agreement", "appraisal", "assaults", "assessment", "attack", "attempts",
+    "campaign", "captivity", "case", "challenge", "chaos", "clash", "collaboration", "coma", "competition",
+    "confrontation", "consequence", "conspiracy", "construction", "consultation", "contact", "contract",
+    "convention", "cooperation", "custody", "deal", "decline", "decrease", "demonstrations", "development",
+    "disagreement", "disorder", "dispute", "domination", "dynasty", "effect", "effort", "employment", "endeavor",
+    "engagement", "epidemic", "evaluation", "exchange", "existence", "expansion", "expedition", "experiments",
+    "fall", "fame", "flights", "friendship", "growth", "hardship", "hostility", "illness", "impact",
+    "imprisonment", "improvement", "incarceration", "increase", "insurgency", "invasion", "investigation",
+    "journey", "kingdom", "marriage", "modernization", "negotiation", "notoriety", "obstruction", "operation",
+    "order", "outbreak", "outcome", "overhaul", "patrols", "pilgrimage", "plague", "plan", "practice", "process",
+    "program", "progress", "project", "pursuit", "quest", "raids", "reforms", "reign", "relationship",
+    "retaliation", "riot", "rise", "rivalry", "romance", "rule", "sanctions", "shift", "siege", "slump",
+    "stature", "stint", "strikes", "study", "test", "testing", "tests", "therapy", "tour", "tradition",
+    "treaty", "trial", "trip", "unemployment", "voyage", "war", "warfare", "work",
+)
+GREATER_THAN_TEMPLATE = "The {noun} lasted from the year {century}{yy} to the year {century}"
+# Two-digit endings YY the paper samples: " 17YY" must be the two tokens " 17" + "YY", and the first
+# and last such year of a century are left out (1700 is one token; 1701 and 1799 are the ends),
+# so that some year is always above and some below. "01" is the corrupted prompt's year.
+GREATER_THAN_YEARS = tuple(range(2, 99))
+GREATER_THAN_CORRUPTED_YY = 1
+
+
+@dataclass
+class GreaterThanPrompts:
+    """Greater-than prompts (Hanna et al. 2023): clean "The war lasted from the year 17YY to the
+    year 17", corrupted the same with YY = 01 (where no year below is possible).
+
+    clean_tokens, corrupted_tokens: [batch pos]. `years[b]` is YY of prompt b; `year_ids[k]` the
+    token id of the two-digit string k ("00" ... "99", `greater_than_year_ids`). `metric()` is the probability difference
+    PD = sum_{y > YY} p(y) - sum_{y <= YY} p(y) over the two-digit year tokens at the last position."""
+
+    clean_tokens: Int[Tensor, "batch pos"]
+    corrupted_tokens: Int[Tensor, "batch pos"]
+    years: list[int]
+    year_ids: list[int]
+    clean_text: list[str]
+    corrupted_text: list[str]
+    nouns: list[str]
+    century: int
+
+    def metric(self, *, d_vocab: int = 50257) -> ProbDiff:
+        """prob(year > YY) - prob(year <= YY) at the last position (`ProbDiff`)."""
+        return greater_than_metric(self.years, d_vocab=d_vocab)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per prompt: batch, clean/corrupted text, noun, yy."""
+        return pd.DataFrame({"batch": range(len(self.years)), "clean": self.clean_text,
+                             "corrupted": self.corrupted_text, "noun": self.nouns, "yy": self.years})
+
+
+def greater_than_year_ids() -> list[int]:
+    """The GPT-2 token id of each two-digit year "00" ... "99" (index k: the year k)."""
+    enc = gpt2_tokenizer()
+    ids = [enc.encode(f"{k:02d}") for k in range(100)]
+    if any(len(x) != 1 for x in ids):
+        raise InputError("the tokenizer does not have one token for each two-digit year 00 ... 99")
+    return [x[0] for x in ids]
+
+
+def greater_than_metric(years: list[int], *, d_vocab: int = 50257, pos: int | Tensor = -1) -> ProbDiff:
+    """Hanna et al.'s probability difference for prompts ending "... 17YY to the year 17" with
+    YY = years[b]: p(a two-digit year token > YY) - p(one <= YY), at `pos`."""
+    ids = torch.tensor(greater_than_year_ids())
+    yy = torch.tensor(list(years))[:, None]
+    above = torch.zeros(len(years), d_vocab, dtype=torch.bool)
+    below = torch.zeros_like(above)
+    above[:, ids] = torch.arange(100)[None, :] > yy
+    below[:, ids] = torch.arange(100)[None, :] <= yy
+    return ProbDiff(above, below, pos=pos)
+
+
+def greater_than_prompts(*, n: int = 8, century: int = 17, seed: int = 0, prepend_bos: bool = True) -> GreaterThanPrompts:
+    """`n` greater-than prompts with random nouns (`GREATER_THAN_NOUNS`) and years YY drawn from
+    `GREATER_THAN_YEARS` (02 to 98, seeded), and their "01" corruptions (see `GreaterThanPrompts`).
+
+    `century`: XX of the years XXYY; " XXYY" must tokenize as " XX" + "YY" for every YY used
+    (GPT-2's tokenizer does so for 11 to 17)."""
+    if n < 1:
+        raise InputError(f"n must be >= 1, got {n}")
+    enc = gpt2_tokenizer()
+    year_ids = greater_than_year_ids()
+    g = torch.Generator().manual_seed(seed)
+    nouns = [GREATER_THAN_NOUNS[i] for i in torch.randint(len(GREATER_THAN_NOUNS), (n,), generator=g).tolist()]
+    years = [GREATER_THAN_YEARS[i] for i in torch.randint(len(GREATER_THAN_YEARS), (n,), generator=g).tolist()]
+    clean_text = [GREATER_THAN_TEMPLATE.format(noun=w, century=century, yy=f"{y:02d}") for w, y in zip(nouns, years)]
+    corrupted_text = [GREATER_THAN_TEMPLATE.format(noun=w, century=century, yy=f"{GREATER_THAN_CORRUPTED_YY:02d}")
+                      for w in nouns]
+    bos = [EOT_ID] if prepend_bos else []
+    clean = [bos + enc.encode(t) for t in clean_text]
+    corrupted = [bos + enc.encode(t) for t in corrupted_text]
+    century_id = enc.encode(f" {century}")
+    for text, ids in zip(clean_text + corrupted_text, clean + corrupted):
+        start = len(bos) + len(enc.encode(text.split(" lasted")[0])) + 4  # "The noun" + " lasted from the year"
+        if len(century_id) != 1 or ids[start:start + 1] != century_id or len(ids) != len(clean[0]):
+            raise InputError(f"{text!r} does not tokenize as the template expects (year as ' {century}' + 'YY'); "
+                             "GPT-2's tokenizer does for centuries 11 to 17")
+    return GreaterThanPrompts(torch.tensor(clean), torch.tensor(corrupted), years, year_ids,
+                              clean_text, corrupted_text, nouns, century)

@@ -24,6 +24,8 @@ uses these names, and only these:
     stack      any leading axes of a stack of residual-stream pieces (layer or component)
     cell       one patched run of a patching or ablation sweep: one value of its result, indexed
                by (layer, pos), (layer, head) or (layer, pos, head)
+    prompt     one prompt of a prompt set, the axis of a sweep's per-prompt values [... prompt]
+               (the `batch` the sweep ran, kept instead of averaged over)
     row        one (cell, prompt) pair in a packed sweep forward, `(cell batch)`
     token      one (row, position) pair that a packed sweep forward actually computes
     k          a rank among the most likely next tokens (the logit lens's top k)
