@@ -183,7 +183,7 @@ def script(config: AblateHeadsConfig) -> ScriptBody:
         code="""ids = {role: torch.tensor(rows, device=model.device) for role, rows in config.token_ids.items()}
 metric = prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size)
 sweep = ablation_sweep(model, ids["clean"], metric, method=config.method, reference=reference_tokens(config, ids),
-                       seed=config.seed, max_batch=config.max_batch, **sweep_options(config))
+                       seed=config.seed, max_batch=config.max_batch, memory=config.memory, **sweep_options(config))
 sweep.bootstrap = bootstrap(config)  # the intervals' resamples, seed and confidence
 corrupted = float(metric(model(ids["corrupted"])))  # without ablation: does the task separate at all?
 result = HeadAblation(sweep, sweep.baseline, corrupted)""",

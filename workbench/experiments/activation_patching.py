@@ -134,7 +134,7 @@ def script(config: ActivationPatchingConfig) -> ScriptBody:
 metric = prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size)
 result = activation_patching(model, ids["clean"], ids["corrupted"], metric, target=config.target,
                              direction=config.direction, layers=config.layers, max_batch=config.max_batch,
-                             **sweep_options(config))
+                             memory=config.memory, **sweep_options(config))
 result.bootstrap = bootstrap(config)  # the intervals' resamples, seed and confidence""",
     )
 
