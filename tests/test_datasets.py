@@ -261,7 +261,7 @@ def test_greater_than_preset_and_ablation_with_a_prompt_file(model, tmp_path):
     assert [model.to_string(t) for t in run.config.token_ids["year_tokens"]] == [f"{y:02d}" for y in p.years]
     ids = {k: torch.tensor(v) for k, v in run.config.token_ids.items()}
     logits = torch.randn(4, p.clean_tokens.shape[1], 50257, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(prompt_set_metric(run.config, ids)(logits), p.metric()(logits))
+    torch.testing.assert_close(prompt_set_metric(run.config, ids, d_vocab=50257)(logits), p.metric()(logits))
     assert run.config.metric == "prob_diff"
 
     path = write(tmp_path / "prompts.parquet", ROWS)

@@ -102,13 +102,10 @@ def compute(config: AblateHeadsConfig, model, *, progress=False, rows: slice | N
                              "be split into shards: run it in one process (without torchrun)")
         reference = every["clean"] if reference is None else reference  # the whole set's mean, not the shard's
     ids = {k: v[rows or slice(None)] for k, v in every.items()}
-    options = sweep_options(config)
-    if rows is not None and options.get("groups") is not None:
-        options["groups"] = options["groups"][rows]
     metric = prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size)
     result = ablation_sweep(model, ids["clean"], metric, method=config.method, reference=reference,
                             seed=config.seed, max_batch=config.max_batch, progress=progress,
-                            memory=config.memory, **options)
+                            memory=config.memory, **sweep_options(config, rows))
     result.bootstrap = bootstrap(config)
     with torch.no_grad():
         corrupted = float(metric(model(ids["corrupted"])))

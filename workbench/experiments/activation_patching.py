@@ -61,13 +61,10 @@ def compute(config: ActivationPatchingConfig, model, *, progress=False, rows: sl
     """The PatchingResult of a resolved config with its token ids (see `core.with_tokens`); with
     `rows`, of those prompts only (a shard: `workbench.experiments.distributed`)."""
     ids = {k: torch.tensor(v[rows or slice(None)], device=model.device) for k, v in config.token_ids.items()}
-    options = sweep_options(config)
-    if rows is not None and options.get("groups") is not None:
-        options["groups"] = options["groups"][rows]
     metric = prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size)
     result = activation_patching(model, ids["clean"], ids["corrupted"], metric, target=config.target,
                                  direction=config.direction, layers=config.layers, max_batch=config.max_batch,
-                                 progress=progress, memory=config.memory, **options)
+                                 progress=progress, memory=config.memory, **sweep_options(config, rows))
     result.bootstrap = bootstrap(config)
     return result
 

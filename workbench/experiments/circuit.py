@@ -89,7 +89,7 @@ def tokens(config: CircuitConfig, model) -> dict[str, torch.Tensor]:
 def compute(config: CircuitConfig, model, *, progress=False) -> CircuitDiscovery:
     """The CircuitDiscovery of a resolved config with its token ids (see `core.with_tokens`)."""
     ids = {k: torch.tensor(v, device=model.device) for k, v in config.token_ids.items()}
-    metric = prompt_set_metric(config, ids)
+    metric = prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size)
     clean, corrupted = ids["clean"], ids["corrupted"]
     scores = edge_attribution(model, clean, corrupted, metric, method=config.method, steps=config.steps)
     curve = faithfulness_curve(model, clean, corrupted, metric, scores, points=config.points,

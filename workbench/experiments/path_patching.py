@@ -128,7 +128,7 @@ def tokens(config: PathPatchingConfig, model) -> dict[str, torch.Tensor]:
 def compute(config: PathPatchingConfig, model, *, progress=False) -> PathPatchingResult:
     """The PathPatchingResult of a resolved config with its token ids (see `core.with_tokens`)."""
     ids = {k: torch.tensor(v, device=model.device) for k, v in config.token_ids.items()}
-    metric = prompt_set_metric(config, ids)
+    metric = prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size)
     return path_patching(model, ids["clean"], ids["corrupted"], metric, receivers=parse_receivers(config.receivers),
                          senders=config.senders, direction=config.direction, max_batch=config.max_batch,
                          progress=progress)
@@ -178,7 +178,7 @@ def script(config: PathPatchingConfig) -> ScriptBody:
                  "from workbench.experiments.prompt_sets import prompt_set_metric",
                  "from workbench.methods import path_patching"),
         code="""ids = {role: torch.tensor(rows, device=model.device) for role, rows in config.token_ids.items()}
-metric = prompt_set_metric(config, ids)
+metric = prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size)
 result = path_patching(model, ids["clean"], ids["corrupted"], metric, receivers=parse_receivers(config.receivers),
                        senders=config.senders, direction=config.direction, max_batch=config.max_batch)""",
     )

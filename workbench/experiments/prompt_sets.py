@@ -266,8 +266,9 @@ def prompt_set_tokens(config: PromptSetOptions, model) -> dict[str, Tensor]:
     return ids
 
 
-def prompt_set_metric(config: PromptSetOptions, ids: dict[str, Tensor], *, d_vocab: int = 50257) -> Metric:
-    """The metric of a resolved config's prompt set, on its token ids (`config.token_ids` as tensors)."""
+def prompt_set_metric(config: PromptSetOptions, ids: dict[str, Tensor], *, d_vocab: int) -> Metric:
+    """The metric of a resolved config's prompt set, on its token ids (`config.token_ids` as tensors);
+    `d_vocab`: the model's vocabulary size (the greater-than metric's masks span it)."""
     pos = ids["read_pos"][:, 0] if "read_pos" in ids else -1
     if config.metric == "next_token_logprob":
         return NextTokenLogProb(ids["clean"], induction_positions(config.seq_len, prepend_bos=config.prepend_bos))
@@ -278,10 +279,12 @@ def prompt_set_metric(config: PromptSetOptions, ids: dict[str, Tensor], *, d_voc
     return LogitDiff(ids["answers"][:, 0], ids["wrong_answers"][:, 0], pos=pos)
 
 
-def sweep_options(config: PromptSetOptions) -> dict:
-    """The per-prompt options a resolved config passes to a sweep (`per_prompt`, `groups`)."""
+def sweep_options(config: PromptSetOptions, rows: slice | None = None) -> dict:
+    """The per-prompt options a resolved config passes to a sweep (`per_prompt`, `groups`); with
+    `rows`, the group labels of those prompts only (a shard)."""
     keep = config.per_prompt and config.keeps_per_prompt
-    return {"per_prompt": keep, "groups": (config.prompt_groups or None) if keep else None}
+    groups = (config.prompt_groups or None) if keep else None
+    return {"per_prompt": keep, "groups": groups if groups is None else groups[rows or slice(None)]}
 
 
 def bootstrap(config: PromptSetOptions) -> Bootstrap:
