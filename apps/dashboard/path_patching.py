@@ -15,7 +15,7 @@ from workbench.experiments.path_patching import (
     heads_from_patching,
     parse_receivers,
 )
-from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS, default_prompt_set
+from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS
 from workbench.methods.metrics import no_signal_message
 from workbench.methods.path_patching import RECEIVER_INPUTS, SENDER_SETS, receivers_label
 from workbench.methods.patching import DIRECTIONS, HEAD_TARGETS
@@ -35,7 +35,6 @@ def auto_receivers(key: common.ModelKey, prompt_set: str) -> list[str]:
 s = common.session()
 st.title("Path patching")
 model = common.require_model(s)
-preset = default_prompt_set(model)
 heads = [f"L{l}H{h}" for l in range(1, model.cfg.n_layer) for h in range(model.cfg.n_head)]
 
 
@@ -51,9 +50,9 @@ def opened_inputs(config: dict) -> dict:
 
 
 opened = common.opened_run("path_patching", opened_inputs)  # the run's inputs, not the defaults below
-if st.session_state.get("path.defaults_for") != s.model_name:  # open on the task and circuit this model shows
-    st.session_state["path.defaults_for"] = s.model_name
-    st.session_state["p.path.source"] = preset
+new_model = st.session_state.get("path.defaults_for") != s.model_name
+preset = common.task_preset("path", s, model)
+if new_model:  # open on the circuit of the task this model does
     auto = auto_receivers(s.key, preset) if model.cfg.n_layer > 1 else ["logits"]
     receivers = parse_receivers(auto)
     st.session_state["p.path.receiver_kind"] = "logits" if receivers == "logits" else "heads"
@@ -87,25 +86,7 @@ if patch_request and patch_request[1] == "activation" and json.loads(patch_reque
                 st.rerun()
 
 with st.form("path.form"):
-    source = st.radio("Prompts", list(PROMPT_SETS), format_func=PROMPT_SETS.get, horizontal=True,
-                      key=common.state("p.path.source", preset),
-                      help=f"A preset per task; this model's is {preset}. Induction: [BOS] + r + r for random "
-                           "tokens r, corrupted [BOS] + r' + r. IOI: Wang et al.'s templates, corrupted with three "
-                           "other names. Custom: the pair typed below.")
-    c1, c2, c3 = st.columns(3)
-    n_prompts = c1.number_input("prompts (induction, IOI)", 1, 256, key=common.state("p.path.n_prompts",
-                                                                                    DEFAULTS.n_prompts))
-    seq_len = c2.number_input("tokens per copy (induction)", 2, max(2, (model.cfg.block_size - 1) // 2),
-                              key=common.state("p.path.seq_len", DEFAULTS.seq_len))
-    seed = c3.number_input("seed", 0, 2**31 - 1, key=common.state("p.path.seed", DEFAULTS.seed))
-    c1, c2 = st.columns(2)
-    clean = c1.text_input("Clean prompt (custom)", key=common.state("p.path.clean", common.IOI_CLEAN))
-    corrupted = c2.text_input("Corrupted prompt (custom)", key=common.state("p.path.corrupted", common.IOI_CORRUPTED),
-                              help="Must have as many tokens as the clean prompt.")
-    c1, c2 = st.columns(2)
-    answer = c1.text_input("Answer token (custom)", key=common.state("p.path.answer", common.IOI_ANSWER),
-                           help="The clean prompt's correct next token, one token (mind the leading space).")
-    wrong = c2.text_input("Wrong token (custom)", key=common.state("p.path.wrong", common.IOI_WRONG))
+    prompts = common.prompt_set_form("path", model, defaults=DEFAULTS)
     c1, c2, c3 = st.columns([1, 3, 1])
     kind = c1.radio("Receivers", list(RECEIVER_KINDS), format_func=RECEIVER_KINDS.get,
                     key=common.state("p.path.receiver_kind", "heads"),
@@ -127,14 +108,11 @@ with st.form("path.form"):
             receivers = ["logits"]
         else:  # "L1H0" -> "1.0.k"
             receivers = [name.removeprefix("L").replace("H", ".") + f".{receiver_input}" for name in picked]
-        fields = {"prompt_set": source, "seed": int(seed), "receivers": receivers, "senders": senders,
-                  "direction": direction}
-        if source == "custom":
-            fields.update(clean_prompts=[clean], corrupted_prompts=[corrupted], answers=[answer], wrong_answers=[wrong])
-        else:
-            fields.update(n_prompts=int(n_prompts), seq_len=int(seq_len))
-        st.session_state["path.request"] = common.fields_key(fields)
-        common.close_run()
+        fields = prompts.fields(s)
+        if fields is not None:
+            fields.update(receivers=receivers, senders=senders, direction=direction)
+            st.session_state["path.request"] = common.fields_key(fields)
+            common.close_run()
 
 # The receivers on a head grid (layer x head): what the form sends; a click adds or removes a head (above).
 with st.expander("Receivers on the head grid", expanded=True):
