@@ -59,22 +59,12 @@ with st.form("ablate.form"):
                           key=common.state("p.ablate.method", DEFAULTS.method))
     reference = c2.selectbox("Reference (mean / resample)", list(REFERENCES), format_func=REFERENCES.get,
                              key=common.state("p.ablate.reference", DEFAULTS.reference))
-    if st.form_submit_button("Run ablation", icon=":material/play_arrow:", type="primary"):
-        fields = prompts.fields(s)
-        if fields is not None:
-            fields.update(method=method, reference=reference)
-            st.session_state["ablate.request"] = common.fields_key(fields)
-            common.close_run()
+    sent = st.form_submit_button("Run ablation", icon=":material/play_arrow:", type="primary")
+    if sent and (fields := prompts.fields(s)):
+        common.submit("ablate", common.fields_key({**fields, "method": method, "reference": reference}))
 
-if opened is not None and common.RUN_PARAM in st.query_params:
-    with common.guard():
-        common.show_opened_run(opened, key="ablation")
-    st.stop()
-
-fields = st.session_state.get("ablate.request")
-if fields is None:
-    st.info("Choose the prompts and press Run ablation.", icon=":material/info:")
-    st.stop()
+fields = common.form_request("ablate", opened, key="ablation",
+                             hint="Choose the prompts and press Run ablation.")
 
 ok = False
 with common.guard():

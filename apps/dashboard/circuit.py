@@ -38,23 +38,13 @@ with st.form("circuit.form"):
     points = c4.number_input("curve points", 1, 100, key=common.state("p.circuit.points", DEFAULTS.points))
     target = c5.number_input("target faithfulness", 0.0, 2.0, step=0.05,
                              key=common.state("p.circuit.target", DEFAULTS.target))
-    if st.form_submit_button("Find circuit", icon=":material/play_arrow:", type="primary"):
-        fields = prompts.fields(s)
-        if fields is not None:
-            fields.update(method=method, steps=int(steps), exact_top=int(exact_top), points=int(points),
-                          target=float(target))
-            st.session_state["circuit.request"] = common.fields_key(fields)
-            common.close_run()
+    sent = st.form_submit_button("Find circuit", icon=":material/play_arrow:", type="primary")
+    if sent and (fields := prompts.fields(s)):
+        fields.update(method=method, steps=int(steps), exact_top=int(exact_top), points=int(points),
+                      target=float(target))
+        common.submit("circuit", common.fields_key(fields))
 
-if opened is not None and common.RUN_PARAM in st.query_params:
-    with common.guard():
-        common.show_opened_run(opened, key="circuit")
-    st.stop()
-
-fields = st.session_state.get("circuit.request")
-if fields is None:
-    st.info("Choose the prompts and press Find circuit.", icon=":material/info:")
-    st.stop()
+fields = common.form_request("circuit", opened, key="circuit", hint="Choose the prompts and press Find circuit.")
 
 with common.guard():
     config, result = common.compute(s.key, "circuit", fields, "Ranking, verifying and evaluating edges ...")

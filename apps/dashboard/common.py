@@ -390,6 +390,28 @@ def prompt_set_form(page: str, model, *, defaults, sets=tuple(PROMPT_SETS), corr
     return PromptSetInputs(source, n_prompts, seq_len, seed, clean, corrupted, answer, wrong, upload, length_rule)
 
 
+
+def submit(page: str, request) -> None:
+    """The page's form was sent: keep `request` (what the page computes from: `fields_key` of its
+    experiment's fields) in `<page>.request` for this and later runs, and leave an opened run."""
+    st.session_state[f"{page}.request"] = request
+    close_run()
+
+
+def form_request(page: str, opened: RunRecord | None, *, key: str, hint: str):
+    """What comes below a page's form: the opened run shown from its record (`show_opened_run`; the
+    page stops there), or `hint` until the form is first sent (the page stops), else the request
+    the form last sent (`submit`)."""
+    if opened is not None and RUN_PARAM in st.query_params:
+        with guard():
+            show_opened_run(opened, key=key)
+        st.stop()
+    request = st.session_state.get(f"{page}.request")
+    if request is None:
+        st.info(hint, icon=":material/info:")
+        st.stop()
+    return request
+
 def saved_upload(s: Session, upload) -> str:
     """An uploaded prompt file, saved under the runs folder by its content hash (the run's config
     records this path; replay needs no file, the record holds the token ids)."""

@@ -23,11 +23,12 @@ opened = common.opened_run("dla", lambda c: {**common.prompt_set_widgets("dla", 
                                              "p.dla.pos": c["pos"]})
 
 with st.form("dla.form"):
-    # Only the clean prompts run, each read at one position, along a direction of the prompt sets in DIRECTIONS.
+    # Only the clean prompts run, each read at one position, along a direction of the sets in DIRECTIONS.
     prompts = common.prompt_set_form(
         "dla", model, defaults=DEFAULTS, sets=[name for name in PROMPT_SETS if name in DIRECTIONS or name == "file"],
-        corrupted=None, pad=False, sets_help="Direction read: " + "; ".join(f"{k}: {v}" for k, v in DIRECTIONS.items())
-        + "; file: as custom. Only the clean prompts run.")
+        corrupted=None, pad=False,
+        sets_help="Direction read: " + "; ".join(f"{k}: {v}" for k, v in DIRECTIONS.items())
+                  + "; file: as custom. Only the clean prompts run.")
     c1, c2 = st.columns(2)
     by = c1.selectbox("Components", BY, format_func=lambda b: f"{b}: {GRIDS[b]}", key=common.state("p.dla.by", DEFAULTS.by),
                       help="The grid of components attributed; everything else in the final residual stream "
@@ -36,24 +37,14 @@ with st.form("dla.form"):
     pos = c2.number_input("Position (empty: the prompt set's)", value=None, step=1, key=common.state("p.dla.pos", None),
                           help="The position read, negative from the end. Default: the last for IOI and custom, "
                                "the second-to-last for induction (the last whose next token is known).")
-    if st.form_submit_button("Run attribution", icon=":material/play_arrow:", type="primary"):
-        fields = prompts.fields(s)
-        if fields is not None:
-            fields["by"] = by
-            if pos is not None:
-                fields["pos"] = int(pos)
-            st.session_state["dla.request"] = common.fields_key(fields)
-            common.close_run()
+    sent = st.form_submit_button("Run attribution", icon=":material/play_arrow:", type="primary")
+    if sent and (fields := prompts.fields(s)):
+        fields["by"] = by
+        if pos is not None:
+            fields["pos"] = int(pos)
+        common.submit("dla", common.fields_key(fields))
 
-if opened is not None and common.RUN_PARAM in st.query_params:
-    with common.guard():
-        common.show_opened_run(opened, key="dla")
-    st.stop()
-
-fields = st.session_state.get("dla.request")
-if fields is None:
-    st.info("Choose the prompts and press Run attribution.", icon=":material/info:")
-    st.stop()
+fields = common.form_request("dla", opened, key="dla", hint="Choose the prompts and press Run attribution.")
 
 with common.guard():
     config, result = common.compute(s.key, "dla", fields, "Attributing ...")

@@ -58,23 +58,12 @@ with st.form("patch.form"):
                           key=common.state("p.patch.method", "activation"),
                           help="Attribution patching estimates every cell from one backward pass: a fast, "
                                "linear preview of the full sweep.")
-    if st.form_submit_button("Run patching", icon=":material/play_arrow:", type="primary"):
-        fields = prompts.fields(s)
-        if fields is not None:
-            fields.update(target=target, direction=direction)
-            st.session_state["patch.request"] = (common.fields_key(fields), method)
-            common.close_run()
+    sent = st.form_submit_button("Run patching", icon=":material/play_arrow:", type="primary")
+    if sent and (fields := prompts.fields(s)):
+        common.submit("patch", (common.fields_key({**fields, "target": target, "direction": direction}), method))
 
-if opened is not None and common.RUN_PARAM in st.query_params:
-    with common.guard():
-        common.show_opened_run(opened, key="patching")
-    st.stop()
-
-request = st.session_state.get("patch.request")
-if request is None:
-    st.info("Choose the prompts and press Run patching.", icon=":material/info:")
-    st.stop()
-fields, method = request
+fields, method = common.form_request("patch", opened, key="patching",
+                                     hint="Choose the prompts and press Run patching.")
 
 with common.guard():
     if method == "attribution":

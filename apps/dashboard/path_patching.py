@@ -103,16 +103,14 @@ with st.form("path.form"):
     direction = c2.selectbox("Direction", DIRECTIONS, key=common.state("p.path.direction", DEFAULTS.direction),
                              help="noise (ARENA's): the sender's output from the corrupted run into the clean one; "
                                   "denoise: the reverse.")
-    if st.form_submit_button("Run path patching", icon=":material/play_arrow:", type="primary"):
+    sent = st.form_submit_button("Run path patching", icon=":material/play_arrow:", type="primary")
+    if sent and (fields := prompts.fields(s)):
         if kind == "logits":
             receivers = ["logits"]
         else:  # "L1H0" -> "1.0.k"
             receivers = [name.removeprefix("L").replace("H", ".") + f".{receiver_input}" for name in picked]
-        fields = prompts.fields(s)
-        if fields is not None:
-            fields.update(receivers=receivers, senders=senders, direction=direction)
-            st.session_state["path.request"] = common.fields_key(fields)
-            common.close_run()
+        common.submit("path", common.fields_key({**fields, "receivers": receivers, "senders": senders,
+                                                 "direction": direction}))
 
 # The receivers on a head grid (layer x head): what the form sends; a click adds or removes a head (above).
 with st.expander("Receivers on the head grid", expanded=True):
@@ -123,15 +121,8 @@ with st.expander("Receivers on the head grid", expanded=True):
     if kind == "logits":
         st.caption("Receivers: the logits. A click on a head makes that head's input the receiver.")
 
-if opened is not None and common.RUN_PARAM in st.query_params:
-    with common.guard():
-        common.show_opened_run(opened, key="path_patching")
-    st.stop()
-
-fields = st.session_state.get("path.request")
-if fields is None:
-    st.info("Choose the prompts and receivers and press Run path patching.", icon=":material/info:")
-    st.stop()
+fields = common.form_request("path", opened, key="path_patching",
+                             hint="Choose the prompts and receivers and press Run path patching.")
 
 with common.guard():
     config, result = common.compute(s.key, "path_patching", fields, "Path patching every sender ...")
