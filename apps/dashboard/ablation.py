@@ -11,7 +11,7 @@ import torch
 from dashboard import common
 from workbench.experiments.ablate_heads import REFERENCES, AblateHeadsConfig, ranked_heads, reference_tokens
 from workbench.experiments.figures import ablation_figure
-from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS, interval_note, prompt_set_metric
+from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS, default_prompt_set, interval_note, prompt_set_metric
 from workbench.methods import ablation
 
 METHODS = {"zero": "zero (output set to 0)", "mean": "mean (over the reference prompts, per position)",
@@ -46,12 +46,13 @@ s = common.session()
 st.title("Ablation")
 model = common.require_model(s)
 n_layer, n_head = model.cfg.n_layer, model.cfg.n_head
-common.task_preset("ablate", s, model)
+preset = default_prompt_set(model)
+common.open_on_preset("ablate", s, preset)
 opened = common.opened_run("ablate_heads", lambda c: {
     **common.prompt_set_widgets("ablate", c), "p.ablate.method": c["method"], "p.ablate.reference": c["reference"]})
 
 with st.form("ablate.form"):
-    prompts = common.prompt_set_form("ablate", model, defaults=DEFAULTS,
+    prompts = common.prompt_set_form("ablate", model, preset, defaults=DEFAULTS,
                                      corrupted="Corrupted prompt (custom; a reference for mean / resample)",
                                      seed_help="Samples the prompts and the resampled references.")
     c1, c2 = st.columns(2)

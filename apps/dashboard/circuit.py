@@ -8,7 +8,7 @@ import streamlit as st
 from dashboard import common
 from workbench.experiments.circuit import CircuitConfig
 from workbench.experiments.figures import circuit_figure, faithfulness_figure
-from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS
+from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS, default_prompt_set
 from workbench.methods.metrics import no_signal_message
 
 METHODS = {"eap-ig": "EAP-IG (gradients along the corrupted -> clean inputs)", "eap": "EAP (one gradient)"}
@@ -19,14 +19,15 @@ PROMPTS = CircuitConfig(n_prompts=4, seq_len=8)  # but fewer, shorter prompts: E
 s = common.session()
 st.title("Circuit")
 model = common.require_model(s)
-common.task_preset("circuit", s, model)
+preset = default_prompt_set(model)
+common.open_on_preset("circuit", s, preset)
 opened = common.opened_run("circuit", lambda c: {
     **common.prompt_set_widgets("circuit", c), "p.circuit.method": c["method"], "p.circuit.steps": int(c["steps"]),
     "p.circuit.exact_top": int(c["exact_top"]), "p.circuit.points": int(c["points"]),
     "p.circuit.target": float(c["target"])})
 
 with st.form("circuit.form"):
-    prompts = common.prompt_set_form("circuit", model, defaults=PROMPTS, most=64,
+    prompts = common.prompt_set_form("circuit", model, preset, defaults=PROMPTS, most=64,
                                      sets_help="The bundled model can do induction, not IOI.")
     c1, c2, c3, c4, c5 = st.columns(5)
     method = c1.selectbox("Ranking", list(METHODS), format_func=METHODS.get,

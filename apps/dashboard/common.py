@@ -20,7 +20,7 @@ import workbench
 from workbench.errors import InputError, WorkbenchError
 from workbench.experiments import EXPERIMENTS, config_from_dict, run_experiment, with_tokens
 from workbench.experiments.figures import show_token
-from workbench.experiments.prompt_sets import PROMPT_SETS, default_prompt_set, leading_space_hint
+from workbench.experiments.prompt_sets import PROMPT_SETS, leading_space_hint
 from workbench.models.bundled import bundled_names
 from workbench.models.config import PRESETS
 from workbench.runs import RunRecord, default_runs_root
@@ -302,15 +302,15 @@ PROMPT_SET_HELP = {
 }
 
 
-def task_preset(page: str, s: Session, model) -> str:
-    """The prompt set of the task `model` can do (`default_prompt_set`); the first time `page` is
-    drawn for a model, its Prompts radio (`p.<page>.source`) is set to it. Call it before
+def open_on_preset(page: str, s: Session, preset: str) -> bool:
+    """The first time `page` is drawn for a model, set its Prompts radio (`p.<page>.source`) to
+    `preset`, the task the model can do (`default_prompt_set`); True then. Call it before
     `opened_run`, whose inputs win (or have `opened_run`'s fill set `<page>.defaults_for`)."""
-    preset = default_prompt_set(model)
-    if st.session_state.get(f"{page}.defaults_for") != s.model_name:
-        st.session_state[f"{page}.defaults_for"] = s.model_name
-        st.session_state[f"p.{page}.source"] = preset
-    return preset
+    if st.session_state.get(f"{page}.defaults_for") == s.model_name:
+        return False
+    st.session_state[f"{page}.defaults_for"] = s.model_name
+    st.session_state[f"p.{page}.source"] = preset
+    return True
 
 
 @dataclass
@@ -345,7 +345,7 @@ class PromptSetInputs:
         return None
 
 
-def prompt_set_form(page: str, model, *, defaults, sets=tuple(PROMPT_SETS), corrupted: str | None =
+def prompt_set_form(page: str, model, preset: str, *, defaults, sets=tuple(PROMPT_SETS), corrupted: str | None =
                     "Corrupted prompt (custom)", pad: bool = True, most: int = 256, sets_help: str = "",
                     seed_help: str | None = None) -> PromptSetInputs:
     """The prompt-set widgets of a page's form (keys `p.<page>.*`, `<page>.upload`): the prompt set,
@@ -354,8 +354,8 @@ def prompt_set_form(page: str, model, *, defaults, sets=tuple(PROMPT_SETS), corr
     length rule. What truly differs between pages: the `sets` offered; `corrupted`, the label of
     the corrupted prompt (None: the page runs the clean prompts only); `pad`, whether prompts of
     different lengths may be padded (the page reads each at its own last token); `most` prompts;
-    `sets_help`, said after the sets' own help, and `seed_help`. Draw it inside the page's `st.form`."""
-    preset = default_prompt_set(model)
+    `sets_help`, said after the sets' own help, and `seed_help`. `preset`: the set the model's task
+    takes (`default_prompt_set`). Draw it inside the page's `st.form`."""
     source = st.radio("Prompts", list(sets), format_func=PROMPT_SETS.get, horizontal=True,
                       key=state(f"p.{page}.source", preset),
                       help=" ".join([f"A preset per task; this model's is {preset}.",

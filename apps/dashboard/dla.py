@@ -7,7 +7,7 @@ import streamlit as st
 from dashboard import common
 from workbench.experiments.dla import DIRECTIONS, DLAConfig
 from workbench.experiments.figures import dla_accumulated_figure, dla_figure, dla_layer_figure
-from workbench.experiments.prompt_sets import PROMPT_SETS
+from workbench.experiments.prompt_sets import PROMPT_SETS, default_prompt_set
 from workbench.methods.dla import BY
 
 DEFAULTS = DLAConfig()  # the experiment's defaults are the page's
@@ -18,14 +18,15 @@ TOP = 20  # components in the table
 s = common.session()
 st.title("Direct logit attribution")
 model = common.require_model(s)
-common.task_preset("dla", s, model)
+preset = default_prompt_set(model)
+common.open_on_preset("dla", s, preset)
 opened = common.opened_run("dla", lambda c: {**common.prompt_set_widgets("dla", c), "p.dla.by": c["by"],
                                              "p.dla.pos": c["pos"]})
 
 with st.form("dla.form"):
     # Only the clean prompts run, each read at one position, along a direction of the sets in DIRECTIONS.
     prompts = common.prompt_set_form(
-        "dla", model, defaults=DEFAULTS, sets=[name for name in PROMPT_SETS if name in DIRECTIONS or name == "file"],
+        "dla", model, preset, defaults=DEFAULTS, sets=[name for name in PROMPT_SETS if name in DIRECTIONS or name == "file"],
         corrupted=None, pad=False,
         sets_help="Direction read: " + "; ".join(f"{k}: {v}" for k, v in DIRECTIONS.items())
                   + "; file: as custom. Only the clean prompts run.")

@@ -12,6 +12,7 @@ from workbench.experiments.prompt_sets import (
     METRICS,
     PROMPT_SETS,
     bootstrap,
+    default_prompt_set,
     interval_note,
     prompt_set_metric,
     sweep_options,
@@ -40,13 +41,14 @@ def attribution_preview(key: common.ModelKey, fields: str):
 s = common.session()
 st.title("Activation patching")
 model = common.require_model(s)
-common.task_preset("patch", s, model)
+preset = default_prompt_set(model)
+common.open_on_preset("patch", s, preset)
 opened = common.opened_run("activation_patching", lambda c: {
     **common.prompt_set_widgets("patch", c), "p.patch.target": c["target"], "p.patch.direction": c["direction"],
     "p.patch.method": "activation"})
 
 with st.form("patch.form"):
-    prompts = common.prompt_set_form("patch", model, defaults=DEFAULTS)
+    prompts = common.prompt_set_form("patch", model, preset, defaults=DEFAULTS)
     c1, c2, c3 = st.columns(3)
     target = c1.selectbox("Target", patching.TARGETS, key=common.state("p.patch.target", DEFAULTS.target),
                           help="What is patched: the residual stream, a layer's attention or MLP output at one "

@@ -15,7 +15,7 @@ from workbench.experiments.path_patching import (
     heads_from_patching,
     parse_receivers,
 )
-from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS
+from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS, default_prompt_set
 from workbench.methods.metrics import no_signal_message
 from workbench.methods.path_patching import RECEIVER_INPUTS, SENDER_SETS, receivers_label
 from workbench.methods.patching import DIRECTIONS, HEAD_TARGETS
@@ -35,6 +35,7 @@ def auto_receivers(key: common.ModelKey, prompt_set: str) -> list[str]:
 s = common.session()
 st.title("Path patching")
 model = common.require_model(s)
+preset = default_prompt_set(model)
 heads = [f"L{l}H{h}" for l in range(1, model.cfg.n_layer) for h in range(model.cfg.n_head)]
 
 
@@ -50,9 +51,7 @@ def opened_inputs(config: dict) -> dict:
 
 
 opened = common.opened_run("path_patching", opened_inputs)  # the run's inputs, not the defaults below
-new_model = st.session_state.get("path.defaults_for") != s.model_name
-preset = common.task_preset("path", s, model)
-if new_model:  # open on the circuit of the task this model does
+if common.open_on_preset("path", s, preset):  # and on the circuit of that task
     auto = auto_receivers(s.key, preset) if model.cfg.n_layer > 1 else ["logits"]
     receivers = parse_receivers(auto)
     st.session_state["p.path.receiver_kind"] = "logits" if receivers == "logits" else "heads"
@@ -86,7 +85,7 @@ if patch_request and patch_request[1] == "activation" and json.loads(patch_reque
                 st.rerun()
 
 with st.form("path.form"):
-    prompts = common.prompt_set_form("path", model, defaults=DEFAULTS)
+    prompts = common.prompt_set_form("path", model, preset, defaults=DEFAULTS)
     c1, c2, c3 = st.columns([1, 3, 1])
     kind = c1.radio("Receivers", list(RECEIVER_KINDS), format_func=RECEIVER_KINDS.get,
                     key=common.state("p.path.receiver_kind", "heads"),
