@@ -51,7 +51,7 @@ def opened_inputs(config: dict) -> dict:
 
 
 opened = common.opened_run("path_patching", opened_inputs)  # the run's inputs, not the defaults below
-if common.open_on_preset("path", s, preset):  # and on the circuit of that task
+if common.open_on_preset("path", s, preset):  # a new model: open on its task and that task's circuit
     auto = auto_receivers(s.key, preset) if model.cfg.n_layer > 1 else ["logits"]
     receivers = parse_receivers(auto)
     st.session_state["p.path.receiver_kind"] = "logits" if receivers == "logits" else "heads"
