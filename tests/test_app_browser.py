@@ -296,6 +296,18 @@ def test_path_patching_page_runs_and_saves(server, page, shots):
     assert (shots / "path_patching.png").stat().st_size > 10_000
 
 
+def click_head(page, grid: str, layer: int, head: int) -> None:
+    """A mouse click at the centre of head (layer, head)'s marker on the head grid `grid` (a JS expression
+    for its plot), from the plot's own axes (its first panel's)."""
+    page.evaluate(f"() => {grid}.scrollIntoView({{block: 'center'}})")
+    x, y = page.evaluate(f"""() => {{
+        const gd = {grid}, box = gd.getBoundingClientRect(), fl = gd._fullLayout;
+        return [box.left + fl.xaxis._offset + fl.xaxis.l2p({head}),
+                box.top + fl.yaxis._offset + fl.yaxis.l2p({layer})];
+    }}""")
+    page.mouse.click(x, y)
+
+
 def test_path_patching_receivers_by_clicking_the_grid(server, page):
     """A click on a head's marker on the receiver grid removes it from the receivers (the head list
     shows it no more); a second click adds it back; a click on a block-0 head changes nothing."""
@@ -307,14 +319,7 @@ def test_path_patching_receivers_by_clicking_the_grid(server, page):
     assert start, "the page opens with receivers"
 
     def click(layer: int, head: int) -> None:
-        """A mouse click at the centre of head (layer, head)'s marker, from the plot's own axes."""
-        page.evaluate(f"() => {GRID}.scrollIntoView({{block: 'center'}})")
-        x, y = page.evaluate(f"""() => {{
-            const gd = {GRID}, box = gd.getBoundingClientRect(), fl = gd._fullLayout;
-            return [box.left + fl.xaxis._offset + fl.xaxis.l2p({head}),
-                    box.top + fl.yaxis._offset + fl.yaxis.l2p({layer})];
-        }}""")
-        page.mouse.click(x, y)
+        click_head(page, GRID, layer, head)
 
     name = start[0]
     layer, head = map(int, name.removeprefix("L").split("H"))
@@ -370,15 +375,8 @@ def test_attention_head_clicks_on_the_detector_grid(server, page):
     def shown() -> str:
         return page.evaluate(PATTERN)
 
-    def click(layer: int, head: int) -> None:
-        """A mouse click at the centre of head (layer, head)'s cell of the first panel."""
-        page.evaluate(f"() => {ATTN_GRID}.scrollIntoView({{block: 'center'}})")
-        x, y = page.evaluate(f"""() => {{
-            const gd = {ATTN_GRID}, box = gd.getBoundingClientRect(), fl = gd._fullLayout;
-            return [box.left + fl.xaxis._offset + fl.xaxis.l2p({head}),
-                    box.top + fl.yaxis._offset + fl.yaxis.l2p({layer})];
-        }}""")
-        page.mouse.click(x, y)
+    def click(layer: int, head: int) -> None:  # on the first panel (the induction scores)
+        click_head(page, ATTN_GRID, layer, head)
 
     def pick(label: str, value: int) -> None:
         page.get_by_role("combobox", name=label).click()
