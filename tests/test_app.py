@@ -174,6 +174,49 @@ def test_attention_page_matches_the_head_detectors(app, lib_model):
     assert len(json.loads(at.get("plotly_chart")[1].proto.spec)["layout"]["xaxis"]["ticktext"]) == n
 
 
+
+def click_head_grid(at, layer: int, head: int):
+    """Run the attention page as after a click on head (layer, head) of the detector grid's first panel:
+    the chart's state is the plotly selection of that one marker, as Streamlit stores it."""
+    (grid,) = [c for c in at.get("plotly_chart") if c.proto.id.endswith("attn.grid")]
+    markers = [t for t in json.loads(grid.proto.spec)["data"] if t["type"] == "scatter"][0]
+    i = markers["customdata"].index(f"L{layer}H{head}")
+    assert (markers["y"][i], markers["x"][i]) == (layer, head)
+    point = {"curve_number": 1, "point_number": i, "point_index": i, "x": head, "y": layer,
+             "customdata": f"L{layer}H{head}"}
+    at.session_state["attn.grid"] = {"selection": {"points": [point], "point_indices": [i], "box": [], "lasso": []}}
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_attention_head_clicks_pick_the_head_as_the_other_grids_do(app, lib_model):
+    """A click on a head of the detector grid shows its pattern; a head picked in the boxes afterwards
+    stays (the click is not applied again); clicking the first head again, the grid having been redrawn,
+    picks it again (the same rule as the receiver grid's: only clicks made since the grid was drawn count)."""
+    at = page(app, "attention")
+    at.number_input(key="p.attn.n_seqs").set_value(2).run()
+    n_layer, n_head = lib_model.cfg.n_layer, lib_model.cfg.n_head
+    start = (at.selectbox(key="p.attn.layer").value, at.selectbox(key="p.attn.head").value)
+    first = next((l, h) for l in range(n_layer) for h in range(n_head) if (l, h) != start)
+    other = next((l, h) for l in range(n_layer) for h in range(n_head) if (l, h) not in (start, first))
+
+    def shown(at) -> tuple[int, int]:
+        layer, head = at.selectbox(key="p.attn.layer").value, at.selectbox(key="p.attn.head").value
+        title = charts(at)[1]["layout"]["title"]["text"]
+        assert title.startswith(f"Attention pattern of L{layer}H{head} "), title
+        return layer, head
+
+    assert shown(click_head_grid(at, *first)) == first
+    at.selectbox(key="p.attn.layer").set_value(other[0])
+    at.selectbox(key="p.attn.head").set_value(other[1]).run()
+    assert shown(at) == other
+    at.run()  # a run that is not a click keeps the boxes' head
+    assert shown(at) == other
+    assert shown(click_head_grid(at, *first)) == first  # the same head clicked again: picked again
+    assert shown(click_head_grid(at, *first)) == first  # a click on the head shown keeps it
+
+
 # ----------------------------------------------------------------------------- patching
 def run_patching(at, source="custom", **inputs):
     at = page(at, "patching")
@@ -476,6 +519,74 @@ def test_dla_custom_prompt_and_errors(app, lib_model):
     assert any("answer 'Maryland and more'" in e for e in errors(at)), errors(at)
     at = run_dla(at, answer=" Mary", pos=40)
     assert any("pos must be a position of the prompts" in e for e in errors(at)), errors(at)
+
+
+
+# ----------------------------------------------------------------------------- the prompt-set form
+PROMPT_PAGES = {"patching": "patch", "ablation": "ablate", "dla": "dla", "path_patching": "path", "circuit": "circuit"}
+
+
+def test_every_prompt_page_draws_one_prompt_set_form(app):
+    """The pages that run on a prompt set draw the same form (common.prompt_set_form): the same
+    widgets under the page's keys, the corrupted prompt and padding where the page can use them, and
+    the file set without a file a message, nothing run."""
+    from workbench.experiments.prompt_sets import PROMPT_SETS
+
+    at = app
+    for name, key in PROMPT_PAGES.items():
+        at = page(at, name)
+        keys = {w.key for w in at.main if getattr(w, "key", None)}
+        common = {f"p.{key}.{w}" for w in ("source", "n_prompts", "seq_len", "seed", "clean", "answer", "wrong")}
+        assert common <= keys, (name, common - keys)
+        assert (f"p.{key}.corrupted" in keys) == (name != "dla")  # DLA runs the clean prompts only
+        assert (f"p.{key}.length_rule" in keys) == (name != "dla")  # DLA reads every prompt at one position
+        sets = at.radio(key=f"p.{key}.source").options  # as shown: PROMPT_SETS's descriptions
+        offered = [s for s in PROMPT_SETS if s != "greater_than"] if name == "dla" else list(PROMPT_SETS)
+        assert sets == [PROMPT_SETS[s] for s in offered], (name, sets)  # DLA has no greater-than direction
+        at.radio(key=f"p.{key}.source").set_value("file")
+        at.button[0].click().run()
+        assert not at.exception, at.exception
+        assert any("Choose a prompt file" in e for e in errors(at)), (name, errors(at))
+        assert not [b for b in at.button if (b.key or "").startswith("save.")]
+
+
+class Upload:
+    """A file as Streamlit's file_uploader returns it (what the pages read of it)."""
+
+    def __init__(self, name: str, data: bytes):
+        self.name, self.data = name, data
+
+    def getvalue(self) -> bytes:
+        return self.data
+
+
+def test_dla_on_an_uploaded_prompt_file_matches_the_library(app, lib_model, tmp_path, monkeypatch):
+    """A prompt file uploaded on the DLA page (new with the shared form) runs on its rows and is
+    recorded by the path the page saved it to; the per-layer values are the library's on those prompts."""
+    from streamlit.delta_generator import DeltaGenerator
+
+    from workbench.methods import direct_logit_attribution
+
+    rows = [{"clean": CLEAN, "corrupted": CORRUPTED, "answer": " Mary", "wrong": " John"},
+            {"clean": CLEAN.replace(" store", " house"), "corrupted": CORRUPTED, "answer": " John", "wrong": " Mary"}]
+    data = "\n".join(json.dumps(r) for r in rows).encode()
+    uploader = DeltaGenerator.file_uploader
+    monkeypatch.setattr(DeltaGenerator, "file_uploader", lambda self, label, *args, key=None, **kwargs:
+                        Upload("prompts.jsonl", data) if key == "dla.upload" else uploader(self, label, *args, key=key,
+                                                                                         **kwargs))
+    at = run_dla(app, "file", by="layer")
+    assert not errors(at), errors(at)
+    tokens = torch.cat([lib_model.prepare_tokens(r["clean"]) for r in rows])
+    direction = tuple(torch.tensor([lib_model.to_single_token(r[k]) for r in rows]) for k in ("answer", "wrong"))
+    expected = direct_logit_attribution(lib_model, tokens, direction, by="layer")
+    (bars,) = charts(at)[0]["data"]
+    assert_close(torch.tensor(bars["y"][:lib_model.cfg.n_layer]), expected.values)
+    assert at.metric[2].value == "2"  # prompts
+    at.button(key="save.dla").click().run()
+    assert not at.exception and not errors(at), errors(at)
+    (run,) = find_runs(tmp_path / "runs")
+    config = load_run(run).config
+    assert config["prompt_set"] == "file" and Path(config["prompts"]).read_bytes() == data
 
 
 # ----------------------------------------------------------------------------- save run, runs page

@@ -296,6 +296,18 @@ def test_path_patching_page_runs_and_saves(server, page, shots):
     assert (shots / "path_patching.png").stat().st_size > 10_000
 
 
+def click_head(page, grid: str, layer: int, head: int) -> None:
+    """A mouse click at the centre of head (layer, head)'s marker on the head grid `grid` (a JS expression
+    for its plot), from the plot's own axes (its first panel's)."""
+    page.evaluate(f"() => {grid}.scrollIntoView({{block: 'center'}})")
+    x, y = page.evaluate(f"""() => {{
+        const gd = {grid}, box = gd.getBoundingClientRect(), fl = gd._fullLayout;
+        return [box.left + fl.xaxis._offset + fl.xaxis.l2p({head}),
+                box.top + fl.yaxis._offset + fl.yaxis.l2p({layer})];
+    }}""")
+    page.mouse.click(x, y)
+
+
 def test_path_patching_receivers_by_clicking_the_grid(server, page):
     """A click on a head's marker on the receiver grid removes it from the receivers (the head list
     shows it no more); a second click adds it back; a click on a block-0 head changes nothing."""
@@ -307,14 +319,7 @@ def test_path_patching_receivers_by_clicking_the_grid(server, page):
     assert start, "the page opens with receivers"
 
     def click(layer: int, head: int) -> None:
-        """A mouse click at the centre of head (layer, head)'s marker, from the plot's own axes."""
-        page.evaluate(f"() => {GRID}.scrollIntoView({{block: 'center'}})")
-        x, y = page.evaluate(f"""() => {{
-            const gd = {GRID}, box = gd.getBoundingClientRect(), fl = gd._fullLayout;
-            return [box.left + fl.xaxis._offset + fl.xaxis.l2p({head}),
-                    box.top + fl.yaxis._offset + fl.yaxis.l2p({layer})];
-        }}""")
-        page.mouse.click(x, y)
+        click_head(page, GRID, layer, head)
 
     name = start[0]
     layer, head = map(int, name.removeprefix("L").split("H"))
@@ -350,3 +355,46 @@ def test_circuit_page_renders_runs_and_saves(server, page, shots):
     settle(page)
     shoot(page, shots, "circuit")
     assert (shots / "circuit.png").stat().st_size > 10_000
+
+
+ATTN_GRID = "document.querySelector('.st-key-attn-grid .js-plotly-plot')"
+# The head whose pattern is drawn, from the pattern plot's title ("Attention pattern of L1H0 ..."), or ''.
+PATTERN = ("() => [...document.querySelectorAll('.js-plotly-plot')].map(g => (g.layout.title.text || '')"
+           ".match(/Attention pattern of (L[0-9]+H[0-9]+)/)).find(m => m)?.[1] || ''")
+
+
+def test_attention_head_clicks_on_the_detector_grid(server, page):
+    """A click on a head of the detector grid shows that head's pattern; after another head is picked in
+    the boxes, a click on the first head again shows it again (the grid was redrawn: a fresh chart, the
+    same click counts again, as on the path patching page's receiver grid)."""
+    page.goto(f"{server}/attention")
+    page.get_by_role("heading", name="Attention", exact=True).wait_for()
+    page.wait_for_function(f"() => {ATTN_GRID} !== null && ({PATTERN})() !== ''", timeout=SLOW)
+    settle(page)
+
+    def shown() -> str:
+        return page.evaluate(PATTERN)
+
+    def click(layer: int, head: int) -> None:  # on the first panel (the induction scores)
+        click_head(page, ATTN_GRID, layer, head)
+
+    def pick(label: str, value: int) -> None:
+        page.get_by_role("combobox", name=label).click()
+        page.get_by_role("option", name=str(value), exact=True).click()
+
+    start = shown()
+    assert start.startswith("L"), start
+    first, other = [(l, h) for l in range(2) for h in range(2) if f"L{l}H{h}" != start][:2]
+    click(*first)
+    page.wait_for_function(f"() => ({PATTERN})() === 'L{first[0]}H{first[1]}'", timeout=60_000)
+    settle(page)
+    pick("layer", other[0])
+    settle(page)
+    pick("head", other[1])
+    settle(page)
+    assert shown() == f"L{other[0]}H{other[1]}"  # the boxes' head; the earlier click is not applied again
+    click(*first)
+    page.wait_for_function(f"() => ({PATTERN})() === 'L{first[0]}H{first[1]}'", timeout=60_000)
+    settle(page)
+    assert shown() == f"L{first[0]}H{first[1]}"
+    check_page(page, plots=2)

@@ -47,57 +47,25 @@ st.title("Ablation")
 model = common.require_model(s)
 n_layer, n_head = model.cfg.n_layer, model.cfg.n_head
 preset = default_prompt_set(model)
-if st.session_state.get("ablate.defaults_for") != s.model_name:  # open on the task this model can do
-    st.session_state["ablate.defaults_for"] = s.model_name
-    st.session_state["p.ablate.source"] = preset
+common.open_on_preset("ablate", s, preset)
 opened = common.opened_run("ablate_heads", lambda c: {
     **common.prompt_set_widgets("ablate", c), "p.ablate.method": c["method"], "p.ablate.reference": c["reference"]})
 
 with st.form("ablate.form"):
-    source = st.radio("Prompts", list(PROMPT_SETS), format_func=PROMPT_SETS.get, horizontal=True,
-                      key=common.state("p.ablate.source", preset), help=f"A preset per task; this model's is {preset}.")
-    c1, c2, c3 = st.columns(3)
-    n_prompts = c1.number_input("prompts (induction, IOI, greater-than)", 1, 256,
-                                key=common.state("p.ablate.n_prompts", DEFAULTS.n_prompts))
-    seq_len = c2.number_input("tokens per copy (induction)", 2, max(2, (model.cfg.block_size - 1) // 2),
-                              key=common.state("p.ablate.seq_len", DEFAULTS.seq_len))
-    seed = c3.number_input("seed", 0, 2**31 - 1, key=common.state("p.ablate.seed", DEFAULTS.seed),
-                           help="Samples the prompts and the resampled references.")
-    c1, c2 = st.columns(2)
-    clean = c1.text_input("Prompt (custom)", key=common.state("p.ablate.clean", common.IOI_CLEAN))
-    corrupted = c2.text_input("Corrupted prompt (custom; a reference for mean / resample)",
-                              key=common.state("p.ablate.corrupted", common.IOI_CORRUPTED))
-    c1, c2 = st.columns(2)
-    answer = c1.text_input("Answer token (custom)", key=common.state("p.ablate.answer", common.IOI_ANSWER))
-    wrong = c2.text_input("Wrong token (custom)", key=common.state("p.ablate.wrong", common.IOI_WRONG))
-    upload, length_rule = common.prompt_file_inputs("ablate")
+    prompts = common.prompt_set_form("ablate", model, preset, defaults=DEFAULTS,
+                                     corrupted="Corrupted prompt (custom; a reference for mean / resample)",
+                                     seed_help="Samples the prompts and the resampled references.")
     c1, c2 = st.columns(2)
     method = c1.selectbox("Method", list(METHODS), format_func=METHODS.get,
                           key=common.state("p.ablate.method", DEFAULTS.method))
     reference = c2.selectbox("Reference (mean / resample)", list(REFERENCES), format_func=REFERENCES.get,
                              key=common.state("p.ablate.reference", DEFAULTS.reference))
-    if st.form_submit_button("Run ablation", icon=":material/play_arrow:", type="primary"):
-        fields = {"prompt_set": source, "seed": int(seed), "method": method, "reference": reference}
-        if source == "custom":
-            fields.update(clean_prompts=[clean], corrupted_prompts=[corrupted], answers=[answer], wrong_answers=[wrong])
-        elif source == "file":
-            with common.guard():
-                fields.update(prompts=common.saved_upload(s, upload), length_rule=length_rule)
-        else:
-            fields.update(n_prompts=int(n_prompts), seq_len=int(seq_len))
-        if source != "file" or "prompts" in fields:
-            st.session_state["ablate.request"] = common.fields_key(fields)
-            common.close_run()
+    sent = st.form_submit_button("Run ablation", icon=":material/play_arrow:", type="primary")
+    if sent and (fields := prompts.fields(s)):
+        common.submit("ablate", common.fields_key({**fields, "method": method, "reference": reference}))
 
-if opened is not None and common.RUN_PARAM in st.query_params:
-    with common.guard():
-        common.show_opened_run(opened, key="ablation")
-    st.stop()
-
-fields = st.session_state.get("ablate.request")
-if fields is None:
-    st.info("Choose the prompts and press Run ablation.", icon=":material/info:")
-    st.stop()
+fields = common.form_request("ablate", opened, key="ablation",
+                             hint="Choose the prompts and press Run ablation.")
 
 ok = False
 with common.guard():

@@ -53,16 +53,18 @@ with common.guard():
     if "p.attn.layer" not in st.session_state:  # start on the strongest induction head
         top_layer, top_head, _ = scores["induction"].top(1)[0]
         st.session_state["p.attn.layer"], st.session_state["p.attn.head"] = top_layer, top_head
-    # A click on the grid (from the previous run) picks the head before the grid is drawn.
-    points = (st.session_state.get("attn.grid") or {}).get("selection", {}).get("points", [])
-    if points:
-        clicked = (int(points[0]["y"]), int(points[0]["x"]))
-        if st.session_state.get("attn.clicked") != clicked:
-            st.session_state["attn.clicked"] = clicked
-            st.session_state["p.attn.layer"], st.session_state["p.attn.head"] = clicked
+    # A click on the grid (from the previous run) picks the head before the grid is drawn; only clicks made
+    # since the grid was drawn count, so a head picked in the boxes below stays, and clicking a head again
+    # after picking another one picks it again (as a click toggles a head on the other pages' grids).
+    selected, seen = common.chart_selection("attn.grid")
+    shown = f"L{st.session_state['p.attn.layer']}H{st.session_state['p.attn.head']}"
+    if (clicked := common.toggle_clicked([shown], selected, seen)) and clicked[-1] != shown:
+        layer, head = clicked[-1].removeprefix("L").split("H")
+        st.session_state["p.attn.layer"], st.session_state["p.attn.head"] = int(layer), int(head)
     chosen = (st.session_state["p.attn.layer"], st.session_state["p.attn.head"])
     fig = head_grid({name: sc.values for name, sc in scores.items()}, title="Head detector scores", highlight=chosen)
-    st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="attn.grid", width="stretch")
+    event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="attn.grid", width="stretch")
+    common.remember_selection("attn.grid", event)
     with st.expander("Top heads"):
         cols = st.columns(len(scores))
         for col, (name, sc) in zip(cols, scores.items()):

@@ -14,36 +14,21 @@ from workbench.methods.metrics import no_signal_message
 METHODS = {"eap-ig": "EAP-IG (gradients along the corrupted -> clean inputs)", "eap": "EAP (one gradient)"}
 SCORES = {"exact": "exact effect (verified edges only)", "score": "gradient estimate"}
 DEFAULTS = CircuitConfig()  # the experiment's defaults are the page's
+PROMPTS = CircuitConfig(n_prompts=4, seq_len=8)  # but fewer, shorter prompts: EAP-IG and edge patching are slow
 
 s = common.session()
 st.title("Circuit")
 model = common.require_model(s)
 preset = default_prompt_set(model)
-if st.session_state.get("circuit.defaults_for") != s.model_name:  # open on the task this model can do
-    st.session_state["circuit.defaults_for"] = s.model_name
-    st.session_state["p.circuit.source"] = preset
+common.open_on_preset("circuit", s, preset)
 opened = common.opened_run("circuit", lambda c: {
     **common.prompt_set_widgets("circuit", c), "p.circuit.method": c["method"], "p.circuit.steps": int(c["steps"]),
     "p.circuit.exact_top": int(c["exact_top"]), "p.circuit.points": int(c["points"]),
     "p.circuit.target": float(c["target"])})
 
 with st.form("circuit.form"):
-    source = st.radio("Prompts", list(PROMPT_SETS), format_func=PROMPT_SETS.get, horizontal=True,
-                      key=common.state("p.circuit.source", preset),
-                      help=f"A preset per task; this model's is {preset}. The bundled model can do induction, not IOI.")
-    c1, c2, c3 = st.columns(3)
-    n_prompts = c1.number_input("prompts (induction, IOI)", 1, 64, key=common.state("p.circuit.n_prompts", 4))
-    seq_len = c2.number_input("tokens per copy (induction)", 2, max(2, (model.cfg.block_size - 1) // 2),
-                              key=common.state("p.circuit.seq_len", 8))
-    seed = c3.number_input("seed", 0, 2**31 - 1, key=common.state("p.circuit.seed", DEFAULTS.seed))
-    c1, c2 = st.columns(2)
-    clean = c1.text_input("Clean prompt (custom)", key=common.state("p.circuit.clean", common.IOI_CLEAN))
-    corrupted = c2.text_input("Corrupted prompt (custom)", key=common.state("p.circuit.corrupted",
-                                                                           common.IOI_CORRUPTED),
-                              help="Must have as many tokens as the clean prompt.")
-    c1, c2 = st.columns(2)
-    answer = c1.text_input("Answer token (custom)", key=common.state("p.circuit.answer", common.IOI_ANSWER))
-    wrong = c2.text_input("Wrong token (custom)", key=common.state("p.circuit.wrong", common.IOI_WRONG))
+    prompts = common.prompt_set_form("circuit", model, preset, defaults=PROMPTS, most=64,
+                                     sets_help="The bundled model can do induction, not IOI.")
     c1, c2, c3, c4, c5 = st.columns(5)
     method = c1.selectbox("Ranking", list(METHODS), format_func=METHODS.get,
                           key=common.state("p.circuit.method", DEFAULTS.method))
@@ -54,25 +39,13 @@ with st.form("circuit.form"):
     points = c4.number_input("curve points", 1, 100, key=common.state("p.circuit.points", DEFAULTS.points))
     target = c5.number_input("target faithfulness", 0.0, 2.0, step=0.05,
                              key=common.state("p.circuit.target", DEFAULTS.target))
-    if st.form_submit_button("Find circuit", icon=":material/play_arrow:", type="primary"):
-        fields = {"prompt_set": source, "seed": int(seed), "method": method, "steps": int(steps),
-                  "exact_top": int(exact_top), "points": int(points), "target": float(target)}
-        if source == "custom":
-            fields.update(clean_prompts=[clean], corrupted_prompts=[corrupted], answers=[answer], wrong_answers=[wrong])
-        else:
-            fields.update(n_prompts=int(n_prompts), seq_len=int(seq_len))
-        st.session_state["circuit.request"] = common.fields_key(fields)
-        common.close_run()
+    sent = st.form_submit_button("Find circuit", icon=":material/play_arrow:", type="primary")
+    if sent and (fields := prompts.fields(s)):
+        fields.update(method=method, steps=int(steps), exact_top=int(exact_top), points=int(points),
+                      target=float(target))
+        common.submit("circuit", common.fields_key(fields))
 
-if opened is not None and common.RUN_PARAM in st.query_params:
-    with common.guard():
-        common.show_opened_run(opened, key="circuit")
-    st.stop()
-
-fields = st.session_state.get("circuit.request")
-if fields is None:
-    st.info("Choose the prompts and press Find circuit.", icon=":material/info:")
-    st.stop()
+fields = common.form_request("circuit", opened, key="circuit", hint="Choose the prompts and press Find circuit.")
 
 with common.guard():
     config, result = common.compute(s.key, "circuit", fields, "Ranking, verifying and evaluating edges ...")

@@ -20,7 +20,7 @@ import workbench
 from workbench.errors import InputError, WorkbenchError
 from workbench.experiments import EXPERIMENTS, config_from_dict, run_experiment, with_tokens
 from workbench.experiments.figures import show_token
-from workbench.experiments.prompt_sets import leading_space_hint
+from workbench.experiments.prompt_sets import PROMPT_SETS, leading_space_hint
 from workbench.models.bundled import bundled_names
 from workbench.models.config import PRESETS
 from workbench.runs import RunRecord, default_runs_root
@@ -285,24 +285,132 @@ def remember_selection(key: str, event) -> None:
     st.session_state[f"{key}.seen"] = selected_labels(event)
 
 
-# ----------------------------------------------------------------------------- prompt files
+# ----------------------------------------------------------------------------- prompt sets
 LENGTH_RULES = {"error": "one length only (else an error naming the row)",
                 "pad": "pad (each prompt read at its own last token)"}
 GREY_HELP = ("Cover the cells whose effect's bootstrap interval over the prompts includes 0: the prompts do not "
              "tell whether patching or ablating there raises or lowers the metric.")
 
 
-def prompt_file_inputs(page: str):
-    """The prompt-file widgets of a page's form: an upload (JSONL, CSV or Parquet) and the length rule."""
-    c1, c2 = st.columns([2, 1])
-    upload = c1.file_uploader("Prompt file (file)", type=["jsonl", "csv", "parquet"], key=f"{page}.upload",
-                              help="One prompt pair per row: clean (or clean_ids), corrupted (or corrupted_ids), "
-                                   "answer (or answer_id), wrong (or wrong_id), optional group or template "
-                                   "(workbench.methods.datasets).")
-    rule = c2.selectbox("Prompts of different lengths", list(LENGTH_RULES), format_func=LENGTH_RULES.get,
-                        key=state(f"p.{page}.length_rule", "error"))
-    return upload, rule
+# What each prompt set is, for the Prompts radio's help (only the sets a page offers are named).
+PROMPT_SET_HELP = {
+    "induction": "Induction: [BOS] + r + r for random tokens r, corrupted [BOS] + r' + r.",
+    "ioi": "IOI: Wang et al.'s templates, corrupted with three other names.",
+    "greater_than": "Greater-than: Hanna et al.'s year prompts (GPT-2).",
+    "custom": "Custom: the prompt and tokens typed below.",
+    "file": "File: the prompt file uploaded below.",
+}
 
+
+def open_on_preset(page: str, s: Session, preset: str) -> bool:
+    """The first time `page` is drawn for a model, set its Prompts radio (`p.<page>.source`) to
+    `preset`, the task the model can do (`default_prompt_set`); True then. Call it before
+    `opened_run`, whose inputs win (or have `opened_run`'s fill set `<page>.defaults_for`)."""
+    if st.session_state.get(f"{page}.defaults_for") == s.model_name:
+        return False
+    st.session_state[f"{page}.defaults_for"] = s.model_name
+    st.session_state[f"p.{page}.source"] = preset
+    return True
+
+
+@dataclass
+class PromptSetInputs:
+    """What a page's prompt-set widgets hold (`prompt_set_form`)."""
+
+    source: str
+    n_prompts: int
+    seq_len: int
+    seed: int
+    clean: str
+    corrupted: str | None  # None on a page that runs the clean prompts only
+    answer: str
+    wrong: str
+    upload: object  # the uploaded prompt file (Streamlit's UploadedFile), or None
+    length_rule: str
+
+    def fields(self, s: Session) -> dict | None:
+        """The experiment config's prompt-set fields: the chosen set and its seed, and the custom
+        pair, the prompt file (saved under the runs folder, `saved_upload`) or the sampling
+        options. None, with the reason shown, when the file set has no file."""
+        fields = {"prompt_set": self.source, "seed": int(self.seed)}
+        if self.source == "custom":
+            fields.update(clean_prompts=[self.clean], answers=[self.answer], wrong_answers=[self.wrong])
+            if self.corrupted is not None:
+                fields["corrupted_prompts"] = [self.corrupted]
+            return fields
+        if self.source != "file":
+            return {**fields, "n_prompts": int(self.n_prompts), "seq_len": int(self.seq_len)}
+        with guard():
+            return {**fields, "prompts": saved_upload(s, self.upload), "length_rule": self.length_rule}
+        return None
+
+
+def prompt_set_form(page: str, model, preset: str, *, defaults, sets=tuple(PROMPT_SETS), corrupted: str | None =
+                    "Corrupted prompt (custom)", pad: bool = True, most: int = 256, sets_help: str = "",
+                    seed_help: str | None = None) -> PromptSetInputs:
+    """The prompt-set widgets of a page's form (keys `p.<page>.*`, `<page>.upload`): the prompt set,
+    its sampling options (from `defaults`, a config of the page's experiment), the custom prompt
+    pair with its answer and wrong tokens, and a prompt file (JSONL, CSV or Parquet) with its
+    length rule. What truly differs between pages: the `sets` offered; `corrupted`, the label of
+    the corrupted prompt (None: the page runs the clean prompts only); `pad`, whether prompts of
+    different lengths may be padded (the page reads each at its own last token); `most` prompts;
+    `sets_help`, said after the sets' own help, and `seed_help`. `preset`: the set the model's task
+    takes (`default_prompt_set`). Draw it inside the page's `st.form`."""
+    source = st.radio("Prompts", list(sets), format_func=PROMPT_SETS.get, horizontal=True,
+                      key=state(f"p.{page}.source", preset),
+                      help=" ".join([f"A preset per task; this model's is {preset}.",
+                                     *(PROMPT_SET_HELP[name] for name in sets), sets_help]).strip())
+    c1, c2, c3 = st.columns(3)
+    sampled = ", ".join(PROMPT_SETS[name].split(":")[0] for name in sets if name not in ("custom", "file"))
+    n_prompts = c1.number_input(f"prompts ({sampled})", 1, most, key=state(f"p.{page}.n_prompts", defaults.n_prompts))
+    seq_len = c2.number_input("tokens per copy (induction)", 2, max(2, (model.cfg.block_size - 1) // 2),
+                              key=state(f"p.{page}.seq_len", defaults.seq_len))
+    seed = c3.number_input("seed", 0, 2**31 - 1, key=state(f"p.{page}.seed", defaults.seed), help=seed_help)
+    if corrupted is None:
+        clean = st.text_input("Prompt (custom)", key=state(f"p.{page}.clean", IOI_CLEAN))
+    else:
+        c1, c2 = st.columns(2)
+        clean = c1.text_input("Clean prompt (custom)", key=state(f"p.{page}.clean", IOI_CLEAN))
+        corrupted = c2.text_input(corrupted, key=state(f"p.{page}.corrupted", IOI_CORRUPTED),
+                                  help="Must have as many tokens as the clean prompt.")
+    c1, c2 = st.columns(2)
+    answer = c1.text_input("Answer token (custom)", key=state(f"p.{page}.answer", IOI_ANSWER),
+                           help="The prompt's correct next token, one token (mind the leading space).")
+    wrong = c2.text_input("Wrong token (custom)", key=state(f"p.{page}.wrong", IOI_WRONG))
+    # Without padding the upload takes the row: the page reads every prompt at one position.
+    file_column, rule_column = st.columns([2, 1]) if pad else (st.container(), None)
+    upload = file_column.file_uploader(
+        "Prompt file (file)", type=["jsonl", "csv", "parquet"], key=f"{page}.upload",
+        help="One prompt pair per row: clean (or clean_ids), corrupted (or corrupted_ids), answer (or answer_id), "
+             "wrong (or wrong_id), optional group or template (workbench.methods.datasets)."
+             + ("" if pad else " All of one length: this page reads every prompt at one position."))
+    length_rule = "error" if rule_column is None else rule_column.selectbox(
+        "Prompts of different lengths", list(LENGTH_RULES), format_func=LENGTH_RULES.get,
+        key=state(f"p.{page}.length_rule", defaults.length_rule))
+    return PromptSetInputs(source, n_prompts, seq_len, seed, clean, corrupted, answer, wrong, upload, length_rule)
+
+
+
+def submit(page: str, request) -> None:
+    """The page's form was sent: keep `request` (what the page computes from: `fields_key` of its
+    experiment's fields) in `<page>.request` for this and later runs, and leave an opened run."""
+    st.session_state[f"{page}.request"] = request
+    close_run()
+
+
+def form_request(page: str, opened: RunRecord | None, *, key: str, hint: str):
+    """What comes below a page's form: the opened run shown from its record (`show_opened_run`; the
+    page stops there), or `hint` until the form is first sent (the page stops), else the request
+    the form last sent (`submit`)."""
+    if opened is not None and RUN_PARAM in st.query_params:
+        with guard():
+            show_opened_run(opened, key=key)
+        st.stop()
+    request = st.session_state.get(f"{page}.request")
+    if request is None:
+        st.info(hint, icon=":material/info:")
+        st.stop()
+    return request
 
 def saved_upload(s: Session, upload) -> str:
     """An uploaded prompt file, saved under the runs folder by its content hash (the run's config
@@ -481,10 +589,12 @@ def opened_run(experiment: str, fill) -> RunRecord | None:
 
 
 def prompt_set_widgets(page: str, config: dict) -> dict:
-    """The patching and ablation pages' prompt widgets (keys `p.<page>.*`) set to a config's
-    prompt set (the first pair of a custom set: the pages take one)."""
+    """The widgets of `prompt_set_form` (keys `p.<page>.*`) set to a config's prompt set (the first
+    pair of a custom set: the pages take one; a prompt file cannot be put back in its upload)."""
     values = {f"p.{page}.source": config["prompt_set"], f"p.{page}.n_prompts": int(config["n_prompts"]),
               f"p.{page}.seq_len": int(config["seq_len"]), f"p.{page}.seed": int(config["seed"])}
+    if config.get("length_rule"):
+        values[f"p.{page}.length_rule"] = config["length_rule"]
     for widget, name in (("clean", "clean_prompts"), ("corrupted", "corrupted_prompts"), ("answer", "answers"),
                          ("wrong", "wrong_answers")):
         if config.get(name):

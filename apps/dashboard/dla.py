@@ -19,28 +19,17 @@ s = common.session()
 st.title("Direct logit attribution")
 model = common.require_model(s)
 preset = default_prompt_set(model)
-if st.session_state.get("dla.defaults_for") != s.model_name:  # open on the task this model can do
-    st.session_state["dla.defaults_for"] = s.model_name
-    st.session_state["p.dla.source"] = preset
+common.open_on_preset("dla", s, preset)
 opened = common.opened_run("dla", lambda c: {**common.prompt_set_widgets("dla", c), "p.dla.by": c["by"],
                                              "p.dla.pos": c["pos"]})
 
 with st.form("dla.form"):
-    source = st.radio("Prompts", list(PROMPT_SETS), format_func=PROMPT_SETS.get, horizontal=True,
-                      key=common.state("p.dla.source", preset),
-                      help=f"A preset per task; this model's is {preset}. Direction read: "
-                           + "; ".join(f"{k}: {v}" for k, v in DIRECTIONS.items()) + ". Only the clean prompts run.")
-    c1, c2, c3 = st.columns(3)
-    n_prompts = c1.number_input("prompts (induction, IOI)", 1, 256, key=common.state("p.dla.n_prompts",
-                                                                                    DEFAULTS.n_prompts))
-    seq_len = c2.number_input("tokens per copy (induction)", 2, max(2, (model.cfg.block_size - 1) // 2),
-                              key=common.state("p.dla.seq_len", DEFAULTS.seq_len))
-    seed = c3.number_input("seed", 0, 2**31 - 1, key=common.state("p.dla.seed", DEFAULTS.seed))
-    clean = st.text_input("Prompt (custom)", key=common.state("p.dla.clean", common.IOI_CLEAN))
-    c1, c2 = st.columns(2)
-    answer = c1.text_input("Answer token (custom)", key=common.state("p.dla.answer", common.IOI_ANSWER),
-                           help="The prompt's correct next token, one token (mind the leading space).")
-    wrong = c2.text_input("Wrong token (custom)", key=common.state("p.dla.wrong", common.IOI_WRONG))
+    # Only the clean prompts run, each read at one position, along a direction of the sets in DIRECTIONS.
+    prompts = common.prompt_set_form(
+        "dla", model, preset, defaults=DEFAULTS, corrupted=None, pad=False,
+        sets=[name for name in PROMPT_SETS if name in DIRECTIONS or name == "file"],
+        sets_help="Direction read: " + "; ".join(f"{k}: {v}" for k, v in DIRECTIONS.items())
+                  + "; file: as custom. Only the clean prompts run.")
     c1, c2 = st.columns(2)
     by = c1.selectbox("Components", BY, format_func=lambda b: f"{b}: {GRIDS[b]}", key=common.state("p.dla.by", DEFAULTS.by),
                       help="The grid of components attributed; everything else in the final residual stream "
@@ -49,26 +38,14 @@ with st.form("dla.form"):
     pos = c2.number_input("Position (empty: the prompt set's)", value=None, step=1, key=common.state("p.dla.pos", None),
                           help="The position read, negative from the end. Default: the last for IOI and custom, "
                                "the second-to-last for induction (the last whose next token is known).")
-    if st.form_submit_button("Run attribution", icon=":material/play_arrow:", type="primary"):
-        fields = {"prompt_set": source, "seed": int(seed), "by": by}
+    sent = st.form_submit_button("Run attribution", icon=":material/play_arrow:", type="primary")
+    if sent and (fields := prompts.fields(s)):
+        fields["by"] = by
         if pos is not None:
             fields["pos"] = int(pos)
-        if source == "custom":
-            fields.update(clean_prompts=[clean], answers=[answer], wrong_answers=[wrong])
-        else:
-            fields.update(n_prompts=int(n_prompts), seq_len=int(seq_len))
-        st.session_state["dla.request"] = common.fields_key(fields)
-        common.close_run()
+        common.submit("dla", common.fields_key(fields))
 
-if opened is not None and common.RUN_PARAM in st.query_params:
-    with common.guard():
-        common.show_opened_run(opened, key="dla")
-    st.stop()
-
-fields = st.session_state.get("dla.request")
-if fields is None:
-    st.info("Choose the prompts and press Run attribution.", icon=":material/info:")
-    st.stop()
+fields = common.form_request("dla", opened, key="dla", hint="Choose the prompts and press Run attribution.")
 
 with common.guard():
     config, result = common.compute(s.key, "dla", fields, "Attributing ...")

@@ -42,35 +42,13 @@ s = common.session()
 st.title("Activation patching")
 model = common.require_model(s)
 preset = default_prompt_set(model)
-if st.session_state.get("patch.defaults_for") != s.model_name:  # open on the task this model can do
-    st.session_state["patch.defaults_for"] = s.model_name
-    st.session_state["p.patch.source"] = preset
+common.open_on_preset("patch", s, preset)
 opened = common.opened_run("activation_patching", lambda c: {
     **common.prompt_set_widgets("patch", c), "p.patch.target": c["target"], "p.patch.direction": c["direction"],
     "p.patch.method": "activation"})
 
 with st.form("patch.form"):
-    source = st.radio("Prompts", list(PROMPT_SETS), format_func=PROMPT_SETS.get, horizontal=True,
-                      key=common.state("p.patch.source", preset),
-                      help=f"A preset per task; this model's is {preset}. Induction: [BOS] + r + r for random "
-                           "tokens r, corrupted [BOS] + r' + r. IOI: Wang et al.'s templates, corrupted with three "
-                           "other names. Greater-than: Hanna et al.'s year prompts (GPT-2). Custom: the pair typed "
-                           "below. File: the prompt file uploaded below.")
-    c1, c2, c3 = st.columns(3)
-    n_prompts = c1.number_input("prompts (induction, IOI, greater-than)", 1, 256, key=common.state("p.patch.n_prompts",
-                                                                                    DEFAULTS.n_prompts))
-    seq_len = c2.number_input("tokens per copy (induction)", 2, max(2, (model.cfg.block_size - 1) // 2),
-                              key=common.state("p.patch.seq_len", DEFAULTS.seq_len))
-    seed = c3.number_input("seed", 0, 2**31 - 1, key=common.state("p.patch.seed", DEFAULTS.seed))
-    c1, c2 = st.columns(2)
-    clean = c1.text_input("Clean prompt (custom)", key=common.state("p.patch.clean", common.IOI_CLEAN))
-    corrupted = c2.text_input("Corrupted prompt (custom)", key=common.state("p.patch.corrupted", common.IOI_CORRUPTED),
-                              help="Must have as many tokens as the clean prompt.")
-    c1, c2 = st.columns(2)
-    answer = c1.text_input("Answer token (custom)", key=common.state("p.patch.answer", common.IOI_ANSWER),
-                           help="The clean prompt's correct next token, one token (mind the leading space).")
-    wrong = c2.text_input("Wrong token (custom)", key=common.state("p.patch.wrong", common.IOI_WRONG))
-    upload, length_rule = common.prompt_file_inputs("patch")
+    prompts = common.prompt_set_form("patch", model, preset, defaults=DEFAULTS)
     c1, c2, c3 = st.columns(3)
     target = c1.selectbox("Target", patching.TARGETS, key=common.state("p.patch.target", DEFAULTS.target),
                           help="What is patched: the residual stream, a layer's attention or MLP output at one "
@@ -82,29 +60,12 @@ with st.form("patch.form"):
                           key=common.state("p.patch.method", "activation"),
                           help="Attribution patching estimates every cell from one backward pass: a fast, "
                                "linear preview of the full sweep.")
-    if st.form_submit_button("Run patching", icon=":material/play_arrow:", type="primary"):
-        fields = {"prompt_set": source, "seed": int(seed), "target": target, "direction": direction}
-        if source == "custom":
-            fields.update(clean_prompts=[clean], corrupted_prompts=[corrupted], answers=[answer], wrong_answers=[wrong])
-        elif source == "file":
-            with common.guard():
-                fields.update(prompts=common.saved_upload(s, upload), length_rule=length_rule)
-        else:
-            fields.update(n_prompts=int(n_prompts), seq_len=int(seq_len))
-        if source != "file" or "prompts" in fields:
-            st.session_state["patch.request"] = (common.fields_key(fields), method)
-            common.close_run()
+    sent = st.form_submit_button("Run patching", icon=":material/play_arrow:", type="primary")
+    if sent and (fields := prompts.fields(s)):
+        common.submit("patch", (common.fields_key({**fields, "target": target, "direction": direction}), method))
 
-if opened is not None and common.RUN_PARAM in st.query_params:
-    with common.guard():
-        common.show_opened_run(opened, key="patching")
-    st.stop()
-
-request = st.session_state.get("patch.request")
-if request is None:
-    st.info("Choose the prompts and press Run patching.", icon=":material/info:")
-    st.stop()
-fields, method = request
+fields, method = common.form_request("patch", opened, key="patching",
+                                     hint="Choose the prompts and press Run patching.")
 
 with common.guard():
     if method == "attribution":

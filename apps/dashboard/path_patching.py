@@ -51,9 +51,7 @@ def opened_inputs(config: dict) -> dict:
 
 
 opened = common.opened_run("path_patching", opened_inputs)  # the run's inputs, not the defaults below
-if st.session_state.get("path.defaults_for") != s.model_name:  # open on the task and circuit this model shows
-    st.session_state["path.defaults_for"] = s.model_name
-    st.session_state["p.path.source"] = preset
+if common.open_on_preset("path", s, preset):  # a new model: open on its task and that task's circuit
     auto = auto_receivers(s.key, preset) if model.cfg.n_layer > 1 else ["logits"]
     receivers = parse_receivers(auto)
     st.session_state["p.path.receiver_kind"] = "logits" if receivers == "logits" else "heads"
@@ -87,25 +85,7 @@ if patch_request and patch_request[1] == "activation" and json.loads(patch_reque
                 st.rerun()
 
 with st.form("path.form"):
-    source = st.radio("Prompts", list(PROMPT_SETS), format_func=PROMPT_SETS.get, horizontal=True,
-                      key=common.state("p.path.source", preset),
-                      help=f"A preset per task; this model's is {preset}. Induction: [BOS] + r + r for random "
-                           "tokens r, corrupted [BOS] + r' + r. IOI: Wang et al.'s templates, corrupted with three "
-                           "other names. Custom: the pair typed below.")
-    c1, c2, c3 = st.columns(3)
-    n_prompts = c1.number_input("prompts (induction, IOI)", 1, 256, key=common.state("p.path.n_prompts",
-                                                                                    DEFAULTS.n_prompts))
-    seq_len = c2.number_input("tokens per copy (induction)", 2, max(2, (model.cfg.block_size - 1) // 2),
-                              key=common.state("p.path.seq_len", DEFAULTS.seq_len))
-    seed = c3.number_input("seed", 0, 2**31 - 1, key=common.state("p.path.seed", DEFAULTS.seed))
-    c1, c2 = st.columns(2)
-    clean = c1.text_input("Clean prompt (custom)", key=common.state("p.path.clean", common.IOI_CLEAN))
-    corrupted = c2.text_input("Corrupted prompt (custom)", key=common.state("p.path.corrupted", common.IOI_CORRUPTED),
-                              help="Must have as many tokens as the clean prompt.")
-    c1, c2 = st.columns(2)
-    answer = c1.text_input("Answer token (custom)", key=common.state("p.path.answer", common.IOI_ANSWER),
-                           help="The clean prompt's correct next token, one token (mind the leading space).")
-    wrong = c2.text_input("Wrong token (custom)", key=common.state("p.path.wrong", common.IOI_WRONG))
+    prompts = common.prompt_set_form("path", model, preset, defaults=DEFAULTS)
     c1, c2, c3 = st.columns([1, 3, 1])
     kind = c1.radio("Receivers", list(RECEIVER_KINDS), format_func=RECEIVER_KINDS.get,
                     key=common.state("p.path.receiver_kind", "heads"),
@@ -122,19 +102,14 @@ with st.form("path.form"):
     direction = c2.selectbox("Direction", DIRECTIONS, key=common.state("p.path.direction", DEFAULTS.direction),
                              help="noise (ARENA's): the sender's output from the corrupted run into the clean one; "
                                   "denoise: the reverse.")
-    if st.form_submit_button("Run path patching", icon=":material/play_arrow:", type="primary"):
+    sent = st.form_submit_button("Run path patching", icon=":material/play_arrow:", type="primary")
+    if sent and (fields := prompts.fields(s)):
         if kind == "logits":
             receivers = ["logits"]
         else:  # "L1H0" -> "1.0.k"
             receivers = [name.removeprefix("L").replace("H", ".") + f".{receiver_input}" for name in picked]
-        fields = {"prompt_set": source, "seed": int(seed), "receivers": receivers, "senders": senders,
-                  "direction": direction}
-        if source == "custom":
-            fields.update(clean_prompts=[clean], corrupted_prompts=[corrupted], answers=[answer], wrong_answers=[wrong])
-        else:
-            fields.update(n_prompts=int(n_prompts), seq_len=int(seq_len))
-        st.session_state["path.request"] = common.fields_key(fields)
-        common.close_run()
+        common.submit("path", common.fields_key({**fields, "receivers": receivers, "senders": senders,
+                                                 "direction": direction}))
 
 # The receivers on a head grid (layer x head): what the form sends; a click adds or removes a head (above).
 with st.expander("Receivers on the head grid", expanded=True):
@@ -145,15 +120,8 @@ with st.expander("Receivers on the head grid", expanded=True):
     if kind == "logits":
         st.caption("Receivers: the logits. A click on a head makes that head's input the receiver.")
 
-if opened is not None and common.RUN_PARAM in st.query_params:
-    with common.guard():
-        common.show_opened_run(opened, key="path_patching")
-    st.stop()
-
-fields = st.session_state.get("path.request")
-if fields is None:
-    st.info("Choose the prompts and receivers and press Run path patching.", icon=":material/info:")
-    st.stop()
+fields = common.form_request("path", opened, key="path_patching",
+                             hint="Choose the prompts and receivers and press Run path patching.")
 
 with common.guard():
     config, result = common.compute(s.key, "path_patching", fields, "Path patching every sender ...")

@@ -121,8 +121,8 @@ def head_grid(scores: dict[str, torch.Tensor], *, title: str, zmin: float = 0.0,
               highlight: tuple[int, int] | None = None) -> go.Figure:
     """One [layer x head] heatmap per entry of `scores`, side by side on a shared colour scale,
     each cell carrying its score as text and an invisible marker (plotly cannot select heatmap
-    cells, markers it can: a click reports (head, layer)); `highlight` = (layer, head) outlines
-    that head in every panel."""
+    cells, markers it can: a click reports the head's label, customdata "L{layer}H{head}");
+    `highlight` = (layer, head) outlines that head in every panel."""
     from plotly.subplots import make_subplots
 
     names = list(scores)
@@ -139,9 +139,9 @@ def head_grid(scores: dict[str, torch.Tensor], *, title: str, zmin: float = 0.0,
         xs = [c for _ in range(n_layer) for c in range(n_head)]
         ys = [r for r in range(n_layer) for _ in range(n_head)]
         fig.add_trace(go.Scatter(
-            x=xs, y=ys, mode="markers", customdata=[z[r][c] for r, c in zip(ys, xs)], showlegend=False, name=name,
-            marker={"size": 22, "opacity": 0, "symbol": "square"},
-            hovertemplate="layer %{y}, head %{x}<br>" + name + ": %{customdata:.3f}<extra></extra>"), row=1, col=i)
+            x=xs, y=ys, mode="markers", customdata=[f"L{r}H{c}" for r, c in zip(ys, xs)], showlegend=False,
+            name=name, marker={"size": 22, "opacity": 0, "symbol": "square"}, hoverinfo="text",
+            hovertext=[f"layer {r}, head {c}<br>{name}: {z[r][c]:.3f}" for r, c in zip(ys, xs)]), row=1, col=i)
         if highlight is not None:
             layer, head = highlight
             fig.add_shape(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
