@@ -17,6 +17,12 @@ else (labels, layers, the first prompt's tokens) is rank 0's. The numbers equal 
 float rounding (summation order), so a replay of a distributed run in one process compares them
 within the float tolerance rather than bit for bit (`replaying.replay`).
 
+With fewer prompts than processes some ranks get none: such a rank computes nothing and sends
+nothing to combine (weight 0 in every mean, no rows in the per-prompt values), so any number of
+processes gives the whole set's numbers. Rank 0 always has a prompt (the rows go to the lowest
+ranks first). Attribution patching (`--method attribution`) is split the same way: its estimate
+is linear in each prompt's gradient, so it too is a mean over prompts.
+
 A shard also runs in prompt batches (`prompt_batch` prompts at a time, combined the same way), and
 a batch whose sweep does not fit the memory budget (`planning.MemoryBudgetError`) is split in two
 until it does: a prompt set that fits one prompt at a time never runs out of memory. The progress
@@ -84,10 +90,10 @@ def rank_device(world: World, device: str | None) -> str | None:
 
 
 def shard_rows(n: int, rank: int, size: int) -> slice:
-    """Rank `rank`'s rows of `n` prompts: contiguous, sizes differing by at most one, in rank order."""
-    if n < size:
-        raise InputError(f"{n} prompt(s) cannot be split across {size} processes: give at least {size} prompts "
-                         "(--n-prompts) or start fewer processes (--nproc_per_node)")
+    """Rank `rank`'s rows of `n` prompts: contiguous, sizes differing by at most one, in rank order
+    (the lower ranks get the extra rows). With n < size the ranks from n on get empty slices."""
+    if n < 1:
+        raise InputError(f"there are no prompts to split across {size} process(es): give at least one prompt")
     base, extra = divmod(n, size)
     start = rank * base + min(rank, extra)
     return slice(start, start + base + (rank < extra))
@@ -102,7 +108,11 @@ def combine(parts: list[tuple[Any, int]]) -> Any:
     """The result of the whole prompt set from (result, n_prompts) of its shards, in row order:
     float tensors and numbers are the n-weighted mean (every sweep metric is a mean over prompts),
     nested dataclasses are combined field by field (their `PER_PROMPT_FIELDS` joined along the
-    prompt axis), everything else is the first shard's."""
+    prompt axis), everything else is the first shard's. Empty shards (n_prompts 0, result None)
+    contribute nothing."""
+    parts = [(p, n) for p, n in parts if n > 0]
+    if not parts:
+        raise InputError("no shard has any prompts: there is nothing to combine")
     if len(parts) == 1:
         return parts[0][0]
     first = parts[0][0]
@@ -135,8 +145,10 @@ def run_shard(experiment, config, model, rows: slice, *, prompt_batch: int | Non
               progress: bool = True) -> Any:
     """`experiment.compute` on the prompts `rows`, `prompt_batch` at a time (default all at once),
     each batch split in two while its sweep does not fit the memory budget; combined (`combine`).
-    `progress`: a bar counting prompts."""
+    `progress`: a bar counting prompts. An empty `rows` (a rank with no prompts) computes nothing: None."""
     n = rows.stop - rows.start
+    if n == 0:
+        return None
     step = n if prompt_batch is None else max(1, prompt_batch)
     todo = [slice(s, min(s + step, rows.stop)) for s in range(rows.start, rows.stop, step)]
     parts = []
