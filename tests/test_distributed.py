@@ -153,3 +153,27 @@ def test_torchrun_attribution_patching_from_a_prompt_file(tiny_model_dir, tmp_pa
     config = ActivationPatchingConfig(model=str(tiny_model_dir), device="cpu", method="attribution",
                                       prompts=str(prompts), target="attn_out")
     assert_equals_one_process_and_replays(path, config)
+
+
+def test_resample_ablation_is_refused_on_every_rank_even_one_without_prompts(tiny_model_dir, tmp_path):
+    """One prompt over two processes: rank 1 has none and computes nothing, yet both stop with rank 0's
+    refusal (resample ablation cannot be sharded), nothing is recorded, and nothing waits forever."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(ROOT / "experiments" / "ablate_heads.py"), "--model", str(tiny_model_dir), "--device", "cpu",
+         "--prompt-set", "induction", "--n-prompts", "1", "--seq-len", "5", "--method", "resample",
+         "--out", str(tmp_path / "runs")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.count("error: resample ablation draws a reference prompt") == 2, proc.stderr[-3000:]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_experiments_without_shards_are_refused_before_any_work():
+    from workbench.experiments import DLAConfig
+    from workbench.experiments.distributed import World, run_distributed
+
+    with pytest.raises(InputError, match="'dla' cannot be split across processes"):
+        run_distributed(get_experiment("dla"), DLAConfig(), None, World(rank=0, size=2, backend="gloo"), root=None)

@@ -98,10 +98,10 @@ def compute(config: ActivationPatchingConfig, model, *, progress=False, rows: sl
 
 
 def record(config: ActivationPatchingConfig, model, result: PatchingResult) -> RunResults:
-    """values: the metric with each cell patched (attribution: its estimate), axes per target ([layer pos] or [layer head] ...);
-    with per-prompt values also per_prompt [... prompt], the unpatched runs' per-prompt values
-    (prompt_clean_corrupted [2 prompt]), interval columns in the patching table and, with group
-    labels, a patching_by_group table."""
+    """values: the metric with each cell patched (attribution: its estimate), axes per target
+    ([layer pos] or [layer head] ...); with per-prompt values also per_prompt [... prompt], the
+    unpatched runs' per-prompt values (prompt_clean_corrupted [2 prompt]), interval columns in the
+    patching table and, with group labels, a patching_by_group table."""
     frame = result.to_frame()
     scale = torch.tensor([result.clean_value, result.corrupted_value])
     tensors = {"values": result.values, "clean_corrupted": scale}

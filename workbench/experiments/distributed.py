@@ -32,6 +32,7 @@ bar counts prompts.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,7 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from workbench.errors import InputError
+from workbench.errors import InputError, WorkbenchError
 from workbench.methods.planning import MemoryBudgetError
 
 
@@ -176,12 +177,18 @@ def n_prompts(config) -> int:
     return next(iter(counts.values()))
 
 
-def gather_to_main(world: World, shard_result: Any, n: int) -> list[tuple[Any, int]] | None:
-    """Every rank's (result, n_prompts), in rank order, on rank 0 (None on the others)."""
-    shard_result = _to_cpu(shard_result)
+def gather_to_main(world: World, shard_result: Any, n: int, error: WorkbenchError | None = None
+                   ) -> list[tuple[Any, int]] | None:
+    """Every rank's (result, n_prompts), in rank order, on rank 0 (None on the others). `error`: the
+    WorkbenchError this rank's shard raised (its result then None); any rank's is raised on every
+    rank, so all stop with the same message (a rank without prompts computes nothing and would not
+    meet the error itself, e.g. resample ablation's refusal to be sharded)."""
     parts: list = [None] * world.size
-    dist.all_gather_object(parts, (shard_result, n))
-    return parts if world.main else None
+    dist.all_gather_object(parts, (_to_cpu(shard_result), n, error))
+    for _, _, failed in parts:
+        if failed is not None:
+            raise failed
+    return [(result, n) for result, n, _ in parts] if world.main else None
 
 
 def _to_cpu(value: Any) -> Any:
@@ -198,15 +205,20 @@ def run_distributed(experiment, config, model, world: World, *, root, name=None,
     combined on rank 0 and recorded there. Returns the `core.Run` on rank 0, None elsewhere."""
     from workbench.experiments.core import prepare, run_experiment
 
-    if experiment.compute is None or experiment.record is None:
-        raise InputError(f"experiment {experiment.name!r} cannot be split across processes (it has no compute and "
-                         "record steps); run it without torchrun")
+    if (experiment.compute is None or experiment.record is None
+            or "rows" not in inspect.signature(experiment.compute).parameters):
+        raise InputError(f"experiment {experiment.name!r} cannot be split across processes (its compute step takes "
+                         "no shard of the prompts); run it without torchrun")
     resolved = prepare(experiment, config, model)
     torch.manual_seed(resolved.seed)
     rows = shard_rows(n_prompts(resolved), world.rank, world.size)
-    with torch.no_grad():
-        mine = run_shard(experiment, resolved, model, rows, prompt_batch=prompt_batch, progress=world.main)
-    parts = gather_to_main(world, mine, rows.stop - rows.start)
+    mine, error = None, None
+    try:
+        with torch.no_grad():
+            mine = run_shard(experiment, resolved, model, rows, prompt_batch=prompt_batch, progress=world.main)
+    except WorkbenchError as e:  # bad input: every rank stops with it (gather_to_main)
+        error = e
+    parts = gather_to_main(world, mine, rows.stop - rows.start, error)
     run = None
     if world.main:
         run = run_experiment(experiment, config, model=model, root=root, name=name, computed=combine(parts))
