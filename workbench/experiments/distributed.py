@@ -22,6 +22,8 @@ nothing to combine (weight 0 in every mean, no rows in the per-prompt values), s
 processes gives the whole set's numbers. Rank 0 always has a prompt (the rows go to the lowest
 ranks first). Attribution patching (`--method attribution`) is split the same way: its estimate
 is linear in each prompt's gradient, so it too is a mean over prompts.
+Bad input met on any rank's shard (a `WorkbenchError`) is sent to every rank, and all stop with
+the same message; an experiment whose `compute` takes no `rows` is refused before any work.
 
 A shard also runs in prompt batches (`prompt_batch` prompts at a time, combined the same way), and
 a batch whose sweep does not fit the memory budget (`planning.MemoryBudgetError`) is split in two
