@@ -160,7 +160,9 @@ def test_resample_ablation_is_refused_on_every_rank_even_one_without_prompts(tin
     refusal (resample ablation cannot be sharded), nothing is recorded, and nothing waits forever."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        # torchrun looks at its workers every 3 s here: once rank 0 has failed it stops the others, and they
+        # must have had the time to fail on their own
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--monitor-interval=3",
          str(ROOT / "experiments" / "ablate_heads.py"), "--model", str(tiny_model_dir), "--device", "cpu",
          "--prompt-set", "induction", "--n-prompts", "1", "--seq-len", "5", "--method", "resample",
          "--out", str(tmp_path / "runs")],
