@@ -6,7 +6,10 @@ second copy), ioi (metric: logit difference IO - S), custom; the default, auto, 
 model can do: ioi on GPT-2, induction on the bundled model. The summary warns when the clean run
 is not clearly better than the corrupted one (the model does not do the task). --prompts FILE
 reads prompt pairs from JSONL, CSV or Parquet (workbench.methods.datasets); every cell gets a
-bootstrap interval over the prompts (--no-per-prompt to skip).
+bootstrap interval over the prompts (--no-per-prompt to skip). --method attribution records
+attribution patching instead: every cell estimated from one forward and backward pass (gradient .
+activation difference), same prompts, targets, metric and intervals. Under torchrun
+(--nproc_per_node=N) the prompts are split across the processes and rank 0 records one run.
 
     python experiments/activation_patching.py
     python experiments/activation_patching.py --prompt-set induction --seq-len 20
@@ -17,6 +20,8 @@ bootstrap interval over the prompts (--no-per-prompt to skip).
         --answers " Mary" --wrong-answers " John"
     python experiments/activation_patching.py --prompts pairs.jsonl --target head_out   # or .csv / .parquet
     python experiments/activation_patching.py --prompt-set greater_than --model gpt2
+    python experiments/activation_patching.py --method attribution --target head_out_by_pos
+    torchrun --standalone --nproc_per_node=2 experiments/activation_patching.py --method attribution --prompts pairs.jsonl
     python experiments/activation_patching.py --config runs/activation_patching/<run>/config.json
 """
 

@@ -321,12 +321,28 @@ def test_patching_errors_are_messages(app):
     assert heatmaps(charts(at)[0])
 
 
-def test_patching_attribution_preview_matches_the_library(app, lib_model):
+def test_patching_attribution_matches_the_library_and_saves_a_run(app, lib_model, tmp_path, monkeypatch):
+    """Method attribution: the page shows the library's estimate and Save run records that result (no
+    second computation) as an activation_patching run with method attribution, which replays."""
+    from workbench.experiments import activation_patching as experiment
+
+    calls = count_calls(monkeypatch, experiment, "attribution_patching")  # what the page runs
     at = run_patching(app, target="head_out", method="attribution")
     assert not errors(at), errors(at)
     metric = LogitDiff(lib_model.to_single_token(" Mary"), lib_model.to_single_token(" John"))
     expected = attribution.attribution_patching(lib_model, CLEAN, CORRUPTED, metric, target="head_out")
     assert_close(z_of(heatmaps(charts(at)[0])[0]), expected.normalized())
+    assert len(calls) == 1
+    at.button(key="save.patching").click().run()
+    assert not at.exception and not errors(at), errors(at)
+    assert len(calls) == 1  # saved what the page computed
+    (run,) = find_runs(tmp_path / "runs")
+    record = load_run(run)
+    assert run.parent.name == "activation_patching" and record.config["method"] == "attribution"
+    assert any("--method attribution" in c.value for c in at.code)  # the re-run command
+    assert_close(record.tensors()["values"], expected.values)
+    report = replay(run)
+    assert report.ok, report.format()
 
 
 # ----------------------------------------------------------------------------- logit lens

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import test_app
-from test_app import APP, TIMEOUT, AppTest, charts, errors, heatmaps, page, z_of
+from test_app import APP, TIMEOUT, AppTest, charts, count_calls, errors, heatmaps, page, z_of
 from workbench import cli
 from workbench.experiments import EXPERIMENTS, config_from_dict, run_experiment
 from workbench.runs import find_runs, load_run
@@ -110,6 +110,30 @@ def test_open_fills_the_page_and_shows_the_record_without_a_forward(name, app, e
         at.button(key=f"open.close.{ {'logit_lens': 'lens', 'attention': 'attention'}[name]}").click().run()
     assert not at.exception and not errors(at), errors(at)
     assert forwards and "run" not in at.query_params
+
+
+def test_open_an_attribution_patching_run(app, experiment_model, tmp_path, monkeypatch):
+    """A recorded attribution-patching run opens with the method selected, shows its record without a
+    forward, and Compute again runs attribution patching (not the full sweep)."""
+    from workbench.experiments import activation_patching as experiment
+
+    path = record("activation_patching", experiment_model, tmp_path / "runs", n_prompts=2, seed=1,
+                  target="head_out", method="attribution", prompt_set="induction")
+    at = select_run(page(app, "runs"), path)
+    forwards = count_forwards(monkeypatch)
+    at.button(key="runs.open").click().run()
+    assert not at.exception and not errors(at), errors(at)
+    assert widget_value(at, "p.patch.method") == "attribution" and widget_value(at, "p.patch.target") == "head_out"
+    assert forwards == []
+    (trace,) = heatmaps(charts(at)[0])
+    torch.testing.assert_close(z_of(trace).flatten().double(),
+                               torch.tensor(load_run(path).tables()["patching"]["normalized"].to_numpy()).double())
+    attribution = count_calls(monkeypatch, experiment, "attribution_patching")
+    sweep = count_calls(monkeypatch, experiment, "activation_patching")
+    at.switch_page("dashboard/patching.py")
+    at.button[0].click().run()  # the form's Run button
+    assert not at.exception and not errors(at), errors(at)
+    assert (len(attribution), len(sweep)) == (1, 0)
 
 
 def test_a_bookmarked_run_url_opens_the_page(experiment_model, tmp_path, monkeypatch):

@@ -696,3 +696,42 @@ def test_circuit_run_records_the_librarys_numbers(experiment_model, tmp_path):
                                        edges.sort_values("final_rank")["edge"].head(n).tolist())
         assert float(reached.faithfulness[0]) >= config["target"]
         assert smallest["faithfulness"].iloc[0] == pytest.approx(float(reached.faithfulness[0]), abs=1e-4)
+
+
+def test_attribution_patching_run_records_each_prompts_estimate(experiment_model, tmp_path, capsys):
+    """--method attribution: the record says so (config, command, table, summary), and each prompt's
+    recorded estimate is attribution patching of that prompt alone (the reference: one library call
+    per prompt, no per-prompt bookkeeping), values their mean, with bootstrap intervals; it replays."""
+    from workbench.experiments import config_from_dict
+    from workbench.experiments.prompt_sets import prompt_set_metric
+    from workbench.methods import attribution_patching
+    from workbench.models.loading import load_model
+
+    path = small_run("activation_patching", experiment_model, tmp_path, "--method", "attribution", "--target",
+                     "head_out")
+    rec = load_run(path)
+    assert rec.config["method"] == "attribution" and "--method attribution" in rec.command
+    assert "(attribution patching, denoise, target head_out)" in (path / "summary.txt").read_text()
+    frame = rec.tables()["patching"]
+    assert (frame["method"] == "attribution").all() and {"ci_low", "ci_high", "n"} <= set(frame)
+    model = load_model(experiment_model, device="cpu")
+    config = config_from_dict(EXPERIMENTS["activation_patching"].config, rec.config)
+    per_prompt = rec.tensors()["per_prompt"]
+    for b in range(per_prompt.shape[-1]):
+        ids = {k: torch.tensor(v[b:b + 1]) for k, v in config.token_ids.items()}
+        alone = attribution_patching(model, ids["clean"], ids["corrupted"],
+                                     prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size), target="head_out")
+        torch.testing.assert_close(per_prompt[..., b], alone.values, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rec.tensors()["values"], per_prompt.mean(-1), atol=1e-6, rtol=0)
+    assert run_cli("replay", path) == 0
+    assert "MATCH" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option", [["--memory", "1GiB"], ["--max-batch", "4"]])
+def test_attribution_patching_refuses_the_sweep_options(option, experiment_model, tmp_path, capsys):
+    """max_batch and memory size the activation-patching sweep: with --method attribution they are an
+    error before anything runs, naming them."""
+    assert run_cli("run", "activation_patching", "--model", experiment_model, "--device", "cpu", "--out", tmp_path,
+                   "--method", "attribution", *option) != 0
+    assert f"{option[0][2:].replace('-', '_')} size the activation-patching sweep" in capsys.readouterr().err
+    assert not find_runs(tmp_path)

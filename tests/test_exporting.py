@@ -32,6 +32,9 @@ SMALL = {
     "activation_patching": {"n_prompts": 2},
     "ablate_heads": {"n_prompts": 2},
 }
+# Every experiment, and the variants whose library call differs (attribution patching: its own script body).
+CASES = [(name, {}) for name in sorted(EXPERIMENTS)] + [("activation_patching", {"method": "attribution"})]
+CASE_IDS = [name + "-" + "-".join(map(str, fields.values())) if fields else name for name, fields in CASES]
 TODAY = ("attention_heads", "logit_lens", "activation_patching", "ablate_heads")
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
@@ -81,9 +84,9 @@ def generic(name: str):
 
 
 # ----------------------------------------------------------------------------- export reproduces
-@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
-def test_exported_script_reproduces_the_run(name, experiment_model, tmp_path):
-    original = record(name, experiment_model, tmp_path / "runs")
+@pytest.mark.parametrize("name, fields", CASES, ids=CASE_IDS)
+def test_exported_script_reproduces_the_run(name, fields, experiment_model, tmp_path):
+    original = record(name, experiment_model, tmp_path / "runs", **fields)
     assert cli.main(["export", str(original), "--to", "script", "--out", str(tmp_path / "run.py")]) == 0
     (tmp_path / "record.py").write_text(with_record_on((tmp_path / "run.py").read_text()))
     proc = run_script(tmp_path / "record.py", tmp_path / "new", tmp_path)
@@ -117,12 +120,12 @@ def test_generic_export_reproduces_the_run(experiment_model, tmp_path):
     assert_reproduces(original, tmp_path / "new")
 
 
-@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
-def test_exported_notebook_reproduces_the_run(name, experiment_model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, fields", CASES, ids=CASE_IDS)
+def test_exported_notebook_reproduces_the_run(name, fields, experiment_model, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
-    original = record(name, experiment_model, tmp_path / "runs")
+    original = record(name, experiment_model, tmp_path / "runs", **fields)
     assert cli.main(["export", str(original), "--to", "notebook", "--out", str(tmp_path / "run.ipynb")]) == 0
     nb = nbformat.read(tmp_path / "run.ipynb", as_version=4)
     nbformat.validate(nb)
@@ -140,13 +143,13 @@ def test_exported_notebook_reproduces_the_run(name, experiment_model, tmp_path, 
 
 
 # ----------------------------------------------------------------------------- export reads well
-@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
-def test_exported_script_reads_well(name, experiment_model, tmp_path):
+@pytest.mark.parametrize("name, fields", CASES, ids=CASE_IDS)
+def test_exported_script_reads_well(name, fields, experiment_model, tmp_path):
     """pyflakes-clean (no unused imports or names), under 66 lines besides the token-id rows (one
     per prompt, answer, ...; 60, plus the prompt-set experiments' per-prompt interval options), the
     model by name with its weights checked, every row of ids with its text."""
     pyflakes = pytest.importorskip("pyflakes.api")
-    original = record(name, experiment_model, tmp_path / "runs")
+    original = record(name, experiment_model, tmp_path / "runs", **fields)
     rec = load_run(original)
     source = export_run(original).script()
     from pyflakes.reporter import Reporter
@@ -236,6 +239,20 @@ def test_diff_of_runs_that_differ_only_in_seed(experiment_model, tmp_path, capsy
     va = load_run(a).tables()["heads"].set_index(["layer", "head"]).loc[(1, 0), "value"]
     vb = load_run(b).tables()["heads"].set_index(["layer", "head"]).loc[(1, 0), "value"]
     assert (row["value (A)"], row["value (B)"]) == (va, vb) and row["value (B - A)"] == pytest.approx(vb - va)
+
+
+def test_diff_of_activation_and_attribution_patching(experiment_model, tmp_path):
+    """The same prompts patched both ways: the method is the one config difference, and the joined
+    patching table gives the estimate's error per cell (B - A, against the recorded tables)."""
+    a = record("activation_patching", experiment_model, tmp_path / "runs", target="head_out")
+    b = record("activation_patching", experiment_model, tmp_path / "runs", target="head_out", method="attribution")
+    diff = compare_runs(a, b)
+    assert [(d.key, d.a, d.b) for d in diff.differences if d.where == "config"] == [("method", "activation",
+                                                                                      "attribution")]
+    assert diff.verdict == "different"
+    joined = diff.joined_tables()["patching"].set_index(["layer", "head"])
+    ta, tb = (load_run(r).tables()["patching"].set_index(["layer", "head"]) for r in (a, b))
+    assert joined["value (B - A)"].to_numpy() == pytest.approx((tb["value"] - ta["value"]).loc[joined.index].to_numpy())
 
 
 def test_diff_of_a_run_and_its_rerun_is_same(experiment_model, tmp_path, capsys):

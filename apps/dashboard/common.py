@@ -412,6 +412,7 @@ def form_request(page: str, opened: RunRecord | None, *, key: str, hint: str):
         st.stop()
     return request
 
+
 def saved_upload(s: Session, upload) -> str:
     """An uploaded prompt file, saved under the runs folder by its content hash (the run's config
     records this path; replay needs no file, the record holds the token ids)."""

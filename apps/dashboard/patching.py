@@ -1,41 +1,18 @@
 """Activation patching: restore one clean activation at a time inside the corrupted run (or the
-reverse) and measure the task's metric; attribution patching as a fast linear estimate. The page
-builds an activation_patching experiment config and runs the experiment's own computation."""
+reverse) and measure the task's metric; or attribution patching, its fast gradient estimate. The
+page builds an activation_patching experiment config (its `method` says which) and runs the
+experiment's own computation, so Save run records either."""
 
 import streamlit as st
-import torch
 
 from dashboard import common
-from workbench.experiments.activation_patching import ActivationPatchingConfig
+from workbench.experiments.activation_patching import METHODS, ActivationPatchingConfig
 from workbench.experiments.figures import PATCHING_SHOW, beyond_note, patching_figure
-from workbench.experiments.prompt_sets import (
-    METRICS,
-    PROMPT_SETS,
-    bootstrap,
-    default_prompt_set,
-    interval_note,
-    prompt_set_metric,
-    sweep_options,
-)
-from workbench.methods import attribution, patching
+from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS, default_prompt_set, interval_note
+from workbench.methods import patching
 from workbench.methods.metrics import no_signal_message
 
-METHODS = {"activation": "activation patching (full sweep)", "attribution": "attribution patching (fast estimate)"}
 DEFAULTS = ActivationPatchingConfig()  # the experiment's defaults are the page's
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def attribution_preview(key: common.ModelKey, fields: str):
-    """Attribution patching on the experiment's prompts and metric (a linear estimate of every cell)."""
-    with common.using_model(key) as model:
-        config = common.experiment_config(key, "activation_patching", fields, model)
-        ids = {k: torch.tensor(v, device=model.device) for k, v in config.token_ids.items()}
-        result = attribution.attribution_patching(model, ids["clean"], ids["corrupted"],
-                                                  prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size),
-                                                  target=config.target, direction=config.direction,
-                                                  **sweep_options(config))
-        result.bootstrap = bootstrap(config)
-        return config, result
 
 
 s = common.session()
@@ -45,7 +22,7 @@ preset = default_prompt_set(model)
 common.open_on_preset("patch", s, preset)
 opened = common.opened_run("activation_patching", lambda c: {
     **common.prompt_set_widgets("patch", c), "p.patch.target": c["target"], "p.patch.direction": c["direction"],
-    "p.patch.method": "activation"})
+    "p.patch.method": c.get("method", DEFAULTS.method)})
 
 with st.form("patch.form"):
     prompts = common.prompt_set_form("patch", model, preset, defaults=DEFAULTS)
@@ -57,26 +34,22 @@ with st.form("patch.form"):
     direction = c2.selectbox("Direction", patching.DIRECTIONS, key=common.state("p.patch.direction", DEFAULTS.direction),
                              help="denoise: clean activations into the corrupted run; noise: the reverse.")
     method = c3.selectbox("Method", list(METHODS), format_func=METHODS.get,
-                          key=common.state("p.patch.method", "activation"),
+                          key=common.state("p.patch.method", DEFAULTS.method),
                           help="Attribution patching estimates every cell from one backward pass: a fast, "
                                "linear preview of the full sweep.")
     sent = st.form_submit_button("Run patching", icon=":material/play_arrow:", type="primary")
     if sent and (fields := prompts.fields(s)):
-        common.submit("patch", (common.fields_key({**fields, "target": target, "direction": direction}), method))
+        common.submit("patch", common.fields_key({**fields, "target": target, "direction": direction, "method": method}))
 
-fields, method = common.form_request("patch", opened, key="patching",
-                                     hint="Choose the prompts and press Run patching.")
+fields = common.form_request("patch", opened, key="patching", hint="Choose the prompts and press Run patching.")
 
 with common.guard():
-    if method == "attribution":
-        config, result = attribution_preview(s.key, fields)
-    else:
-        config, result = common.compute(s.key, "activation_patching", fields, "Patching every cell ...")
+    config, result = common.compute(s.key, "activation_patching", fields, "Patching every cell ...")
     metric_label = METRICS[config.metric]
     c1, c2, c3 = st.columns(3)
     c1.metric("clean", f"{result.clean_value:.3f}", help=f"{config.metric}: {metric_label}")
     c2.metric("corrupted", f"{result.corrupted_value:.3f}", help=f"{config.metric}: {metric_label}")
-    c3.metric("cells", f"{result.values.numel()}", help=f"{method} patching of {config.target}, {config.direction}")
+    c3.metric("cells", f"{result.values.numel()}", help=f"{config.method} patching of {config.target}, {config.direction}")
     st.caption(f"{PROMPT_SETS[config.prompt_set]}; {common.plural(len(config.token_ids['clean']), 'prompt')} of "
                f"{common.plural(len(config.token_ids['clean'][0]), 'token')}. Metric: {config.metric}, {metric_label}.")
     warning = no_signal_message(result.clean_value, result.corrupted_value, config.metric)
@@ -108,7 +81,4 @@ with common.guard():
     with st.expander("Largest effects", expanded=True):
         common.table(frame.sort_values("effect", key=abs, ascending=False).head(20))
 
-    common.save_run(s, "activation_patching", config, result if method == "activation" else None,
-                    key="patching", identity=f"{fields}|{method}",
-                    note=None if method == "activation" else
-                    "Save run records the full activation-patching sweep for these inputs.")
+    common.save_run(s, "activation_patching", config, result, key="patching", identity=fields)

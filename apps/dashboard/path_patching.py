@@ -68,15 +68,16 @@ if (toggled := common.toggle_clicked(shown, selected, seen)) != shown:
     st.session_state["p.path.receiver_kind"] = "heads"
 
 # Receivers from the activation patching result of this session (its page's last head sweep).
-patch_request = st.session_state.get("patch.request")
-if patch_request and patch_request[1] == "activation" and json.loads(patch_request[0]).get("target") in HEAD_TARGETS:
+patch_request = st.session_state.get("patch.request")  # the patching page's fields (JSON)
+patch_fields = json.loads(patch_request) if patch_request else {}
+if patch_fields.get("method") == "activation" and patch_fields.get("target") in HEAD_TARGETS:
     with st.expander("Receivers from the activation patching result", expanded=False):
         c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
         k = c1.number_input("heads", 1, len(heads) or 1, key=common.state("p.path.top_k", 3),
                             help="The heads (outside block 0) whose patching moved the metric most.")
         if c2.button("Use the top heads of the activation patching result as receivers", key="path.from_patching"):
             with common.guard():
-                _, patched = common.compute(s.key, "activation_patching", patch_request[0], "Patching every cell ...")
+                _, patched = common.compute(s.key, "activation_patching", patch_request, "Patching every cell ...")
                 chosen = heads_from_patching(patched.to_frame(), k=int(k))
                 st.session_state["p.path.receiver_kind"] = "heads"
                 st.session_state["p.path.heads"] = [f"L{l}H{h}" for l, h in chosen]

@@ -17,6 +17,14 @@ else (labels, layers, the first prompt's tokens) is rank 0's. The numbers equal 
 float rounding (summation order), so a replay of a distributed run in one process compares them
 within the float tolerance rather than bit for bit (`replaying.replay`).
 
+With fewer prompts than processes some ranks get none: such a rank computes nothing and sends
+nothing to combine (weight 0 in every mean, no rows in the per-prompt values), so any number of
+processes gives the whole set's numbers. Rank 0 always has a prompt (the rows go to the lowest
+ranks first). Attribution patching (`--method attribution`) is split the same way: its estimate
+is linear in each prompt's gradient, so it too is a mean over prompts.
+Bad input met on any rank's shard (a `WorkbenchError`) is sent to every rank, and all stop with
+the same message; an experiment whose `compute` takes no `rows` is refused before any work.
+
 A shard also runs in prompt batches (`prompt_batch` prompts at a time, combined the same way), and
 a batch whose sweep does not fit the memory budget (`planning.MemoryBudgetError`) is split in two
 until it does: a prompt set that fits one prompt at a time never runs out of memory. The progress
@@ -26,6 +34,7 @@ bar counts prompts.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +44,7 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from workbench.errors import InputError
+from workbench.errors import InputError, WorkbenchError
 from workbench.methods.planning import MemoryBudgetError
 
 
@@ -84,10 +93,10 @@ def rank_device(world: World, device: str | None) -> str | None:
 
 
 def shard_rows(n: int, rank: int, size: int) -> slice:
-    """Rank `rank`'s rows of `n` prompts: contiguous, sizes differing by at most one, in rank order."""
-    if n < size:
-        raise InputError(f"{n} prompt(s) cannot be split across {size} processes: give at least {size} prompts "
-                         "(--n-prompts) or start fewer processes (--nproc_per_node)")
+    """Rank `rank`'s rows of `n` prompts: contiguous, sizes differing by at most one, in rank order
+    (the lower ranks get the extra rows). With n < size the ranks from n on get empty slices."""
+    if n < 1:
+        raise InputError(f"there are no prompts to split across {size} process(es): give at least one prompt")
     base, extra = divmod(n, size)
     start = rank * base + min(rank, extra)
     return slice(start, start + base + (rank < extra))
@@ -102,7 +111,11 @@ def combine(parts: list[tuple[Any, int]]) -> Any:
     """The result of the whole prompt set from (result, n_prompts) of its shards, in row order:
     float tensors and numbers are the n-weighted mean (every sweep metric is a mean over prompts),
     nested dataclasses are combined field by field (their `PER_PROMPT_FIELDS` joined along the
-    prompt axis), everything else is the first shard's."""
+    prompt axis), everything else is the first shard's. Empty shards (n_prompts 0, result None)
+    contribute nothing."""
+    parts = [(p, n) for p, n in parts if n > 0]
+    if not parts:
+        raise InputError("no shard has any prompts: there is nothing to combine")
     if len(parts) == 1:
         return parts[0][0]
     first = parts[0][0]
@@ -135,8 +148,10 @@ def run_shard(experiment, config, model, rows: slice, *, prompt_batch: int | Non
               progress: bool = True) -> Any:
     """`experiment.compute` on the prompts `rows`, `prompt_batch` at a time (default all at once),
     each batch split in two while its sweep does not fit the memory budget; combined (`combine`).
-    `progress`: a bar counting prompts."""
+    `progress`: a bar counting prompts. An empty `rows` (a rank with no prompts) computes nothing: None."""
     n = rows.stop - rows.start
+    if n == 0:
+        return None
     step = n if prompt_batch is None else max(1, prompt_batch)
     todo = [slice(s, min(s + step, rows.stop)) for s in range(rows.start, rows.stop, step)]
     parts = []
@@ -164,12 +179,18 @@ def n_prompts(config) -> int:
     return next(iter(counts.values()))
 
 
-def gather_to_main(world: World, shard_result: Any, n: int) -> list[tuple[Any, int]] | None:
-    """Every rank's (result, n_prompts), in rank order, on rank 0 (None on the others)."""
-    shard_result = _to_cpu(shard_result)
+def gather_to_main(world: World, shard_result: Any, n: int, error: WorkbenchError | None = None
+                   ) -> list[tuple[Any, int]] | None:
+    """Every rank's (result, n_prompts), in rank order, on rank 0 (None on the others). `error`: the
+    WorkbenchError this rank's shard raised (its result then None); any rank's is raised on every
+    rank, so all stop with the same message (a rank without prompts computes nothing and would not
+    meet the error itself, e.g. resample ablation's refusal to be sharded)."""
     parts: list = [None] * world.size
-    dist.all_gather_object(parts, (shard_result, n))
-    return parts if world.main else None
+    dist.all_gather_object(parts, (_to_cpu(shard_result), n, error))
+    for _, _, failed in parts:
+        if failed is not None:
+            raise failed
+    return [(result, n) for result, n, _ in parts] if world.main else None
 
 
 def _to_cpu(value: Any) -> Any:
@@ -186,15 +207,20 @@ def run_distributed(experiment, config, model, world: World, *, root, name=None,
     combined on rank 0 and recorded there. Returns the `core.Run` on rank 0, None elsewhere."""
     from workbench.experiments.core import prepare, run_experiment
 
-    if experiment.compute is None or experiment.record is None:
-        raise InputError(f"experiment {experiment.name!r} cannot be split across processes (it has no compute and "
-                         "record steps); run it without torchrun")
+    if (experiment.compute is None or experiment.record is None
+            or "rows" not in inspect.signature(experiment.compute).parameters):
+        raise InputError(f"experiment {experiment.name!r} cannot be split across processes (its compute step takes "
+                         "no shard of the prompts); run it without torchrun")
     resolved = prepare(experiment, config, model)
     torch.manual_seed(resolved.seed)
     rows = shard_rows(n_prompts(resolved), world.rank, world.size)
-    with torch.no_grad():
-        mine = run_shard(experiment, resolved, model, rows, prompt_batch=prompt_batch, progress=world.main)
-    parts = gather_to_main(world, mine, rows.stop - rows.start)
+    mine, error = None, None
+    try:
+        with torch.no_grad():
+            mine = run_shard(experiment, resolved, model, rows, prompt_batch=prompt_batch, progress=world.main)
+    except WorkbenchError as e:  # bad input: every rank stops with it (gather_to_main)
+        error = e
+    parts = gather_to_main(world, mine, rows.stop - rows.start, error)
     run = None
     if world.main:
         run = run_experiment(experiment, config, model=model, root=root, name=name, computed=combine(parts))
