@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import einops
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -91,7 +92,7 @@ def edge_patching(
         if layer == n_layer:
             key, make = (entry_of(n_layer - 1, "post"), "logits"), lambda: _logits_delta(graph, diff)
         elif d == graph.mlp_input(layer):
-            key, make = (entry_of(layer, "post"), "mlp"), lambda: _mlp_delta(model, graph, layer, diff, clean_cache)
+            key, make = (entry_of(layer, "post"), "mlp"), lambda: _mlp_delta(model, graph, layer, diff, clean_cache, first)
         else:
             key, make = (entry_of(layer, "mid"), "heads"), lambda: _head_delta(model, graph, layer, diff, clean_cache)
         if key not in groups:
@@ -116,17 +117,20 @@ def _logits_delta(graph: CircuitGraph, diff: Float[Tensor, "upstream batch pos d
     return delta
 
 
-def _mlp_delta(model: GPT, graph: CircuitGraph, layer: int, diff: Float[Tensor, "upstream batch pos d_model"], cache):
+def _mlp_delta(model: GPT, graph: CircuitGraph, layer: int, diff: Float[Tensor, "upstream batch pos d_model"], cache,
+               first: int):
+    """The MLP recomputed from resid_mid + diff at positions `first` on (before it the two runs
+    agree, and the engine reads no earlier position), minus the clean run's mlp_out."""
     block = model.blocks[layer]
-    resid_mid = cache["resid_mid", layer]
-
-    def mlp(x: Float[Tensor, "cell batch pos d_model"]) -> Float[Tensor, "cell batch pos d_model"]:
-        flat = einops.rearrange(x, "cell batch pos d_model -> (cell batch) pos d_model")
-        return einops.rearrange(block.mlp(block.ln2(flat)), "(cell batch) pos d_model -> cell batch pos d_model",
-                                cell=x.shape[0])
+    resid_mid = cache["resid_mid", layer][:, first:]
+    clean_out = cache["mlp_out", layer][:, first:]
 
     def delta(keys: list[int]) -> Float[Tensor, "cell batch pos d_model"]:
-        return mlp(resid_mid[None] + diff[graph.edge_upstream[keys]]) - mlp(resid_mid[None])
+        x = einops.rearrange(resid_mid[None] + diff[graph.edge_upstream[keys], :, first:],
+                             "cell batch pos d_model -> (cell batch) pos d_model")
+        out = einops.rearrange(block.mlp(block.ln2(x)), "(cell batch) pos d_model -> cell batch pos d_model",
+                               cell=len(keys))
+        return F.pad(out - clean_out[None], (0, 0, first, 0))  # zeros before `first`
 
     return delta
 
