@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import einops
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -84,6 +85,7 @@ def edge_patching(
         diff = node_outputs(corrupted_cache, n_layer) - node_outputs(clean_cache, n_layer)
     base = BaseRun(clean, clean_logits, clean_cache, n_layer, other_logits=(corrupted_logits,))
     first = first_difference(clean, corrupted)
+    stop = max(read) + 1  # no position after the last one the metric reads is computed
     groups: dict[tuple[int, str], CellGroup] = {}  # by entry and kind (the last MLP enters where the logits do)
     ed = graph.edge_downstream[index]
     for i, (e, d) in enumerate(zip(index.tolist(), ed.tolist())):
@@ -91,7 +93,7 @@ def edge_patching(
         if layer == n_layer:
             key, make = (entry_of(n_layer - 1, "post"), "logits"), lambda: _logits_delta(graph, diff)
         elif d == graph.mlp_input(layer):
-            key, make = (entry_of(layer, "post"), "mlp"), lambda: _mlp_delta(model, graph, layer, diff, clean_cache)
+            key, make = (entry_of(layer, "post"), "mlp"), lambda: _mlp_delta(model, graph, layer, diff, clean_cache, first, stop)
         else:
             key, make = (entry_of(layer, "mid"), "heads"), lambda: _head_delta(model, graph, layer, diff, clean_cache)
         if key not in groups:
@@ -116,17 +118,20 @@ def _logits_delta(graph: CircuitGraph, diff: Float[Tensor, "upstream batch pos d
     return delta
 
 
-def _mlp_delta(model: GPT, graph: CircuitGraph, layer: int, diff: Float[Tensor, "upstream batch pos d_model"], cache):
+def _mlp_delta(model: GPT, graph: CircuitGraph, layer: int, diff: Float[Tensor, "upstream batch pos d_model"], cache,
+               first: int, stop: int):
+    """The MLP recomputed from resid_mid + diff at positions [first, stop) only (before `first` the
+    two runs agree; the engine reads no position outside them), minus the clean run's mlp_out."""
     block = model.blocks[layer]
-    resid_mid = cache["resid_mid", layer]
-
-    def mlp(x: Float[Tensor, "cell batch pos d_model"]) -> Float[Tensor, "cell batch pos d_model"]:
-        flat = einops.rearrange(x, "cell batch pos d_model -> (cell batch) pos d_model")
-        return einops.rearrange(block.mlp(block.ln2(flat)), "(cell batch) pos d_model -> cell batch pos d_model",
-                                cell=x.shape[0])
+    resid_mid = cache["resid_mid", layer][:, first:stop]
+    clean_out = cache["mlp_out", layer][:, first:stop]
 
     def delta(keys: list[int]) -> Float[Tensor, "cell batch pos d_model"]:
-        return mlp(resid_mid[None] + diff[graph.edge_upstream[keys]]) - mlp(resid_mid[None])
+        x = einops.rearrange(resid_mid[None] + diff[graph.edge_upstream[keys], :, first:stop],
+                             "cell batch pos d_model -> (cell batch) pos d_model")
+        out = einops.rearrange(block.mlp(block.ln2(x)), "(cell batch) pos d_model -> cell batch pos d_model",
+                               cell=len(keys))
+        return F.pad(out - clean_out[None], (0, 0, first, 0))  # zeros before `first`
 
     return delta
 
