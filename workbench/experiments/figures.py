@@ -183,13 +183,15 @@ def interval_hover(frame, show: str, index: str, columns: str) -> list[list[str]
             for rows in zip(*grids)]
 
 
-def grey_uncertain(fig: go.Figure, frame, index: str, columns: str) -> int:
-    """Cover the cells whose effect interval includes 0 (the prompts do not tell the effect's sign)
+def grey_uncertain(fig: go.Figure, frame, index: str, columns: str, *, of: str = "effect") -> int:
+    """Cover the cells whose interval of `of` (the effect; "value" where the value is itself a
+    contribution, as in direct logit attribution) includes 0 (the prompts do not tell its sign)
     with grey, keeping their hover text; returns how many cells it covered."""
-    if "effect_ci_low" not in frame:
+    low, high = INTERVAL_OF[of]
+    if low not in frame:
         return 0
-    low = frame.pivot(index=index, columns=columns, values="effect_ci_low").to_numpy()
-    high = frame.pivot(index=index, columns=columns, values="effect_ci_high").to_numpy()
+    low = frame.pivot(index=index, columns=columns, values=low).to_numpy()
+    high = frame.pivot(index=index, columns=columns, values=high).to_numpy()
     uncertain = (low <= 0) & (high >= 0)
     base = fig.data[0]
     z = [[1.0 if u else None for u in row] for row in uncertain.tolist()]
@@ -389,25 +391,31 @@ def generic_figures(tensors: dict[str, torch.Tensor], tables: dict) -> list[go.F
 
 
 # ----------------------------------------------------------------------------- direct logit attribution
-def dla_figure(frame, *, title: str | None = None) -> go.Figure:
+def dla_figure(frame, *, title: str | None = None, grey: bool = False) -> go.Figure:
     """A direct-logit-attribution table (`DLAResult.to_frame()`, recorded or fresh) as its grid:
     heads as a [layer x head] heatmap (cells labelled), neurons as a [layer x d_mlp] heatmap, whole
     layers or decompose_resid's components as bars with the prompts' spread (min to max); mean
-    over the prompts, in logits, on a diverging scale centred on 0."""
+    over the prompts, in logits, on a diverging scale centred on 0. With intervals over prompts
+    (ci_low, ci_high) a heatmap's hover shows them, and `grey` covers the cells whose interval
+    includes 0."""
     first = frame.iloc[0]
     direction, pos = first.get("direction", "the direction"), first.get("pos", "")
+    where = "each prompt's last token" if pos == -1 else f"pos {pos}"  # -1: each prompt's own (padded prompts)
     for kind, x_dim in (("head", "head"), ("neuron", "d_mlp")):
         cells = frame[frame["component"] == kind]
         if len(cells):
             grid = cells.pivot(index="layer", columns="index", values="value")
             fig = heatmap(grid.to_numpy(), x=[str(c) for c in grid.columns], y=[str(l) for l in grid.index],
                           x_title=x_dim, y_title="layer", diverging=True, colorbar="logits",
-                          title=title or f"Direct logit attribution of each {kind} to {direction} at pos {pos} "
-                                         f"(mean over prompts)")
+                          title=title or f"Direct logit attribution of each {kind} to {direction} at {where} "
+                                         f"(mean over prompts)",
+                          hover=interval_hover(cells, "value", "layer", "index"))
+            if grey:
+                grey_uncertain(fig, cells, "layer", "index", of="value")
             if kind == "head":
                 cell_text(fig, [[f"{v:+.2f}" for v in row] for row in grid.to_numpy().tolist()], size=9)
             return fig
-    return _spread_bars(frame, title=title or f"Direct logit attribution to {direction} at pos {pos} "
+    return _spread_bars(frame, title=title or f"Direct logit attribution to {direction} at {where} "
                                                 "(mean over prompts; bars: min to max)")
 
 
