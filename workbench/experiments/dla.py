@@ -36,7 +36,8 @@ DIRECTIONS = {
 
 @dataclass
 class DLAConfig(PromptSetOptions, ExperimentConfig):
-    keeps_per_prompt = True  # bootstrap intervals over prompts (PromptSetOptions)
+    # bootstrap intervals over prompts (PromptSetOptions: per_prompt; every prompt's values are kept either way)
+    keeps_per_prompt = True
     by: Literal[BY] = field(default="head", metadata={  # type: ignore[valid-type]
         "help": "the grid of components: head ([layer head]), layer ([layer]), neuron ([layer d_mlp]) or "
                 "component (embed, pos_embed, each attn_out and mlp_out)"})
@@ -51,8 +52,6 @@ class DLAConfig(PromptSetOptions, ExperimentConfig):
             return False  # one run of the clean prompts: nothing is corrupted
         if name == "metric":
             return False  # the prompt set's direction (DIRECTIONS) is read, not its patching metric
-        if name == "per_prompt":
-            return False  # one forward gives every prompt's values: always kept
         return super().applies(name)
 
     def validate(self) -> None:
@@ -98,14 +97,14 @@ def compute(config: DLAConfig, model, *, progress=False) -> DLAResult:
     ids = {k: torch.tensor(v, device=model.device) for k, v in config.token_ids.items()}
     clean = ids["clean"]
     pos = position(config, clean.shape[1], ids["read_pos"][:, 0] if "read_pos" in ids else None)
-    groups = config.prompt_groups or None
+    groups = (config.prompt_groups or None) if config.per_prompt else None  # per-group intervals
     if config.prompt_set == "induction":  # the token that follows: what an induction head predicts
         result = direct_logit_attribution(model, clean, clean[:, pos + 1], by=config.by, pos=pos, groups=groups)
         result = dataclasses.replace(result, direction="logit[correct next token]")
     else:
         direction = (ids["answers"][:, 0], ids["wrong_answers"][:, 0])
         result = direct_logit_attribution(model, clean, direction, by=config.by, pos=pos, groups=groups)
-    result.bootstrap = bootstrap(config)
+    result.bootstrap = bootstrap(config) if config.per_prompt else None
     return result
 
 
@@ -175,7 +174,7 @@ pos = position(config, ids.shape[1])
 # Induction: the logit of the token that follows, what an induction head predicts.
 result = direct_logit_attribution(model, ids, ids[:, pos + 1], by=config.by, pos=pos)
 result = dataclasses.replace(result, direction="logit[correct next token]")
-result.bootstrap = bootstrap(config)  # the intervals' resamples, seed and confidence""",
+result.bootstrap = bootstrap(config) if config.per_prompt else None  # the intervals' resamples, seed, confidence""",
         )
     return ScriptBody(
         heading=f"Direct logit attribution by {config.by} of logit[answer] - logit[wrong answer]",
@@ -186,7 +185,7 @@ pos = position(config, ids["clean"].shape[1], ids["read_pos"][:, 0] if "read_pos
 direction = (ids["answers"][:, 0], ids["wrong_answers"][:, 0])
 result = direct_logit_attribution(model, ids["clean"], direction, by=config.by, pos=pos,
                                   groups=config.prompt_groups or None)
-result.bootstrap = bootstrap(config)  # the intervals' resamples, seed and confidence""",
+result.bootstrap = bootstrap(config) if config.per_prompt else None  # the intervals' resamples, seed, confidence""",
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pandas as pd
 import plotly.graph_objects as go
 import torch
 
@@ -174,13 +175,13 @@ GREY = "#cfcfcf"
 
 def interval_hover(frame, show: str, index: str, columns: str) -> list[list[str]] | None:
     """Hover text per cell of a [index x columns] grid: the shown column's interval over prompts and n
-    (None when the table has no intervals)."""
+    (None when the table has no intervals; empty for a cell without one, e.g. a sender never run)."""
     low, high = INTERVAL_OF.get(show, (None, None))
     if low not in frame:
         return None
     grids = [frame.pivot(index=index, columns=columns, values=c).to_numpy() for c in (low, high, "n")]
-    return [[f"interval [{fmt(lo)}, {fmt(hi)}] over {int(n)} prompts (bootstrap)" for lo, hi, n in zip(*rows)]
-            for rows in zip(*grids)]
+    return [["" if pd.isna(n) else f"interval [{fmt(lo)}, {fmt(hi)}] over {int(n)} prompts (bootstrap)"
+             for lo, hi, n in zip(*rows)] for rows in zip(*grids)]
 
 
 def grey_uncertain(fig: go.Figure, frame, index: str, columns: str, *, of: str = "effect") -> int:
@@ -192,7 +193,7 @@ def grey_uncertain(fig: go.Figure, frame, index: str, columns: str, *, of: str =
         return 0
     low = frame.pivot(index=index, columns=columns, values=low).to_numpy()
     high = frame.pivot(index=index, columns=columns, values=high).to_numpy()
-    uncertain = (low <= 0) & (high >= 0)
+    uncertain = (low.astype(float) <= 0) & (high.astype(float) >= 0)  # a missing interval (NaN) is not covered
     base = fig.data[0]
     z = [[1.0 if u else None for u in row] for row in uncertain.tolist()]
     fig.add_trace(go.Heatmap(z=z, x=base.x, y=base.y, customdata=base.customdata, hovertemplate=base.hovertemplate,
@@ -244,10 +245,12 @@ def patching_figure(frame, *, show: str = "normalized", head: int | None = None,
 
 
 # ----------------------------------------------------------------------------- path patching
-def path_patching_figure(frame, *, show: str = "effect", title: str | None = None) -> go.Figure:
+def path_patching_figure(frame, *, show: str = "effect", title: str | None = None, grey: bool = False) -> go.Figure:
     """A path patching table (`PathPatchingResult.to_frame()`, recorded or fresh) as a [layer x head]
     heatmap of `show` ("effect", "value" or "normalized", see PATCHING_SHOW) for head senders, or a
-    [component] bar chart otherwise; senders that reach no receiver are blank (labelled "-")."""
+    [component] bar chart otherwise; senders that reach no receiver are blank (labelled "-"). With
+    per-prompt intervals the heatmap's hover shows them (the bars draw them as error bars), and
+    `grey` covers the senders whose effect interval includes 0 (bars drawn grey)."""
     if show == "normalized" and frame["normalized"].isna().all():
         show = "value"
     first = frame.iloc[0]
@@ -259,12 +262,23 @@ def path_patching_figure(frame, *, show: str = "effect", title: str | None = Non
     if heads.all():
         grid = frame.pivot(index="layer", columns="head", values=show)
         fig = heatmap(grid.to_numpy(), x=[str(h) for h in grid.columns], y=[str(l) for l in grid.index],
-                      x_title="head", y_title="layer", title=title, colorbar=label.split(" (")[0], diverging=True)
+                      x_title="head", y_title="layer", title=title, colorbar=label.split(" (")[0], diverging=True,
+                      hover=interval_hover(frame, show, "layer", "head"))
+        if grey:
+            grey_uncertain(fig, frame, "layer", "head")
         cell_text(fig, [["-" if v != v else f"{v:+.2f}" for v in row] for row in grid.to_numpy().tolist()], size=9)
         return fig
     values = [None if v != v else v for v in frame[show]]
-    fig = go.Figure(go.Bar(x=list(frame["component"]), y=values, marker_color=[
-        "#b2182b" if v is not None and v < 0 else "#2166ac" for v in values]))
+    colours = ["#b2182b" if v is not None and v < 0 else "#2166ac" for v in values]
+    low, high = INTERVAL_OF.get(show, (None, None))
+    error = None
+    if low in frame:
+        error = {"type": "data", "symmetric": False, "array": (frame[high] - frame[show]).fillna(0).tolist(),
+                 "arrayminus": (frame[show] - frame[low]).fillna(0).tolist()}
+        if grey:
+            uncertain = (frame["effect_ci_low"] <= 0) & (frame["effect_ci_high"] >= 0)
+            colours = [GREY if u else c for u, c in zip(uncertain.fillna(False), colours)]
+    fig = go.Figure(go.Bar(x=list(frame["component"]), y=values, marker_color=colours, error_y=error))
     fig.update_layout(title=title, height=360, xaxis_title="component", yaxis_title=label.split(" (")[0])
     return fig
 

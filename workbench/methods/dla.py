@@ -68,8 +68,8 @@ class DLAResult:
     final LayerNorm, its last column `total`. Units: logits (a logit difference for a pair).
 
     Over the prompts: `to_frame()` reports each component's mean with a seeded bootstrap interval
-    (`bootstrap`, `methods.statistics`; columns n, ci_low, ci_high), `groups[batch]` optional labels
-    and `to_frame(by_group=True)` the same per group."""
+    (`bootstrap`, `methods.statistics`; columns n, ci_low, ci_high; None: no interval columns),
+    `groups[batch]` optional labels and `to_frame(by_group=True)` the same per group."""
 
     by: str
     pos: int | list[int]  # the position read, counted from 0; or each prompt's (a padded prompt set)
@@ -84,7 +84,7 @@ class DLAResult:
     accumulated: Float[Tensor, "batch _"]  # one column per accumulated_labels
     accumulated_labels: list[str]
     groups: list[str] | None = None
-    bootstrap: Bootstrap = field(default_factory=Bootstrap)
+    bootstrap: Bootstrap | None = field(default_factory=Bootstrap)  # None: no intervals (records made before them)
 
     @property
     def values(self) -> Float[Tensor, "..."]:
@@ -150,13 +150,16 @@ class DLAResult:
             frame["std"] = values.std(0, correction=0).tolist()  # population std: 0 for one prompt
             frame["min"] = values.min(0).values.tolist()
             frame["max"] = values.max(0).values.tolist()
-            ci = interval_columns(einops.rearrange(values, "batch component -> component batch"), None, self.bootstrap)
-            frame = pd.concat([frame, ci], axis=1)
+            if self.bootstrap is not None:
+                ci = interval_columns(einops.rearrange(values, "batch component -> component batch"), None,
+                                      self.bootstrap)
+                frame = pd.concat([frame, ci], axis=1)
+        frame["by"] = self.by
         if per_prompt and not isinstance(self.pos, int):
             frame["pos"] = self.pos * len(labels)
         else:
             frame["pos"] = self.pos if isinstance(self.pos, int) else -1  # -1: each prompt's own (read_pos)
-        frame["by"], frame["direction"] = self.by, self.direction
+        frame["direction"] = self.direction
         return frame
 
     def layer_frame(self) -> pd.DataFrame:
@@ -166,12 +169,13 @@ class DLAResult:
         rows = []
         for kind, values in (("attn_out", self.attn_out), ("mlp_out", self.mlp_out)):
             v = values.detach().double().cpu()
-            ci = self.bootstrap.interval(v, axis=0)
+            ci = None if self.bootstrap is None else self.bootstrap.interval(v, axis=0)
             for l in range(v.shape[1]):
                 rows.append({"layer": l, "component": kind, "value": float(v[:, l].mean()),
                              "std": float(v[:, l].std(correction=0)), "min": float(v[:, l].min()),
-                             "max": float(v[:, l].max()), "n": ci.n, "ci_low": float(ci.low[l]),
-                             "ci_high": float(ci.high[l])})
+                             "max": float(v[:, l].max())})
+                if ci is not None:
+                    rows[-1].update(n=ci.n, ci_low=float(ci.low[l]), ci_high=float(ci.high[l]))
         return pd.DataFrame(rows)
 
     def accumulated_frame(self) -> pd.DataFrame:
@@ -179,10 +183,12 @@ class DLAResult:
         there through the frozen-scale final LayerNorm, mean / std over the prompts, n, ci_low and
         ci_high (the bootstrap interval of the mean)."""
         v = self.accumulated.detach().double().cpu()
-        ci = self.bootstrap.interval(v, axis=0)
-        return pd.DataFrame({"layer": self.accumulated_labels, "layer_index": range(v.shape[1]),
-                             "value": v.mean(0).tolist(), "std": v.std(0, correction=0).tolist(), "n": ci.n,
-                             "ci_low": ci.low.tolist(), "ci_high": ci.high.tolist()})
+        frame = pd.DataFrame({"layer": self.accumulated_labels, "layer_index": range(v.shape[1]),
+                              "value": v.mean(0).tolist(), "std": v.std(0, correction=0).tolist()})
+        if self.bootstrap is not None:
+            ci = self.bootstrap.interval(v, axis=0)
+            frame["n"], frame["ci_low"], frame["ci_high"] = ci.n, ci.low.tolist(), ci.high.tolist()
+        return frame
 
 
 def _describe(label: str) -> tuple[str, int | None, int | None]:
