@@ -491,12 +491,20 @@ def _node_xy(node: str, n_layer: int, n_head: int) -> tuple[float, float]:
     return int(layer) + 1.0, float(head)
 
 
+# The interval columns of an edge table (`CircuitDiscovery.edges_frame()`) for each drawn score.
+EDGE_INTERVAL_OF = {"score": ("ci_low", "ci_high"), "exact": ("exact_ci_low", "exact_ci_high")}
+
+
 def circuit_figure(edges, *, n_layer: int, n_head: int, score: str = "score", top: int = 50,
-                   title: str | None = None) -> go.Figure:
+                   title: str | None = None, grey: bool = False) -> go.Figure:
     """The `top` edges of largest |score| (an edge table: edge, upstream, downstream, and the `score`
     column; e.g. `EdgeScores.to_frame()`) drawn between the nodes, which stand in columns by block:
     line width grows with |score|, blue for a positive and red for a negative score. Every edge's
-    midpoint and every node carries a hover (and is a point a page can select, customdata = its label)."""
+    midpoint and every node carries a hover (and is a point a page can select, customdata = its label);
+    with intervals over prompts (EDGE_INTERVAL_OF) the hover shows the edge's, and `grey` draws the
+    edges whose interval includes 0 grey."""
+    low, high = EDGE_INTERVAL_OF.get(score, (None, None))
+    has_ci = low in edges
     shown = edges.dropna(subset=[score])
     shown = shown.reindex(shown[score].abs().sort_values(ascending=False).index).head(top)
     biggest = float(shown[score].abs().max()) if len(shown) else 1.0
@@ -506,13 +514,17 @@ def circuit_figure(edges, *, n_layer: int, n_head: int, score: str = "score", to
         reader = row["downstream"].split(".")[0]
         (x0, y0), (x1, y1) = _node_xy(row["upstream"], n_layer, n_head), _node_xy(reader, n_layer, n_head)
         value = float(row[score])
+        uncertain = has_ci and bool(row[low] <= 0 <= row[high])
+        colour = GREY if grey and uncertain else (POSITIVE if value >= 0 else NEGATIVE)
         fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", hoverinfo="skip", showlegend=False,
-                                 line={"width": 0.5 + 7.5 * abs(value) / (biggest or 1.0),
-                                       "color": POSITIVE if value >= 0 else NEGATIVE}, opacity=0.7))
+                                 line={"width": 0.5 + 7.5 * abs(value) / (biggest or 1.0), "color": colour},
+                                 opacity=0.7))
         mid_x.append((x0 + x1) / 2)
         mid_y.append((y0 + y1) / 2)
         mid_label.append(row["edge"])
-        mid_text.append(f"{row['edge']}<br>{score}: {fmt(value)}")
+        mid_text.append(f"{row['edge']}<br>{score}: {fmt(value)}" + (
+            f"<br>interval [{fmt(float(row[low]))}, {fmt(float(row[high]))}] over {int(row['n'])} prompts (bootstrap)"
+            if has_ci else ""))
     fig.add_trace(go.Scatter(x=mid_x, y=mid_y, mode="markers", marker={"size": 7, "color": "rgba(0,0,0,0.25)"},
                              customdata=mid_label, hovertext=mid_text, hoverinfo="text", name="edges"))
     nodes = ["input"] + [f"L{l}H{h}" for l in range(n_layer) for h in range(n_head)] + [f"MLP{l}" for l in range(n_layer)]
@@ -536,10 +548,20 @@ def circuit_figure(edges, *, n_layer: int, n_head: int, score: str = "score", to
 
 def faithfulness_figure(curve, *, target: float | None = None, title: str | None = None) -> go.Figure:
     """A faithfulness curve (a table with n_edges and faithfulness, e.g. `Faithfulness.to_frame()`)
-    against the number of edges on a log axis; `target` drawn as a dashed line."""
+    against the number of edges on a log axis; `target` drawn as a dashed line. With intervals over
+    prompts (faithfulness_ci_low / _high) they are error bars and in the hover."""
     points = curve[curve["n_edges"] > 0]
-    fig = go.Figure(go.Scatter(x=points["n_edges"].tolist(), y=points["faithfulness"].tolist(), mode="lines+markers",
-                               hovertemplate="%{x} edges<br>faithfulness %{y:.3f}<extra></extra>"))
+    error, hover = None, "%{x} edges<br>faithfulness %{y:.3f}<extra></extra>"
+    if "faithfulness_ci_low" in points:
+        error = {"type": "data", "symmetric": False,
+                 "array": (points["faithfulness_ci_high"] - points["faithfulness"]).tolist(),
+                 "arrayminus": (points["faithfulness"] - points["faithfulness_ci_low"]).tolist()}
+        hover = ("%{x} edges<br>faithfulness %{y:.3f}<br>interval [%{customdata[0]:.3f}, %{customdata[1]:.3f}] "
+                 "over %{customdata[2]:.0f} prompts (bootstrap)<extra></extra>")
+    fig = go.Figure(go.Scatter(
+        x=points["n_edges"].tolist(), y=points["faithfulness"].tolist(), mode="lines+markers", error_y=error,
+        customdata=points[["faithfulness_ci_low", "faithfulness_ci_high", "n"]].to_numpy().tolist() if error else None,
+        hovertemplate=hover))
     if target is not None:
         fig.add_hline(y=target, line_dash="dash", annotation_text=f"target {target:g}")
     fig.add_hline(y=1.0, line_color="#999", line_width=1)
