@@ -439,11 +439,12 @@ def dla_layer_figure(layers, *, title: str | None = None) -> go.Figure:
     fig = go.Figure()
     for kind, name in (("attn_out", "attention"), ("mlp_out", "MLP")):
         rows = layers[layers["component"] == kind]
+        customdata, interval = _interval_hover(rows)
         fig.add_trace(go.Bar(
-            x=[str(l) for l in rows["layer"]], y=rows["value"].tolist(), name=name,
+            x=[str(l) for l in rows["layer"]], y=rows["value"].tolist(), name=name, customdata=customdata,
             error_y={"type": "data", "symmetric": False, "array": (rows["max"] - rows["value"]).tolist(),
                      "arrayminus": (rows["value"] - rows["min"]).tolist()},
-            hovertemplate=f"layer %{{x}} {name}: %{{y:.3f}} logits<extra></extra>"))
+            hovertemplate=f"layer %{{x}} {name}: %{{y:.3f}} logits" + interval + "<extra></extra>"))
     fig.update_layout(title=title or "Per layer: attention and MLP (mean; bars: min to max)",
                       barmode="group", height=360, margin={"t": 60, "b": 10},
                       xaxis_title="layer", yaxis_title="logits")
@@ -462,12 +463,22 @@ def dla_accumulated_figure(accumulated, *, title: str | None = None) -> go.Figur
     return fig
 
 
+def _interval_hover(frame) -> tuple[list | None, str]:
+    """(customdata, hovertemplate suffix) for bars of a DLA table: each bar's interval of the mean
+    over prompts when the table has one (ci_low, ci_high, n)."""
+    if "ci_low" not in frame:
+        return None, ""
+    return (frame[["ci_low", "ci_high", "n"]].to_numpy().tolist(),
+            "<br>interval [%{customdata[0]:.3f}, %{customdata[1]:.3f}] over %{customdata[2]:.0f} prompts (bootstrap)")
+
+
 def _spread_bars(frame, *, title: str) -> go.Figure:
+    customdata, interval = _interval_hover(frame)
     fig = go.Figure(go.Bar(
-        x=frame["label"].tolist(), y=frame["value"].tolist(),
+        x=frame["label"].tolist(), y=frame["value"].tolist(), customdata=customdata,
         error_y={"type": "data", "symmetric": False, "array": (frame["max"] - frame["value"]).tolist(),
                  "arrayminus": (frame["value"] - frame["min"]).tolist()},
-        hovertemplate="%{x}: %{y:.3f} logits<extra></extra>"))
+        hovertemplate="%{x}: %{y:.3f} logits" + interval + "<extra></extra>"))
     fig.update_layout(title=title, height=360, margin={"t": 60, "b": 10}, xaxis_title="component",
                       yaxis_title="logits")
     return fig

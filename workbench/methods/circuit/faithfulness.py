@@ -46,9 +46,8 @@ class Faithfulness:
 
     Per prompt (`per_prompt=True`): `per_prompt[cell, prompt]` each prompt's metric in the circuit's
     run (mean over prompts: `values`), `prompt_clean`, `prompt_corrupted` [prompt] the two runs',
-    `groups[prompt]` optional labels; `to_frame()` then adds the bootstrap interval of each value
-    over prompts and that interval on the faithfulness scale (`bootstrap`), `to_frame(by_group=True)`
-    per group."""
+    `groups[prompt]` optional labels; `to_frame()` then adds bootstrap intervals over prompts of
+    each value and of its faithfulness (`bootstrap`), `to_frame(by_group=True)` per group."""
 
     graph: CircuitGraph
     circuits: torch.Tensor
