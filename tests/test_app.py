@@ -922,10 +922,15 @@ def test_dla_page_shows_intervals_on_hover_and_greys_out(app, lib_model):
     pairs = prompts.induction_prompts(n=8, seq_len=10, seed=0, vocab_size=lib_model.cfg.vocab_size)
     tokens = pairs.clean_tokens
     pos = tokens.shape[1] - 2
-    frame = direct_logit_attribution(lib_model, tokens, tokens[:, pos + 1], by="head", pos=pos).to_frame()
+    expected = direct_logit_attribution(lib_model, tokens, tokens[:, pos + 1], by="head", pos=pos)
+    frame = expected.to_frame()
     cell = frame[frame["label"] == "L1H0"].iloc[0]
     (trace,) = heatmaps(charts(at)[0])
     assert f"interval [{cell['ci_low']:.4g}, {cell['ci_high']:.4g}] over 8 prompts" in trace["customdata"][1][0]
+    attn = charts(at)[1]["data"][0]  # the per-layer bars: the interval in the hover
+    layers = expected.layer_frame().query("component == 'attn_out'")
+    assert [row[:2] for row in attn["customdata"]] == pytest.approx(layers[["ci_low", "ci_high"]].to_numpy().tolist())
+    assert "interval" in attn["hovertemplate"]
     assert any("percentile bootstrap of the mean over n = 8 prompts" in c.value for c in at.caption)
     at.toggle(key="p.dla.grey").set_value(True).run()
     assert not at.exception

@@ -86,11 +86,12 @@ with common.guard():
                "multiplied by its weight, dotted with the direction (logits).")
     frame = result.to_frame()
     grey = False
-    if result.by in ("head", "neuron"):  # drawn as a heatmap
-        grey = st.toggle("Grey out components whose interval includes 0", key=common.state("p.dla.grey", False),
-                         help="Cover the cells whose bootstrap interval over the prompts includes 0: the prompts do "
-                              "not tell whether the component writes for or against the direction.")
-    st.caption(interval_note(config, result.n_prompts) + " of each component's mean (in the hover and the table).")
+    if result.bootstrap is not None:
+        if result.by in ("head", "neuron"):  # drawn as a heatmap
+            grey = st.toggle("Grey out components whose interval includes 0", key=common.state("p.dla.grey", False),
+                             help="Cover the cells whose bootstrap interval over the prompts includes 0: the prompts "
+                                  "do not tell whether the component writes for or against the direction.")
+        st.caption(interval_note(config, result.n_prompts) + " of each component's mean (in the hover and the table).")
     st.plotly_chart(dla_figure(frame, grey=grey), width="stretch", key="dla.chart")
     c1, c2 = st.columns(2)
     c1.plotly_chart(dla_layer_figure(result.layer_frame()), width="stretch", key="dla.layers")
