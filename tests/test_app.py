@@ -929,7 +929,8 @@ def test_dla_page_shows_intervals_on_hover_and_greys_out(app, lib_model):
     assert f"interval [{cell['ci_low']:.4g}, {cell['ci_high']:.4g}] over 8 prompts" in trace["customdata"][1][0]
     attn = charts(at)[1]["data"][0]  # the per-layer bars: the interval in the hover
     layers = expected.layer_frame().query("component == 'attn_out'")
-    assert [row[:2] for row in attn["customdata"]] == pytest.approx(layers[["ci_low", "ci_high"]].to_numpy().tolist())
+    assert [v for row in attn["customdata"] for v in row[:2]] == pytest.approx(
+        layers[["ci_low", "ci_high"]].to_numpy().flatten().tolist())
     assert "interval" in attn["hovertemplate"]
     assert any("percentile bootstrap of the mean over n = 8 prompts" in c.value for c in at.caption)
     at.toggle(key="p.dla.grey").set_value(True).run()
