@@ -1036,3 +1036,79 @@ def test_circuit_page_errors_are_messages(app):
     at.button[0].click().run()
     assert not at.exception
     assert any("different lengths" in e for e in errors(at))
+
+
+# ----------------------------------------------------------------------------- intervals over prompts
+def test_dla_page_shows_intervals_on_hover_and_greys_out(app, lib_model):
+    """The DLA heatmap's hover holds each head's bootstrap interval over the prompts (the library's
+    to_frame for the same prompts); the toggle covers the heads whose interval includes 0."""
+    from workbench.methods import direct_logit_attribution
+
+    at = run_dla(app)
+    assert not errors(at), errors(at)
+    pairs = prompts.induction_prompts(n=8, seq_len=10, seed=0, vocab_size=lib_model.cfg.vocab_size)
+    tokens = pairs.clean_tokens
+    pos = tokens.shape[1] - 2
+    expected = direct_logit_attribution(lib_model, tokens, tokens[:, pos + 1], by="head", pos=pos)
+    frame = expected.to_frame()
+    cell = frame[frame["label"] == "L1H0"].iloc[0]
+    (trace,) = heatmaps(charts(at)[0])
+    assert f"interval [{cell['ci_low']:.4g}, {cell['ci_high']:.4g}] over 8 prompts" in trace["customdata"][1][0]
+    attn = charts(at)[1]["data"][0]  # the per-layer bars: the interval in the hover
+    layers = expected.layer_frame().query("component == 'attn_out'")
+    assert [v for row in attn["customdata"] for v in row[:2]] == pytest.approx(
+        layers[["ci_low", "ci_high"]].to_numpy().flatten().tolist())
+    assert "interval" in attn["hovertemplate"]
+    assert any("percentile bootstrap of the mean over n = 8 prompts" in c.value for c in at.caption)
+    at.toggle(key="p.dla.grey").set_value(True).run()
+    assert not at.exception
+    heat, grey = heatmaps(charts(at)[0])
+    heads = frame[frame["component"] == "head"]
+    uncertain = ((heads["ci_low"] <= 0) & (heads["ci_high"] >= 0)).to_numpy().reshape(lib_model.cfg.n_layer, -1)
+    assert [[z is not None for z in row] for row in grey["z"]] == uncertain.tolist()
+
+
+def test_path_patching_page_shows_intervals_on_hover_and_greys_out(app, lib_model):
+    from workbench.experiments.path_patching import default_receivers, parse_receivers
+    from workbench.methods.path_patching import path_patching
+
+    at = page(app, "path_patching")
+    at.button[0].click().run()
+    assert not at.exception and not errors(at), errors(at)
+    pairs = prompts.induction_prompts(n=8, seq_len=10, seed=0, vocab_size=lib_model.cfg.vocab_size)
+    receivers = parse_receivers(default_receivers("induction", lib_model))
+    frame = path_patching(lib_model, pairs.clean_tokens, pairs.corrupted_tokens, pairs.metric(), receivers=receivers,
+                          direction="noise", per_prompt=True, progress=False).to_frame()
+    (trace,) = heatmaps(results(at)[0])
+    cell = frame[(frame["layer"] == 0) & (frame["head"] == 3)].iloc[0]
+    assert f"interval [{cell['effect_ci_low']:.4g}, {cell['effect_ci_high']:.4g}] over 8 prompts" in trace["customdata"][0][3]
+    at.toggle(key="p.path.grey").set_value(True).run()
+    assert not at.exception
+    heat, grey = heatmaps(results(at)[0])
+    covered = [(r, c) for r, row in enumerate(grey["z"]) for c, z in enumerate(row) if z is not None]
+    expected = [(int(r.layer), int(r.head)) for r in frame.itertuples()
+                if r.computed and r.effect_ci_low <= 0 <= r.effect_ci_high]
+    assert sorted(covered) == sorted(expected)
+
+
+def test_circuit_page_shows_intervals_on_hover(app, lib_model):
+    from workbench.methods import circuit as lib
+    from workbench.methods.prompts import induction_prompts
+
+    at = page(app, "circuit")
+    small_circuit_inputs(at)
+    at.button[0].click().run()
+    assert not at.exception and not errors(at), errors(at)
+    pairs = induction_prompts(n=2, seq_len=4, seed=0, vocab_size=lib_model.cfg.vocab_size)
+    exact = lib.faithfulness_curve(lib_model, pairs.clean_tokens, pairs.corrupted_tokens, pairs.metric(),
+                                   lib.edge_attribution(lib_model, pairs.clean_tokens, pairs.corrupted_tokens,
+                                                        pairs.metric(), method="eap-ig", steps=2),
+                                   points=5, exact_top=8, per_prompt=True).exact.to_frame().set_index("edge")
+    graph, faithfulness = charts(at)
+    (mids,) = [t for t in graph["data"] if t.get("name") == "edges"]
+    edge, text = mids["customdata"][0], mids["hovertext"][0]
+    assert (f"interval [{exact.loc[edge, 'effect_ci_low']:.4g}, {exact.loc[edge, 'effect_ci_high']:.4g}] over 2 "
+            "prompts") in text
+    assert faithfulness["data"][0]["error_y"]["array"]  # the curve's intervals
+    at.toggle(key="p.circuit.grey").set_value(True).run()
+    assert not at.exception and not errors(at)

@@ -356,3 +356,110 @@ def test_eap_ig_in_chunks_of_steps_equals_one_batch(model, pair, monkeypatch):
     chunked = edge_attribution(model, clean, corrupted, metric, method="eap-ig", steps=3)
     torch.testing.assert_close(chunked.per_prompt, whole.per_prompt, atol=1e-5, rtol=0)
     assert chunked.clean_value == pytest.approx(whole.clean_value, abs=1e-6)
+
+
+# ---------------------------------------------------------------------- per-prompt values and intervals
+def logit_diff_of(b):
+    """Prompt b's own metric of METRICS["logit_diff"]."""
+    return LogitDiff([11, 500, 7][b], [3, 3, 900][b])
+
+
+def test_edge_patching_and_circuit_runs_per_prompt_equal_each_prompt_alone(model, pair):
+    """per_prompt of exact edge patching and of the circuits' runs (a faithfulness curve): prompt b's
+    values equal the method run on prompt b alone; their mean is the batched value (1e-5)."""
+    clean, corrupted = pair
+    metric = METRICS["logit_diff"](clean)
+    graph = CircuitGraph.of_model(model)
+    edges = graph.edges[::7]
+    exact = edge_patching(model, clean, corrupted, metric, edges, per_prompt=True, progress=False)
+    batched = edge_patching(model, clean, corrupted, metric, edges, progress=False)
+    torch.testing.assert_close(exact.per_prompt.mean(-1), batched.values, atol=1e-5, rtol=0)
+    scores = edge_attribution(model, clean, corrupted, metric)
+    curve = faithfulness_curve(model, clean, corrupted, metric, scores, points=5, per_prompt=True)
+    plain = faithfulness_curve(model, clean, corrupted, metric, scores, points=5)
+    torch.testing.assert_close(curve.per_prompt.mean(-1), plain.values, atol=1e-5, rtol=0)
+    assert curve.per_prompt.shape == (len(curve.values), 3)
+    for b in range(3):
+        one = (clean[b:b + 1], corrupted[b:b + 1], logit_diff_of(b))
+        alone = edge_patching(model, *one, edges, progress=False)
+        torch.testing.assert_close(exact.per_prompt[:, b], alone.values, atol=1e-4, rtol=0)
+        assert float(exact.prompt_clean[b]) == pytest.approx(alone.clean_value, abs=1e-4)
+        circuits = circuit_faithfulness(model, *one, graph.edges[:40])
+        single = circuit_faithfulness(model, clean, corrupted, metric, graph.edges[:40], per_prompt=True)
+        assert float(single.per_prompt[0, b]) == pytest.approx(float(circuits.values[0]), abs=1e-4)
+        assert float(single.prompt_corrupted[b]) == pytest.approx(circuits.corrupted_value, abs=1e-4)
+        from workbench.methods.circuit import evaluate_circuits
+        runs = evaluate_circuits(model, *one, curve.circuits)
+        torch.testing.assert_close(curve.per_prompt[:, b], runs.values, atol=1e-4, rtol=0)
+    assert float(scores.prompt_clean[1]) == pytest.approx(float(logit_diff_of(1)(model(clean[1:2])).detach()), abs=1e-4)
+
+
+def test_intervals_of_scores_exact_effects_and_faithfulness(model, pair):
+    """to_frame intervals: EAP scores and exact effects (patching's columns, a hand bootstrap of the
+    per-prompt values), faithfulness by a paired ratio bootstrap written out by hand; groups."""
+    import numpy as np
+
+    from workbench.methods.statistics import Bootstrap
+
+    clean, corrupted = pair
+    metric = METRICS["logit_diff"](clean)
+    groups = ["p", "q", "p"]
+    scores = edge_attribution(model, clean, corrupted, metric, groups=groups)
+    scores.bootstrap = Bootstrap(n_resamples=300, seed=1)
+    frame = scores.to_frame()
+    assert (frame["n"] == 3).all()
+    assert ((frame["ci_low"] <= frame["score"] + 1e-9) & (frame["score"] <= frame["ci_high"] + 1e-9)).all()
+    draws = np.random.default_rng(1).integers(0, 3, size=(300, 3))
+
+    def hand(x):
+        means = np.asarray(x, dtype=np.float64)[draws].mean(1)
+        return np.quantile(means, 0.025), np.quantile(means, 0.975)
+
+    top = int(scores.ranking()[0])
+    assert (frame.loc[top, "ci_low"], frame.loc[top, "ci_high"]) == pytest.approx(hand(scores.per_prompt[:, top]),
+                                                                                   abs=1e-7)
+    by_group = scores.to_frame(by_group=True)
+    p = by_group[(by_group["group"] == "p") & (by_group["edge"] == scores.graph.edges[top])].iloc[0]
+    assert p["score"] == pytest.approx(float(scores.per_prompt[[0, 2], top].mean()), abs=1e-6) and p["n"] == 2
+
+    exact = edge_patching(model, clean, corrupted, metric, scores.ranking()[:6], per_prompt=True, groups=groups,
+                          progress=False)
+    exact.bootstrap = Bootstrap(n_resamples=300, seed=1)
+    ef = exact.to_frame()
+    assert {"n", "ci_low", "ci_high", "effect_ci_low", "effect_ci_high"} <= set(ef.columns)
+    paired = exact.per_prompt[0] - exact.prompt_clean  # each prompt's effect: against its own clean run
+    assert (ef.loc[0, "effect_ci_low"], ef.loc[0, "effect_ci_high"]) == pytest.approx(hand(paired), abs=1e-7)
+
+    curve = faithfulness_curve(model, clean, corrupted, metric, scores, sizes=[3, 30], per_prompt=True, groups=groups)
+    curve.bootstrap = Bootstrap(n_resamples=300, seed=1)
+    cf = curve.to_frame()
+    num = (curve.per_prompt[1] - curve.prompt_corrupted).double().numpy()
+    den = (curve.prompt_clean - curve.prompt_corrupted).double().numpy()
+    ratios = num[draws].mean(1) / den[draws].mean(1)
+    assert cf.loc[1, "faithfulness"] == pytest.approx(num.mean() / den.mean(), abs=1e-5)
+    assert (cf.loc[1, "faithfulness_ci_low"], cf.loc[1, "faithfulness_ci_high"]) == pytest.approx(
+        (np.quantile(ratios, 0.025), np.quantile(ratios, 0.975)), abs=1e-6)
+    assert (cf.loc[1, "ci_low"], cf.loc[1, "ci_high"]) == pytest.approx(hand(curve.per_prompt[1]), abs=1e-7)
+    assert set(curve.to_frame(by_group=True)["group"]) == {"p", "q"}
+    with pytest.raises(InputError, match="pass per_prompt=True"):
+        edge_patching(model, clean, corrupted, metric, [0], groups=groups, progress=False)
+
+
+def test_the_experiment_records_per_prompt_values_and_intervals(tmp_path):
+    from conftest import random_hf_model
+
+    from workbench.experiments import replay, run_experiment
+    from workbench.experiments.circuit import CircuitConfig
+
+    path = tmp_path / "m"
+    random_hf_model().save_pretrained(path)
+    small = workbench.load_model(path, device="cpu")
+    config = CircuitConfig(prompt_set="induction", n_prompts=3, seq_len=4, steps=2, exact_top=6, points=4,
+                           n_resamples=100, bootstrap_seed=5)
+    run = run_experiment("circuit", config, model=small, root=tmp_path / "runs")
+    edges, curve = run.results.tables["edges"], run.results.tables["curve"]
+    assert (edges["n"] == 3).all() and edges["exact_ci_low"].notna().sum() == 6
+    assert {"faithfulness_ci_low", "faithfulness_ci_high"} <= set(curve.columns)
+    assert len(run.results.tables["curve_per_prompt"]) == 3 * len(curve)
+    assert "percentile bootstrap of the mean over n = 3 prompts, 100 resamples, seed 5" in run.results.summary
+    assert replay(run.path, model=small).ok

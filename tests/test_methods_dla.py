@@ -177,3 +177,114 @@ def test_bad_input_is_a_clear_error(model, tokens, direction, by, pos, message):
         direct_logit_attribution(model, tokens, direction, by=by, pos=pos)
     with pytest.raises(InputError):  # the subclass for bad input
         direct_logit_attribution(model, tokens, direction, by=by, pos=pos)
+
+
+# ---------------------------------------------------------------------- prompt sets: own positions, intervals, groups
+
+
+def hand_bootstrap(x, *, seed, n_resamples, confidence=0.95):
+    """The percentile bootstrap of the mean of 1-d `x`, written out with numpy (the seeded draws of
+    `methods.statistics`): resample prompts with replacement, mean, quantiles."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    draws = np.random.default_rng(seed).integers(0, len(x), size=(n_resamples, len(x)))
+    means = x[draws].mean(1)
+    tail = (1 - confidence) / 2
+    return np.quantile(means, tail), np.quantile(means, 1 - tail)
+
+
+def test_padded_prompt_set_reads_each_prompt_at_its_own_last_token(model):
+    """Prompts of different lengths, padded (`PromptSet.batch(length_rule="pad")`), read at each
+    prompt's `read_pos`: every prompt's values equal DLA of that prompt alone, unpadded, at its last
+    token (a padded set read at -1 would read padding for the shorter ones)."""
+    from workbench.methods.datasets import PromptSet
+
+    g = torch.Generator().manual_seed(4)
+    rows = [torch.randint(100, 1000, (n,), generator=g).tolist() for n in (8, 5, 6)]
+    answer, wrong = [7, 12, 40], [11, 3, 41]
+    batch = PromptSet(rows, rows, "logit_diff", answer, wrong).batch(length_rule="pad")
+    assert batch.read_pos.tolist() == [7, 4, 5]
+    for by in ("head", "neuron", "component"):
+        result = direct_logit_attribution(model, batch.clean, (torch.tensor(answer), torch.tensor(wrong)), by=by,
+                                          pos=batch.read_pos)
+        assert result.pos == [7, 4, 5]
+        for b, row in enumerate(rows):
+            alone = direct_logit_attribution(model, torch.tensor([row]), (answer[b], wrong[b]), by=by, pos=-1)
+            assert_close(result.per_prompt[b], alone.per_prompt[0])
+            assert_close(result.terms_per_prompt[b], alone.terms_per_prompt[0])
+            assert_close(result.accumulated[b], alone.accumulated[0])
+            with torch.no_grad():
+                logits = model(torch.tensor([row]))[0, -1]
+            assert float(result.total[b]) == pytest.approx(float(logits[answer[b]] - logits[wrong[b]]), abs=1e-4)
+    old = direct_logit_attribution(model, batch.clean, (torch.tensor(answer), torch.tensor(wrong)), by=by, pos=-1)
+    assert not torch.allclose(old.per_prompt[1], result.per_prompt[1], atol=1e-3)  # the bug this fixes
+    long = result.to_frame(per_prompt=True)
+    assert long[long["label"] == "embed"]["pos"].tolist() == [7, 4, 5]
+
+
+def test_the_experiment_reads_a_padded_prompt_file_at_each_prompts_own_position(model, tmp_path):
+    """The dla experiment on a prompt file with length_rule pad: per-prompt values equal each prompt
+    run alone, unpadded; group labels give a per-group table; the run records n, the seed and method."""
+    import json
+
+    from workbench.experiments import run_experiment
+    from workbench.experiments.dla import DLAConfig
+
+    records = [{"clean": "When Mary and John went to the store, John gave a drink to", "answer": " Mary",
+                "wrong": " John", "group": "long"},
+               {"clean": "Mary and John: John gave it to", "answer": " Mary", "wrong": " John", "group": "short"},
+               {"clean": "Alice met Bob; Bob thanked", "answer": " Alice", "wrong": " Bob", "group": "short"}]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps({**r, "corrupted": r["clean"]}) for r in records))
+    run = run_experiment("dla", DLAConfig(prompts=str(path), length_rule="pad", by="head", n_resamples=200,
+                                          bootstrap_seed=3), model=model, root=tmp_path / "runs")
+    per_prompt = run.results.tensors["values_per_prompt"]
+    for b, r in enumerate(records):
+        alone = direct_logit_attribution(model, r["clean"], (r["answer"], r["wrong"]), by="head")
+        assert_close(per_prompt[b], alone.per_prompt[0])
+    components = run.results.tables["components"]
+    assert (components["n"] == 3).all() and (components["pos"] == -1).all()
+    by_group = run.results.tables["components_by_group"]
+    assert sorted(by_group["group"].unique()) == ["long", "short"]
+    assert (by_group.loc[by_group["group"] == "short", "n"] == 2).all()
+    assert run.config.n_resamples == 200 and run.config.bootstrap_seed == 3
+    assert "percentile bootstrap of the mean over n = 3 prompts, 200 resamples, seed 3" in run.results.summary
+
+
+def test_intervals_are_seeded_cover_the_mean_and_come_per_group(model):
+    from workbench.methods.statistics import Bootstrap
+
+    g = torch.Generator().manual_seed(9)
+    tokens = torch.randint(100, 1000, (6, 8), generator=g)
+    answer, wrong = torch.randint(100, 1000, (6,), generator=g), torch.randint(100, 1000, (6,), generator=g)
+    groups = ["a", "b", "a", "b", "a", "a"]
+    result = direct_logit_attribution(model, tokens, (answer, wrong), by="head", groups=groups)
+    result.bootstrap = Bootstrap(n_resamples=500, seed=4)
+    frame = result.to_frame()
+    assert (frame["n"] == 6).all()
+    assert ((frame["ci_low"] <= frame["value"] + 1e-9) & (frame["value"] <= frame["ci_high"] + 1e-9)).all()
+    row = frame[frame["label"] == "L1H2"].iloc[0]
+    low, high = hand_bootstrap(result.per_prompt[:, 1, 2].double(), seed=4, n_resamples=500)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((low, high), abs=1e-6)
+    again = result.to_frame()
+    assert again["ci_low"].equals(frame["ci_low"])  # same seed, same interval
+    result.bootstrap = Bootstrap(n_resamples=500, seed=5)
+    assert not result.to_frame()["ci_low"].equals(frame["ci_low"])
+    by_group = result.to_frame(by_group=True)
+    a = by_group[(by_group["group"] == "a") & (by_group["label"] == "L1H2")].iloc[0]
+    assert a["value"] == pytest.approx(float(result.per_prompt[[0, 2, 4, 5], 1, 2].mean()), abs=1e-6)
+    assert a["n"] == 4 and (by_group.loc[by_group["group"] == "b", "n"] == 2).all()
+    layers = result.layer_frame()
+    assert ((layers["ci_low"] <= layers["value"] + 1e-9) & (layers["value"] <= layers["ci_high"] + 1e-9)).all()
+
+
+@pytest.mark.parametrize("pos, groups, message", [
+    (torch.tensor([1, 2]), None, r"one position per prompt \(3\), got 2"),
+    (torch.tensor([1, 2, 8]), None, r"per-prompt positions must lie in \[0, 7\]"),
+    (torch.tensor([1.0, 2.0, 3.0]), None, "one integer position per prompt"),
+    (-1, ["a"], "groups must be one label per prompt"),
+])
+def test_bad_positions_and_groups(model, tokens, pos, groups, message):
+    with pytest.raises(InputError, match=message):
+        direct_logit_attribution(model, tokens, (ANSWER, WRONG), pos=pos, groups=groups)

@@ -214,3 +214,88 @@ def test_bad_input(strong, receivers, senders, message):
     assert isinstance(error.value, WorkbenchError)
     with pytest.raises(InputError, match="direction"):
         path_patching(model, clean, corrupted, metric, receivers="logits", direction="sideways")
+
+
+# ---------------------------------------------------------------------- per-prompt values and intervals
+
+
+@pytest.mark.parametrize("receivers", ["logits", [(1, 0, "k"), (2, 1, "q")]])
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_per_prompt_values_equal_each_prompt_alone(strong, receivers, direction):
+    """per_prompt[..., b] is path patching of prompt b alone; their mean is the batched value (1e-5);
+    the unpatched runs' per-prompt values are each prompt's metric."""
+    model, clean, corrupted, metric = strong
+    answer, wrong = metric.answer, metric.wrong
+    result = path_patching(model, clean, corrupted, metric, receivers=receivers, direction=direction,
+                           per_prompt=True, progress=False)
+    batched = path_patching(model, clean, corrupted, metric, receivers=receivers, direction=direction, progress=False)
+    assert result.per_prompt.shape == (*batched.values.shape, 2)
+    torch.testing.assert_close(result.per_prompt.mean(-1), batched.values, atol=1e-5, rtol=0, equal_nan=True)
+    torch.testing.assert_close(result.values, batched.values, atol=1e-5, rtol=0, equal_nan=True)
+    for b in range(2):
+        alone = path_patching(model, clean[b:b + 1], corrupted[b:b + 1], LogitDiff(int(answer[b]), int(wrong[b])),
+                              receivers=receivers, direction=direction, progress=False)
+        torch.testing.assert_close(result.per_prompt[..., b], alone.values, atol=TOL, rtol=TOL, equal_nan=True)
+        assert float(result.prompt_clean[b]) == pytest.approx(alone.clean_value, abs=TOL)
+        assert float(result.prompt_corrupted[b]) == pytest.approx(alone.corrupted_value, abs=TOL)
+
+
+def test_intervals_and_groups(strong):
+    """to_frame: the interval columns of patching (n, ci_low, ci_high, effect_ci_low, effect_ci_high,
+    normalized_ci_*), seeded, covering the mean, equal to a hand bootstrap of the per-prompt values
+    (paired with the unpatched run for the effect), missing where the sender reaches no receiver;
+    per-group frames from each group's prompts alone."""
+    import numpy as np
+
+    from workbench.methods.statistics import Bootstrap
+
+    model, _, _, _ = strong
+    g = torch.Generator().manual_seed(8)
+    clean = torch.randint(0, 50000, (6, 6), generator=g)
+    corrupted = clean.clone()
+    corrupted[:, 2] = torch.randint(0, 50000, (6,), generator=g)
+    metric = LogitDiff(torch.randint(0, 50000, (6,), generator=g), torch.randint(0, 50000, (6,), generator=g))
+    groups = ["x", "y", "x", "x", "y", "y"]
+    result = path_patching(model, clean, corrupted, metric, receivers=[(2, 0, "v")], per_prompt=True, groups=groups,
+                           progress=False)
+    result.bootstrap = Bootstrap(n_resamples=400, seed=2)
+    frame = result.to_frame()
+    assert {"n", "ci_low", "ci_high", "effect_ci_low", "effect_ci_high", "normalized_ci_low",
+            "normalized_ci_high"} <= set(frame.columns)
+    done, blank = frame[frame["computed"]], frame[~frame["computed"]]
+    assert len(blank) and blank[["ci_low", "effect_ci_high"]].isna().all().all() and blank["n"].isna().all()
+    assert (done["n"] == 6).all()
+    assert ((done["ci_low"] <= done["value"] + 1e-9) & (done["value"] <= done["ci_high"] + 1e-9)).all()
+    assert ((done["effect_ci_low"] <= done["effect"] + 1e-9) & (done["effect"] <= done["effect_ci_high"] + 1e-9)).all()
+    layer, head = 1, 2
+    row = frame[frame["component"] == f"L{layer}H{head}"].iloc[0]
+    x = result.per_prompt[layer, head].double().numpy()
+    effect = x - result.prompt_corrupted.double().numpy()  # denoise: the corrupted run is the base
+    draws = np.random.default_rng(2).integers(0, 6, size=(400, 6))
+    for values, low, high in ((x, "ci_low", "ci_high"), (effect, "effect_ci_low", "effect_ci_high")):
+        means = values[draws].mean(1)
+        assert (row[low], row[high]) == pytest.approx((np.quantile(means, 0.025), np.quantile(means, 0.975)), abs=1e-6)
+    assert result.to_frame()["ci_low"].equals(frame["ci_low"])  # seeded
+    by_group = result.to_frame(by_group=True)
+    y = by_group[(by_group["group"] == "y") & (by_group["component"] == f"L{layer}H{head}")].iloc[0]
+    assert y["value"] == pytest.approx(float(result.per_prompt[layer, head, [1, 4, 5]].mean()), abs=1e-6)
+    assert y["n"] == 3
+    with pytest.raises(InputError, match="one value for the whole batch"):
+        path_patching(model, clean, corrupted, lambda logits: logits[:, -1, 0].mean(), receivers="logits",
+                      per_prompt=True, progress=False)
+    with pytest.raises(InputError, match="pass per_prompt=True"):
+        path_patching(model, clean, corrupted, metric, receivers="logits", groups=groups, progress=False)
+
+
+def test_the_experiment_records_per_prompt_values_and_intervals(model, tmp_path):
+    from workbench.experiments import replay, run_experiment
+    from workbench.experiments.path_patching import PathPatchingConfig
+
+    config = PathPatchingConfig(prompt_set="induction", n_prompts=3, seq_len=4, receivers=["1.0.k"], n_resamples=100,
+                                bootstrap_seed=7)
+    run = run_experiment("path_patching", config, model=model, root=tmp_path / "runs")
+    table = run.results.tables["path_patching"]
+    assert (table.loc[table["computed"], "n"] == 3).all()
+    assert run.results.tensors["per_prompt"].shape == (model.cfg.n_layer, model.cfg.n_head, 3)
+    assert "percentile bootstrap of the mean over n = 3 prompts, 100 resamples, seed 7" in run.results.summary
+    assert replay(run.path, model=model).ok

@@ -167,3 +167,26 @@ def test_figures_show_intervals_and_grey_out_uncertain_cells(model, pairs):
     assert len(patching_figure(frame, show="effect").data) == 1  # the toggle off: no grey layer
     ablated = ablation_sweep(model, clean, LogitDiff(answer, wrong), per_prompt=True, progress=False)
     assert len(ablation_figure(ablated.to_frame(), grey=True).data) == 2
+
+
+def test_ratio_of_means_resamples_numerator_and_denominator_together():
+    """bootstrap_ratio_ci: mean(num) / mean(den) with each resample's ratio from the same draws of prompts
+    (a hand numpy loop); the draws are bootstrap_ci's for the same seed; one prompt gives the value."""
+    from workbench.methods.statistics import bootstrap_ratio_ci
+
+    den = synthetic(25, mean=2.0, sigma=0.5, seed=1)
+    num = np.stack([den * 0.7 + synthetic(25, sigma=0.1, mean=0.0, seed=2), synthetic(25, seed=3)])
+    ci = bootstrap_ratio_ci(num, den, seed=11, n_resamples=800)
+    draws = np.random.default_rng(11).integers(0, 25, size=(800, 25))
+    for i in range(2):
+        ratios = num[i][draws].mean(1) / den[draws].mean(1)
+        assert ci.mean[i] == pytest.approx(num[i].mean() / den.mean())
+        assert (ci.low[i], ci.high[i]) == pytest.approx((np.quantile(ratios, 0.025), np.quantile(ratios, 0.975)),
+                                                        abs=1e-12)
+    assert ci.low[0] < ci.mean[0] < ci.high[0] and ci.n == 25 and "ratio" in ci.method
+    # paired: a numerator that moves with the denominator gives a narrower interval than independent noise
+    assert ci.high[0] - ci.low[0] < 0.1
+    one = bootstrap_ratio_ci([3.0], [2.0])
+    assert one.low == one.high == 1.5
+    with pytest.raises(InputError, match="one value per prompt"):
+        bootstrap_ratio_ci(num, den[:3])

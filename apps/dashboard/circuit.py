@@ -8,7 +8,7 @@ import streamlit as st
 from dashboard import common
 from workbench.experiments.circuit import CircuitConfig
 from workbench.experiments.figures import circuit_figure, faithfulness_figure
-from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS, default_prompt_set
+from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS, default_prompt_set, interval_note
 from workbench.methods.metrics import no_signal_message
 
 METHODS = {"eap-ig": "EAP-IG (gradients along the corrupted -> clean inputs)", "eap": "EAP (one gradient)"}
@@ -71,7 +71,16 @@ with common.guard():
     verified = bool(edges["exact"].notna().any())
     score = c2.radio("Width and colour by", list(SCORES) if verified else ["score"], format_func=SCORES.get,
                      horizontal=True, key="p.circuit.score")
-    fig = circuit_figure(edges, n_layer=model.cfg.n_layer, n_head=model.cfg.n_head, score=score, top=int(top))
+    grey = False
+    if curve.per_prompt is not None:
+        grey = st.toggle("Grey out edges whose interval includes 0", key=common.state("p.circuit.grey", False),
+                         help="Draw grey the edges whose bootstrap interval over the prompts (of the shown score) "
+                              "includes 0: the prompts do not tell whether corrupting the edge raises or lowers "
+                              "the metric.")
+        st.caption(interval_note(config, curve.per_prompt.shape[1]) + " (in each edge's hover, and the curve's "
+                   "error bars: faithfulness is a ratio of means, both resampled together).")
+    fig = circuit_figure(edges, n_layer=model.cfg.n_layer, n_head=model.cfg.n_head, score=score, top=int(top),
+                         grey=grey)
     event = st.plotly_chart(fig, width="stretch", key="circuit.graph", on_select="rerun", selection_mode="points")
     picked = [p.get("customdata") for p in (event.selection.points if event else []) if p.get("customdata")]
     for label in picked[:3]:
@@ -84,7 +93,8 @@ with common.guard():
     st.plotly_chart(faithfulness_figure(curve.to_frame(), target=config.target), width="stretch",
                     key="circuit.curve")
     with st.expander("Edges: gradient estimate vs exact effect", expanded=True):
-        common.table(edges.sort_values("final_rank")[
-            ["edge", "score", "exact", "rank", "final_rank", "in_smallest", "upstream_layer", "downstream_layer",
-             "input"]].head(max(int(top), config.exact_top)))
+        columns = ["edge", "score", "ci_low", "ci_high", "exact", "exact_ci_low", "exact_ci_high", "rank",
+                   "final_rank", "in_smallest", "upstream_layer", "downstream_layer", "input"]
+        common.table(edges.sort_values("final_rank")[[c for c in columns if c in edges]]
+                     .head(max(int(top), config.exact_top)))
     common.save_run(s, "circuit", config, result, key="circuit", identity=fields)

@@ -7,7 +7,7 @@ import streamlit as st
 from dashboard import common
 from workbench.experiments.dla import DIRECTIONS, DLAConfig
 from workbench.experiments.figures import dla_accumulated_figure, dla_figure, dla_layer_figure
-from workbench.experiments.prompt_sets import PROMPT_SETS, default_prompt_set
+from workbench.experiments.prompt_sets import PROMPT_SETS, default_prompt_set, interval_note
 from workbench.methods.dla import BY
 
 DEFAULTS = DLAConfig()  # the experiment's defaults are the page's
@@ -58,15 +58,23 @@ with common.guard():
     c3.metric("prompts", f"{result.n_prompts}")
     n_tokens = len(config.token_ids["clean"][0])
     st.caption(f"{PROMPT_SETS[config.prompt_set]}; {common.plural(result.n_prompts, 'prompt')} of "
-               f"{common.plural(n_tokens, 'token')}. Direction: {result.direction} at pos {result.pos}. Each "
+               f"{common.plural(n_tokens, 'token')}. Direction: {result.direction} at {result.pos_label}. Each "
                "component's output there, centred, divided by the final LayerNorm's scale in this run and "
                "multiplied by its weight, dotted with the direction (logits).")
     frame = result.to_frame()
-    st.plotly_chart(dla_figure(frame), width="stretch", key="dla.chart")
+    grey = False
+    if result.bootstrap is not None:
+        if result.by in ("head", "neuron"):  # drawn as a heatmap
+            grey = st.toggle("Grey out components whose interval includes 0", key=common.state("p.dla.grey", False),
+                             help="Cover the cells whose bootstrap interval over the prompts includes 0: the prompts "
+                                  "do not tell whether the component writes for or against the direction.")
+        st.caption(interval_note(config, result.n_prompts) + " of each component's mean (in the hover and the table).")
+    st.plotly_chart(dla_figure(frame, grey=grey), width="stretch", key="dla.chart")
     c1, c2 = st.columns(2)
     c1.plotly_chart(dla_layer_figure(result.layer_frame()), width="stretch", key="dla.layers")
     c2.plotly_chart(dla_accumulated_figure(result.accumulated_frame()), width="stretch", key="dla.accumulated")
-    with st.expander("Largest direct contributions (mean, spread over the prompts: std, min, max)", expanded=True):
+    with st.expander("Largest direct contributions (mean, spread over the prompts: std, min, max; interval of the "
+                     "mean: ci_low, ci_high)", expanded=True):
         common.table(frame.reindex(frame["value"].abs().sort_values(ascending=False).index).head(TOP))
 
     common.save_run(s, "dla", config, result, key="dla", identity=fields)

@@ -15,7 +15,7 @@ from workbench.experiments.path_patching import (
     heads_from_patching,
     parse_receivers,
 )
-from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS, default_prompt_set
+from workbench.experiments.prompt_sets import METRICS, PROMPT_SETS, default_prompt_set, interval_note
 from workbench.methods.metrics import no_signal_message
 from workbench.methods.path_patching import RECEIVER_INPUTS, SENDER_SETS, receivers_label
 from workbench.methods.patching import DIRECTIONS, HEAD_TARGETS
@@ -143,11 +143,16 @@ with common.guard():
     show = st.radio("Show", list(PATCHING_SHOW), format_func=PATCHING_SHOW.get, horizontal=True,
                     key=common.state("p.path.show", "effect"))
     frame = result.to_frame()
+    grey = False
+    if result.per_prompt is not None:
+        grey = st.toggle("Grey out senders whose interval includes 0", key=common.state("p.path.grey", False),
+                         help=common.GREY_HELP)
+        st.caption(interval_note(config, result.per_prompt.shape[-1]) + " (in each cell's hover).")
     if show == "normalized" and frame["normalized"].isna().all():
         st.warning("Cannot normalise: the clean and corrupted metric are equal; showing the raw metric.",
                    icon=":material/warning:")
         show = "value"
-    st.plotly_chart(path_patching_figure(frame, show=show), width="stretch", key="path.chart")
+    st.plotly_chart(path_patching_figure(frame, show=show, grey=grey), width="stretch", key="path.chart")
     with st.expander("Largest effects", expanded=True):
         done = frame[frame["computed"]]
         common.table(done.sort_values("effect", key=abs, ascending=False).head(20)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pandas as pd
 import plotly.graph_objects as go
 import torch
 
@@ -174,23 +175,25 @@ GREY = "#cfcfcf"
 
 def interval_hover(frame, show: str, index: str, columns: str) -> list[list[str]] | None:
     """Hover text per cell of a [index x columns] grid: the shown column's interval over prompts and n
-    (None when the table has no intervals)."""
+    (None when the table has no intervals; empty for a cell without one, e.g. a sender never run)."""
     low, high = INTERVAL_OF.get(show, (None, None))
     if low not in frame:
         return None
     grids = [frame.pivot(index=index, columns=columns, values=c).to_numpy() for c in (low, high, "n")]
-    return [[f"interval [{fmt(lo)}, {fmt(hi)}] over {int(n)} prompts (bootstrap)" for lo, hi, n in zip(*rows)]
-            for rows in zip(*grids)]
+    return [["" if pd.isna(n) else f"interval [{fmt(lo)}, {fmt(hi)}] over {int(n)} prompts (bootstrap)"
+             for lo, hi, n in zip(*rows)] for rows in zip(*grids)]
 
 
-def grey_uncertain(fig: go.Figure, frame, index: str, columns: str) -> int:
-    """Cover the cells whose effect interval includes 0 (the prompts do not tell the effect's sign)
+def grey_uncertain(fig: go.Figure, frame, index: str, columns: str, *, of: str = "effect") -> int:
+    """Cover the cells whose interval of `of` (the effect; "value" where the value is itself a
+    contribution, as in direct logit attribution) includes 0 (the prompts do not tell its sign)
     with grey, keeping their hover text; returns how many cells it covered."""
-    if "effect_ci_low" not in frame:
+    low, high = INTERVAL_OF[of]
+    if low not in frame:
         return 0
-    low = frame.pivot(index=index, columns=columns, values="effect_ci_low").to_numpy()
-    high = frame.pivot(index=index, columns=columns, values="effect_ci_high").to_numpy()
-    uncertain = (low <= 0) & (high >= 0)
+    low = frame.pivot(index=index, columns=columns, values=low).to_numpy()
+    high = frame.pivot(index=index, columns=columns, values=high).to_numpy()
+    uncertain = (low.astype(float) <= 0) & (high.astype(float) >= 0)  # a missing interval (NaN) is not covered
     base = fig.data[0]
     z = [[1.0 if u else None for u in row] for row in uncertain.tolist()]
     fig.add_trace(go.Heatmap(z=z, x=base.x, y=base.y, customdata=base.customdata, hovertemplate=base.hovertemplate,
@@ -242,10 +245,12 @@ def patching_figure(frame, *, show: str = "normalized", head: int | None = None,
 
 
 # ----------------------------------------------------------------------------- path patching
-def path_patching_figure(frame, *, show: str = "effect", title: str | None = None) -> go.Figure:
+def path_patching_figure(frame, *, show: str = "effect", title: str | None = None, grey: bool = False) -> go.Figure:
     """A path patching table (`PathPatchingResult.to_frame()`, recorded or fresh) as a [layer x head]
     heatmap of `show` ("effect", "value" or "normalized", see PATCHING_SHOW) for head senders, or a
-    [component] bar chart otherwise; senders that reach no receiver are blank (labelled "-")."""
+    [component] bar chart otherwise; senders that reach no receiver are blank (labelled "-"). With
+    per-prompt intervals the heatmap's hover shows them (the bars draw them as error bars), and
+    `grey` covers the senders whose effect interval includes 0 (bars drawn grey)."""
     if show == "normalized" and frame["normalized"].isna().all():
         show = "value"
     first = frame.iloc[0]
@@ -257,12 +262,23 @@ def path_patching_figure(frame, *, show: str = "effect", title: str | None = Non
     if heads.all():
         grid = frame.pivot(index="layer", columns="head", values=show)
         fig = heatmap(grid.to_numpy(), x=[str(h) for h in grid.columns], y=[str(l) for l in grid.index],
-                      x_title="head", y_title="layer", title=title, colorbar=label.split(" (")[0], diverging=True)
+                      x_title="head", y_title="layer", title=title, colorbar=label.split(" (")[0], diverging=True,
+                      hover=interval_hover(frame, show, "layer", "head"))
+        if grey:
+            grey_uncertain(fig, frame, "layer", "head")
         cell_text(fig, [["-" if v != v else f"{v:+.2f}" for v in row] for row in grid.to_numpy().tolist()], size=9)
         return fig
     values = [None if v != v else v for v in frame[show]]
-    fig = go.Figure(go.Bar(x=list(frame["component"]), y=values, marker_color=[
-        "#b2182b" if v is not None and v < 0 else "#2166ac" for v in values]))
+    colours = ["#b2182b" if v is not None and v < 0 else "#2166ac" for v in values]
+    low, high = INTERVAL_OF.get(show, (None, None))
+    error = None
+    if low in frame:
+        error = {"type": "data", "symmetric": False, "array": (frame[high] - frame[show]).fillna(0).tolist(),
+                 "arrayminus": (frame[show] - frame[low]).fillna(0).tolist()}
+        if grey:
+            uncertain = (frame["effect_ci_low"] <= 0) & (frame["effect_ci_high"] >= 0)
+            colours = [GREY if u else c for u, c in zip(uncertain.fillna(False), colours)]
+    fig = go.Figure(go.Bar(x=list(frame["component"]), y=values, marker_color=colours, error_y=error))
     fig.update_layout(title=title, height=360, xaxis_title="component", yaxis_title=label.split(" (")[0])
     return fig
 
@@ -389,25 +405,31 @@ def generic_figures(tensors: dict[str, torch.Tensor], tables: dict) -> list[go.F
 
 
 # ----------------------------------------------------------------------------- direct logit attribution
-def dla_figure(frame, *, title: str | None = None) -> go.Figure:
+def dla_figure(frame, *, title: str | None = None, grey: bool = False) -> go.Figure:
     """A direct-logit-attribution table (`DLAResult.to_frame()`, recorded or fresh) as its grid:
     heads as a [layer x head] heatmap (cells labelled), neurons as a [layer x d_mlp] heatmap, whole
     layers or decompose_resid's components as bars with the prompts' spread (min to max); mean
-    over the prompts, in logits, on a diverging scale centred on 0."""
+    over the prompts, in logits, on a diverging scale centred on 0. With intervals over prompts
+    (ci_low, ci_high) a heatmap's hover shows them, and `grey` covers the cells whose interval
+    includes 0."""
     first = frame.iloc[0]
     direction, pos = first.get("direction", "the direction"), first.get("pos", "")
+    where = "each prompt's last token" if pos == -1 else f"pos {pos}"  # -1: each prompt's own (padded prompts)
     for kind, x_dim in (("head", "head"), ("neuron", "d_mlp")):
         cells = frame[frame["component"] == kind]
         if len(cells):
             grid = cells.pivot(index="layer", columns="index", values="value")
             fig = heatmap(grid.to_numpy(), x=[str(c) for c in grid.columns], y=[str(l) for l in grid.index],
                           x_title=x_dim, y_title="layer", diverging=True, colorbar="logits",
-                          title=title or f"Direct logit attribution of each {kind} to {direction} at pos {pos} "
-                                         f"(mean over prompts)")
+                          title=title or f"Direct logit attribution of each {kind} to {direction} at {where} "
+                                         f"(mean over prompts)",
+                          hover=interval_hover(cells, "value", "layer", "index"))
+            if grey:
+                grey_uncertain(fig, cells, "layer", "index", of="value")
             if kind == "head":
                 cell_text(fig, [[f"{v:+.2f}" for v in row] for row in grid.to_numpy().tolist()], size=9)
             return fig
-    return _spread_bars(frame, title=title or f"Direct logit attribution to {direction} at pos {pos} "
+    return _spread_bars(frame, title=title or f"Direct logit attribution to {direction} at {where} "
                                                 "(mean over prompts; bars: min to max)")
 
 
@@ -417,11 +439,12 @@ def dla_layer_figure(layers, *, title: str | None = None) -> go.Figure:
     fig = go.Figure()
     for kind, name in (("attn_out", "attention"), ("mlp_out", "MLP")):
         rows = layers[layers["component"] == kind]
+        customdata, interval = _interval_hover(rows)
         fig.add_trace(go.Bar(
-            x=[str(l) for l in rows["layer"]], y=rows["value"].tolist(), name=name,
+            x=[str(l) for l in rows["layer"]], y=rows["value"].tolist(), name=name, customdata=customdata,
             error_y={"type": "data", "symmetric": False, "array": (rows["max"] - rows["value"]).tolist(),
                      "arrayminus": (rows["value"] - rows["min"]).tolist()},
-            hovertemplate=f"layer %{{x}} {name}: %{{y:.3f}} logits<extra></extra>"))
+            hovertemplate=f"layer %{{x}} {name}: %{{y:.3f}} logits" + interval + "<extra></extra>"))
     fig.update_layout(title=title or "Per layer: attention and MLP (mean; bars: min to max)",
                       barmode="group", height=360, margin={"t": 60, "b": 10},
                       xaxis_title="layer", yaxis_title="logits")
@@ -440,12 +463,22 @@ def dla_accumulated_figure(accumulated, *, title: str | None = None) -> go.Figur
     return fig
 
 
+def _interval_hover(frame) -> tuple[list | None, str]:
+    """(customdata, hovertemplate suffix) for bars of a DLA table: each bar's interval of the mean
+    over prompts when the table has one (ci_low, ci_high, n)."""
+    if "ci_low" not in frame:
+        return None, ""
+    return (frame[["ci_low", "ci_high", "n"]].to_numpy().tolist(),
+            "<br>interval [%{customdata[0]:.3f}, %{customdata[1]:.3f}] over %{customdata[2]:.0f} prompts (bootstrap)")
+
+
 def _spread_bars(frame, *, title: str) -> go.Figure:
+    customdata, interval = _interval_hover(frame)
     fig = go.Figure(go.Bar(
-        x=frame["label"].tolist(), y=frame["value"].tolist(),
+        x=frame["label"].tolist(), y=frame["value"].tolist(), customdata=customdata,
         error_y={"type": "data", "symmetric": False, "array": (frame["max"] - frame["value"]).tolist(),
                  "arrayminus": (frame["value"] - frame["min"]).tolist()},
-        hovertemplate="%{x}: %{y:.3f} logits<extra></extra>"))
+        hovertemplate="%{x}: %{y:.3f} logits" + interval + "<extra></extra>"))
     fig.update_layout(title=title, height=360, margin={"t": 60, "b": 10}, xaxis_title="component",
                       yaxis_title="logits")
     return fig
@@ -469,12 +502,20 @@ def _node_xy(node: str, n_layer: int, n_head: int) -> tuple[float, float]:
     return int(layer) + 1.0, float(head)
 
 
+# The interval columns of an edge table (`CircuitDiscovery.edges_frame()`) for each drawn score.
+EDGE_INTERVAL_OF = {"score": ("ci_low", "ci_high"), "exact": ("exact_ci_low", "exact_ci_high")}
+
+
 def circuit_figure(edges, *, n_layer: int, n_head: int, score: str = "score", top: int = 50,
-                   title: str | None = None) -> go.Figure:
+                   title: str | None = None, grey: bool = False) -> go.Figure:
     """The `top` edges of largest |score| (an edge table: edge, upstream, downstream, and the `score`
     column; e.g. `EdgeScores.to_frame()`) drawn between the nodes, which stand in columns by block:
     line width grows with |score|, blue for a positive and red for a negative score. Every edge's
-    midpoint and every node carries a hover (and is a point a page can select, customdata = its label)."""
+    midpoint and every node carries a hover (and is a point a page can select, customdata = its label);
+    with intervals over prompts (EDGE_INTERVAL_OF) the hover shows the edge's, and `grey` draws the
+    edges whose interval includes 0 grey."""
+    low, high = EDGE_INTERVAL_OF.get(score, (None, None))
+    has_ci = low in edges
     shown = edges.dropna(subset=[score])
     shown = shown.reindex(shown[score].abs().sort_values(ascending=False).index).head(top)
     biggest = float(shown[score].abs().max()) if len(shown) else 1.0
@@ -484,13 +525,17 @@ def circuit_figure(edges, *, n_layer: int, n_head: int, score: str = "score", to
         reader = row["downstream"].split(".")[0]
         (x0, y0), (x1, y1) = _node_xy(row["upstream"], n_layer, n_head), _node_xy(reader, n_layer, n_head)
         value = float(row[score])
+        uncertain = has_ci and bool(row[low] <= 0 <= row[high])
+        colour = GREY if grey and uncertain else (POSITIVE if value >= 0 else NEGATIVE)
         fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", hoverinfo="skip", showlegend=False,
-                                 line={"width": 0.5 + 7.5 * abs(value) / (biggest or 1.0),
-                                       "color": POSITIVE if value >= 0 else NEGATIVE}, opacity=0.7))
+                                 line={"width": 0.5 + 7.5 * abs(value) / (biggest or 1.0), "color": colour},
+                                 opacity=0.7))
         mid_x.append((x0 + x1) / 2)
         mid_y.append((y0 + y1) / 2)
         mid_label.append(row["edge"])
-        mid_text.append(f"{row['edge']}<br>{score}: {fmt(value)}")
+        mid_text.append(f"{row['edge']}<br>{score}: {fmt(value)}" + (
+            f"<br>interval [{fmt(float(row[low]))}, {fmt(float(row[high]))}] over {int(row['n'])} prompts (bootstrap)"
+            if has_ci else ""))
     fig.add_trace(go.Scatter(x=mid_x, y=mid_y, mode="markers", marker={"size": 7, "color": "rgba(0,0,0,0.25)"},
                              customdata=mid_label, hovertext=mid_text, hoverinfo="text", name="edges"))
     nodes = ["input"] + [f"L{l}H{h}" for l in range(n_layer) for h in range(n_head)] + [f"MLP{l}" for l in range(n_layer)]
@@ -514,10 +559,20 @@ def circuit_figure(edges, *, n_layer: int, n_head: int, score: str = "score", to
 
 def faithfulness_figure(curve, *, target: float | None = None, title: str | None = None) -> go.Figure:
     """A faithfulness curve (a table with n_edges and faithfulness, e.g. `Faithfulness.to_frame()`)
-    against the number of edges on a log axis; `target` drawn as a dashed line."""
+    against the number of edges on a log axis; `target` drawn as a dashed line. With intervals over
+    prompts (faithfulness_ci_low / _high) they are error bars and in the hover."""
     points = curve[curve["n_edges"] > 0]
-    fig = go.Figure(go.Scatter(x=points["n_edges"].tolist(), y=points["faithfulness"].tolist(), mode="lines+markers",
-                               hovertemplate="%{x} edges<br>faithfulness %{y:.3f}<extra></extra>"))
+    error, hover = None, "%{x} edges<br>faithfulness %{y:.3f}<extra></extra>"
+    if "faithfulness_ci_low" in points:
+        error = {"type": "data", "symmetric": False,
+                 "array": (points["faithfulness_ci_high"] - points["faithfulness"]).tolist(),
+                 "arrayminus": (points["faithfulness"] - points["faithfulness_ci_low"]).tolist()}
+        hover = ("%{x} edges<br>faithfulness %{y:.3f}<br>interval [%{customdata[0]:.3f}, %{customdata[1]:.3f}] "
+                 "over %{customdata[2]:.0f} prompts (bootstrap)<extra></extra>")
+    fig = go.Figure(go.Scatter(
+        x=points["n_edges"].tolist(), y=points["faithfulness"].tolist(), mode="lines+markers", error_y=error,
+        customdata=points[["faithfulness_ci_low", "faithfulness_ci_high", "n"]].to_numpy().tolist() if error else None,
+        hovertemplate=hover))
     if target is not None:
         fig.add_hline(y=target, line_dash="dash", annotation_text=f"target {target:g}")
     fig.add_hline(y=1.0, line_color="#999", line_width=1)

@@ -29,10 +29,13 @@ from workbench.experiments.core import Experiment, ExperimentConfig, ScriptBody,
 from workbench.experiments.figures import path_patching_figure
 from workbench.experiments.prompt_sets import (
     PromptSetOptions,
+    bootstrap,
+    interval_note,
     prompt_set_metric,
     prompt_set_tokens,
     prompts_frame,
     resolve_prompt_set,
+    sweep_options,
 )
 from workbench.methods.head_detectors import induction_scores
 from workbench.methods.metrics import no_signal_message
@@ -69,6 +72,7 @@ def format_receivers(receivers: str | list[tuple[int, int, str]]) -> list[str]:
 
 @dataclass
 class PathPatchingConfig(PromptSetOptions, ExperimentConfig):
+    keeps_per_prompt = True  # per-prompt values and bootstrap intervals (PromptSetOptions)
     receivers: list[str] = field(default_factory=lambda: ["auto"], metadata={
         "help": "logits, or head inputs LAYER.HEAD.INPUT (e.g. 1.0.k 1.1.k; INPUT q, k or v); auto: the task's "
                 "(ioi on GPT-2 124M: the name movers' queries 9.9.q 9.6.q 10.0.q; induction: the induction heads' "
@@ -129,21 +133,32 @@ def compute(config: PathPatchingConfig, model, *, progress=False) -> PathPatchin
     """The PathPatchingResult of a resolved config with its token ids (see `core.with_tokens`)."""
     ids = {k: torch.tensor(v, device=model.device) for k, v in config.token_ids.items()}
     metric = prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size)
-    return path_patching(model, ids["clean"], ids["corrupted"], metric, receivers=parse_receivers(config.receivers),
-                         senders=config.senders, direction=config.direction, max_batch=config.max_batch,
-                         progress=progress)
+    result = path_patching(model, ids["clean"], ids["corrupted"], metric, receivers=parse_receivers(config.receivers),
+                           senders=config.senders, direction=config.direction, max_batch=config.max_batch,
+                           progress=progress, **sweep_options(config))
+    result.bootstrap = bootstrap(config)
+    return result
 
 
 def record(config: PathPatchingConfig, model, result: PathPatchingResult) -> RunResults:
     """values: the metric with each sender path-patched into the receivers ([layer head] or [layer]; NaN where
-    the sender is at or after every receiver)."""
+    the sender is at or after every receiver); with per-prompt values also per_prompt [... prompt], the
+    unpatched runs' per-prompt values (prompt_clean_corrupted [2 prompt]), interval columns in the
+    path_patching table and, with group labels, a path_patching_by_group table."""
     frame = result.to_frame()
     scale = torch.tensor([result.clean_value, result.corrupted_value])
+    tensors = {"values": result.values, "clean_corrupted": scale}
+    tables = {"path_patching": frame, "prompts": prompts_frame(config.token_ids, model, config.prompt_groups)}
+    if result.per_prompt is not None:
+        tensors["per_prompt"] = result.per_prompt
+        tensors["prompt_clean_corrupted"] = torch.stack([result.prompt_clean, result.prompt_corrupted])
+        if result.groups is not None:
+            tables["path_patching_by_group"] = result.to_frame(by_group=True)
     return RunResults(
-        tensors={"values": result.values, "clean_corrupted": scale},
-        tables={"path_patching": frame, "prompts": prompts_frame(config.token_ids, model)},
+        tensors=tensors,
+        tables=tables,
         figures={"path_patching": path_patching_figure(frame)},
-        summary=summary(result, frame),
+        summary=summary(result, frame, config),
     )
 
 
@@ -151,10 +166,13 @@ def run(config: PathPatchingConfig, model) -> RunResults:
     return record(config, model, compute(config, model))
 
 
-def summary(result: PathPatchingResult, frame) -> str:
+def summary(result: PathPatchingResult, frame, config: PathPatchingConfig | None = None) -> str:
     done = frame[frame["computed"]]
     top = done.reindex(done["effect"].abs().sort_values(ascending=False).index).head(5)
-    senders = ", ".join(f"{r['component']}: {r['effect']:+.3f}" for _, r in top.iterrows())
+    ci = "effect_ci_low" in frame
+    senders = ", ".join(f"{r['component']}: {r['effect']:+.3f}"
+                        + (f" [{r['effect_ci_low']:+.3f}, {r['effect_ci_high']:+.3f}]" if ci else "")
+                        for _, r in top.iterrows())
     lines = [f"{result.metric}: clean {result.clean_value:.3f}, corrupted {result.corrupted_value:.3f} "
              f"({result.direction}; receivers {receivers_label(result.receivers)}; {len(done)} senders before a "
              f"receiver, of {len(frame)})"]
@@ -163,6 +181,8 @@ def summary(result: PathPatchingResult, frame) -> str:
         lines.append(f"WARNING: {warning}")
     lines.append(f"largest effects (change from the unpatched {'corrupted' if result.direction == 'denoise' else 'clean'} "
                  f"run): {senders}")
+    if ci and config is not None:
+        lines.append(interval_note(config, int(done["n"].iloc[0])))
     return "\n".join(lines)
 
 
@@ -175,12 +195,14 @@ def script(config: PathPatchingConfig) -> ScriptBody:
     return ScriptBody(
         heading=f"Path patching: {config.direction} each of the {config.senders} into {', '.join(config.receivers)}",
         imports=("from workbench.experiments.path_patching import parse_receivers",
-                 "from workbench.experiments.prompt_sets import prompt_set_metric",
+                 "from workbench.experiments.prompt_sets import bootstrap, prompt_set_metric, sweep_options",
                  "from workbench.methods import path_patching"),
         code="""ids = {role: torch.tensor(rows, device=model.device) for role, rows in config.token_ids.items()}
 metric = prompt_set_metric(config, ids, d_vocab=model.cfg.vocab_size)
 result = path_patching(model, ids["clean"], ids["corrupted"], metric, receivers=parse_receivers(config.receivers),
-                       senders=config.senders, direction=config.direction, max_batch=config.max_batch)""",
+                       senders=config.senders, direction=config.direction, max_batch=config.max_batch,
+                       **sweep_options(config))
+result.bootstrap = bootstrap(config)  # the intervals' resamples, seed and confidence""",
     )
 
 

@@ -59,10 +59,15 @@ def check_per_prompt(metric: Any, per_prompt: Any, groups: Any, batch: int) -> l
         raise InputError(f"per_prompt must be True or False, got {shown(per_prompt)}")
     if per_prompt and not metric.has_per_prompt:
         raise InputError(no_per_prompt_message(metric.name))
+    if groups is not None and not per_prompt:
+        raise InputError("groups label prompts for per-group results: pass per_prompt=True with them")
+    return check_groups(groups, batch)
+
+
+def check_groups(groups: Any, batch: int) -> list[str] | None:
+    """`groups` None or one label per prompt; returns the labels as strings."""
     if groups is None:
         return None
-    if not per_prompt:
-        raise InputError("groups label prompts for per-group results: pass per_prompt=True with them")
     if isinstance(groups, (str, bytes)) or not hasattr(groups, "__len__") or len(groups) != batch:
         raise InputError(f"groups must be one label per prompt ({batch}), got {shown(groups)}")
     return [str(g) for g in groups]

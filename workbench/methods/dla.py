@@ -28,7 +28,7 @@ model would predict if it stopped there, which is not a sum of the components.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import einops
 import pandas as pd
@@ -38,7 +38,9 @@ from torch import Tensor
 
 from workbench.errors import InputError
 from workbench.hooks import ActivationCache, act_name, act_names
-from workbench.methods._checks import as_index, shown
+from workbench.hooks.names import pos_axis
+from workbench.methods._checks import as_index, check_groups, shown
+from workbench.methods.statistics import Bootstrap, by_group_frame, interval_columns
 from workbench.models import GPT
 
 BY = ("head", "layer", "neuron", "component")
@@ -63,10 +65,14 @@ class DLAResult:
     `attn_out[batch, layer]` / `mlp_out[batch, layer]`: each block's attention and MLP output
     (biases included), whatever `by`; `accumulated[batch, layer]`: the value read off the residual
     stream at `accumulated_labels` ("0_pre", "0_mid", ... "final_post") through the frozen-scale
-    final LayerNorm, its last column `total`. Units: logits (a logit difference for a pair)."""
+    final LayerNorm, its last column `total`. Units: logits (a logit difference for a pair).
+
+    Over the prompts: `to_frame()` reports each component's mean with a seeded bootstrap interval
+    (`bootstrap`, `methods.statistics`; columns n, ci_low, ci_high; None: no interval columns),
+    `groups[batch]` optional labels and `to_frame(by_group=True)` the same per group."""
 
     by: str
-    pos: int  # the position read, counted from 0
+    pos: int | list[int]  # the position read, counted from 0; or each prompt's (a padded prompt set)
     direction: str  # what was read, e.g. "logit[' Mary'] - logit[' John']"
     per_prompt: Float[Tensor, "batch ..."]
     labels: list[str]
@@ -77,6 +83,8 @@ class DLAResult:
     mlp_out: Float[Tensor, "batch layer"]
     accumulated: Float[Tensor, "batch _"]  # one column per accumulated_labels
     accumulated_labels: list[str]
+    groups: list[str] | None = None
+    bootstrap: Bootstrap | None = field(default_factory=Bootstrap)  # None: no intervals (records made before them)
 
     @property
     def values(self) -> Float[Tensor, "..."]:
@@ -92,17 +100,40 @@ class DLAResult:
     def n_prompts(self) -> int:
         return self.per_prompt.shape[0]
 
+    @property
+    def pos_label(self) -> str:
+        """The position read, as summaries and titles say it."""
+        if isinstance(self.pos, int):
+            return f"pos {self.pos}"
+        return f"each prompt's own position (read_pos {min(self.pos)} to {max(self.pos)})"
+
+    def for_prompts(self, keep: Tensor | Sequence[bool]) -> DLAResult:
+        """The result on the prompts marked in `keep` alone."""
+        keep = torch.as_tensor(keep, dtype=torch.bool)
+        rows = keep.to(self.per_prompt.device)
+        return replace(self, per_prompt=self.per_prompt[rows], terms_per_prompt=self.terms_per_prompt[rows],
+                       total=self.total[rows], attn_out=self.attn_out[rows], mlp_out=self.mlp_out[rows],
+                       accumulated=self.accumulated[rows],
+                       pos=self.pos if isinstance(self.pos, int) else [p for p, k in zip(self.pos, keep) if k],
+                       groups=None if self.groups is None else [g for g, k in zip(self.groups, keep) if k])
+
     def all_per_prompt(self) -> tuple[Float[Tensor, "batch component"], list[str]]:
         """Every component, the grid's cells then the terms, as [batch component] and labels."""
         flat = einops.rearrange(self.per_prompt, "batch ... -> batch (...)")
         return torch.cat([flat, self.terms_per_prompt], dim=1), self.labels + self.term_labels
 
-    def to_frame(self, *, per_prompt: bool = False) -> pd.DataFrame:
+    def to_frame(self, *, per_prompt: bool = False, by_group: bool = False) -> pd.DataFrame:
         """One row per component (the grid's cells, then the terms): label, component (its kind:
         head, neuron, layer, attn_out, mlp_out, attn_bias, mlp_bias, embed, pos_embed,
         ln_final_bias), layer and index (head or neuron; missing where none), and over the prompts
-        value (mean), std, min and max, in logits. `per_prompt`: one row per (component, batch)
-        with its value instead."""
+        value (mean), std, min and max, n (prompts) and ci_low / ci_high (the bootstrap interval
+        of the mean, `bootstrap`), in logits. `per_prompt`: one row per (component, batch) with
+        its value instead. `by_group`: one block of rows per group label (column `group`), each
+        from that group's prompts alone."""
+        if by_group:
+            if per_prompt:
+                raise InputError("to_frame takes per_prompt or by_group, not both")
+            return by_group_frame(self)
         values, labels = self.all_per_prompt()
         meta = pd.DataFrame([_describe(label) for label in labels], columns=["component", "layer", "index"])
         meta.insert(0, "label", labels)
@@ -119,27 +150,45 @@ class DLAResult:
             frame["std"] = values.std(0, correction=0).tolist()  # population std: 0 for one prompt
             frame["min"] = values.min(0).values.tolist()
             frame["max"] = values.max(0).values.tolist()
-        frame["by"], frame["pos"], frame["direction"] = self.by, self.pos, self.direction
+            if self.bootstrap is not None:
+                ci = interval_columns(einops.rearrange(values, "batch component -> component batch"), None,
+                                      self.bootstrap)
+                frame = pd.concat([frame, ci], axis=1)
+        frame["by"] = self.by
+        if per_prompt and not isinstance(self.pos, int):
+            frame["pos"] = self.pos * len(labels)
+        else:
+            frame["pos"] = self.pos if isinstance(self.pos, int) else -1  # -1: each prompt's own (read_pos)
+        frame["direction"] = self.direction
         return frame
 
     def layer_frame(self) -> pd.DataFrame:
         """One row per (layer, component) for component attn_out and mlp_out: each block's direct
-        contribution, mean / std / min / max over the prompts (the per-layer bars)."""
+        contribution, mean / std / min / max over the prompts (the per-layer bars), n, ci_low and
+        ci_high (the bootstrap interval of the mean)."""
         rows = []
         for kind, values in (("attn_out", self.attn_out), ("mlp_out", self.mlp_out)):
             v = values.detach().double().cpu()
+            ci = None if self.bootstrap is None else self.bootstrap.interval(v, axis=0)
             for l in range(v.shape[1]):
                 rows.append({"layer": l, "component": kind, "value": float(v[:, l].mean()),
                              "std": float(v[:, l].std(correction=0)), "min": float(v[:, l].min()),
                              "max": float(v[:, l].max())})
+                if ci is not None:
+                    rows[-1].update(n=ci.n, ci_low=float(ci.low[l]), ci_high=float(ci.high[l]))
         return pd.DataFrame(rows)
 
     def accumulated_frame(self) -> pd.DataFrame:
         """One row per point of the residual stream ("0_pre" ... "final_post"): the value read
-        there through the frozen-scale final LayerNorm, mean / std over the prompts."""
+        there through the frozen-scale final LayerNorm, mean / std over the prompts, n, ci_low and
+        ci_high (the bootstrap interval of the mean)."""
         v = self.accumulated.detach().double().cpu()
-        return pd.DataFrame({"layer": self.accumulated_labels, "layer_index": range(v.shape[1]),
-                             "value": v.mean(0).tolist(), "std": v.std(0, correction=0).tolist()})
+        frame = pd.DataFrame({"layer": self.accumulated_labels, "layer_index": range(v.shape[1]),
+                              "value": v.mean(0).tolist(), "std": v.std(0, correction=0).tolist()})
+        if self.bootstrap is not None:
+            ci = self.bootstrap.interval(v, axis=0)
+            frame["n"], frame["ci_low"], frame["ci_high"] = ci.n, ci.low.tolist(), ci.high.tolist()
+        return frame
 
 
 def _describe(label: str) -> tuple[str, int | None, int | None]:
@@ -164,7 +213,8 @@ def direct_logit_attribution(
     metric_direction: object,
     *,
     by: str = "head",
-    pos: int = -1,
+    pos: int | Tensor = -1,
+    groups: Sequence[str] | None = None,
 ) -> DLAResult:
     """Each component's direct contribution to `metric_direction` of the logits at position `pos`.
 
@@ -177,17 +227,18 @@ def direct_logit_attribution(
     `by`: "head" ([layer head]), "layer" ([layer]), "neuron" ([layer d_mlp]) or "component"
     (decompose_resid's components); the rest of the stream is in the result's terms, so that
     everything sums to the model's own value (module docstring). `pos`: the position read
-    (negative counts from the end).
+    (negative counts from the end), or one per prompt, a [batch] tensor of non-negative positions
+    (a padded prompt set read at each prompt's own last token: `PromptBatch.read_pos`).
+    `groups`: a label per prompt, for per-group results (`to_frame(by_group=True)`). Every
+    prompt's values are kept (`per_prompt`; they cost nothing more).
 
     One forward with the activations at `pos` cached, then small matmuls (module docstring)."""
     if by not in BY:
         raise InputError(f"by must be one of {', '.join(map(repr, BY))}, got {shown(by)}")
     tokens = model.prepare_tokens(tokens, name="tokens")
     batch, n_pos = tokens.shape
-    pos = as_index(pos, "pos")
-    if not -n_pos <= pos < n_pos:
-        raise InputError(f"pos must be a position of the prompts: {-n_pos} to {n_pos - 1} for {n_pos} tokens, got {pos}")
-    pos = pos % n_pos
+    pos = _check_pos(pos, batch, n_pos)
+    groups = check_groups(groups, batch)
     direction, described, token_pairs = _direction(model, metric_direction, batch)
     n_layer = model.cfg.n_layer
 
@@ -200,8 +251,15 @@ def direct_logit_attribution(
     if by == "neuron":
         names += act_names("post", range(n_layer))
     with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens, names_filter=names, pos_slice=pos)
-        total = _model_value(model, logits[:, pos], cache, direction, token_pairs)
+        if isinstance(pos, int):
+            logits, cache = model.run_with_cache(tokens, names_filter=names, pos_slice=pos)
+            read_logits = logits[:, pos]
+        else:  # each prompt's own position: cache the distinct ones, then keep each prompt's
+            positions = sorted(set(pos))
+            logits, cache = model.run_with_cache(tokens, names_filter=names, pos_slice=positions)
+            cache = _each_at(cache, [positions.index(p) for p in pos])
+            read_logits = logits[torch.arange(batch, device=logits.device), torch.tensor(pos, device=logits.device)]
+        total = _model_value(model, read_logits, cache, direction, token_pairs)
         direction = direction.to(logits.device)
         # The frozen final LayerNorm applied once, to the direction (module docstring):
         # u = (w*d - mean(w*d)) / scale, one per prompt; a component x contributes x . u.
@@ -251,7 +309,42 @@ def direct_logit_attribution(
         by=by, pos=pos, direction=described, per_prompt=per_prompt, labels=labels,
         terms_per_prompt=terms_per_prompt, term_labels=[*term_labels, LN_BIAS], total=total,
         attn_out=attn_out, mlp_out=mlp_out, accumulated=accumulated, accumulated_labels=accumulated_labels,
+        groups=groups,
     )
+
+
+def _check_pos(pos: object, batch: int, n_pos: int) -> int | list[int]:
+    """One position in [0, n_pos) (from an int, negative counting from the end), or one per prompt
+    (from a [batch] tensor or list of non-negative positions)."""
+    if isinstance(pos, Tensor) and pos.ndim == 0:
+        pos = pos.item()
+    if isinstance(pos, (Tensor, list, tuple)):
+        if isinstance(pos, Tensor) and (pos.ndim != 1 or pos.dtype.is_floating_point or pos.dtype == torch.bool):
+            raise InputError(f"pos must be an int or one integer position per prompt ([batch] = [{batch}]), got "
+                             f"a {pos.dtype} tensor of shape {list(pos.shape)}")
+        positions = [as_index(p, "each of pos") for p in (pos.tolist() if isinstance(pos, Tensor) else pos)]
+        if len(positions) != batch:
+            raise InputError(f"pos must be one position per prompt ({batch}), got {len(positions)}")
+        bad = [p for p in positions if not 0 <= p < n_pos]
+        if bad:
+            raise InputError(f"per-prompt positions must lie in [0, {n_pos - 1}] for {n_pos} tokens, got {bad[0]}")
+        return positions
+    pos = as_index(pos, "pos")
+    if not -n_pos <= pos < n_pos:
+        raise InputError(f"pos must be a position of the prompts: {-n_pos} to {n_pos - 1} for {n_pos} tokens, got {pos}")
+    return pos % n_pos
+
+
+def _each_at(cache: ActivationCache, slots: list[int]) -> ActivationCache:
+    """A cache of a few positions per prompt reduced to one per prompt: prompt b's activations at
+    its position `slots[b]` (of the cached positions), with a position axis of 1 as `pos_slice=int` gives."""
+    out = {}
+    for name, x in cache.cache_dict.items():
+        axis = pos_axis(name)
+        moved = x.movedim(axis, 1)
+        rows = torch.arange(moved.shape[0], device=x.device)
+        out[name] = moved[rows, torch.tensor(slots, device=x.device)][:, None].movedim(1, axis)
+    return ActivationCache(out, cache.model, derived=cache.derived)
 
 
 def _model_value(model: GPT, logits: Float[Tensor, "batch d_vocab"], cache: ActivationCache,

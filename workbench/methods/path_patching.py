@@ -31,7 +31,7 @@ head) for a head, (layer, "mlp") for an MLP) -> [component], in the list's order
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import einops
 import pandas as pd
@@ -42,12 +42,13 @@ from tqdm.auto import tqdm
 
 from workbench.errors import InputError
 from workbench.hooks import act_name
-from workbench.methods._checks import as_index, check_sweep_options, shown
+from workbench.methods._checks import as_index, check_per_prompt, check_sweep_options, shown
 from workbench.methods._resume import (
     LOGIT_BUDGET, TOKEN_BUDGET, BaseRun, CellGroup, base_names, cached_runs, entry_of, run_cells, unembed,
 )
 from workbench.methods.metrics import Metric, as_metric, clean_beats_corrupted, find_reads, normalize, scalar
 from workbench.methods.patching import check_direction, check_pair, first_difference
+from workbench.methods.statistics import Bootstrap, by_group_frame, interval_columns
 from workbench.models import GPT
 
 RECEIVER_INPUTS = ("q", "k", "v")
@@ -82,7 +83,12 @@ class PathPatchingResult:
     only through the receivers (module docstring). Axes `dims`: ("layer", "head") for senders="heads",
     ("layer",) for "mlps", ("component",) for a list of senders (labelled by `senders`, in `values`'
     flattened order). `computed` is False (and the value NaN) where the sender cannot reach any
-    receiver (at or after every receiver's layer)."""
+    receiver (at or after every receiver's layer).
+
+    Per prompt (`path_patching(..., per_prompt=True)`): `per_prompt[..., prompt]` each prompt's
+    value (mean over prompts: `values`), `prompt_clean`, `prompt_corrupted` [prompt] the unpatched
+    runs' values, `groups[prompt]` optional labels; `to_frame()` then adds bootstrap intervals over
+    prompts (`bootstrap`, `methods.statistics`), `to_frame(by_group=True)` per group."""
 
     values: Float[Tensor, "..."]
     computed: Bool[Tensor, "..."]
@@ -93,6 +99,11 @@ class PathPatchingResult:
     metric: str
     clean_value: float
     corrupted_value: float
+    per_prompt: Float[Tensor, "... prompt"] | None = None
+    prompt_clean: Float[Tensor, "prompt"] | None = None
+    prompt_corrupted: Float[Tensor, "prompt"] | None = None
+    groups: list[str] | None = None
+    bootstrap: Bootstrap = field(default_factory=Bootstrap)
 
     @property
     def baseline(self) -> float:
@@ -113,9 +124,28 @@ class PathPatchingResult:
         """values on the 0 = corrupted, 1 = clean scale."""
         return normalize(self.values, self.clean_value, self.corrupted_value)
 
-    def to_frame(self) -> pd.DataFrame:
+    def for_prompts(self, keep: Tensor | Sequence[bool]) -> PathPatchingResult:
+        """The result on the prompts marked in `keep` alone (per-prompt results only)."""
+        if self.per_prompt is None:
+            raise InputError("this result has no per-prompt values: run path_patching with per_prompt=True")
+        keep = torch.as_tensor(keep, dtype=torch.bool)
+        per_prompt = self.per_prompt[..., keep]
+        return replace(self, values=per_prompt.mean(-1), per_prompt=per_prompt,
+                       clean_value=float(self.prompt_clean[keep].mean()),
+                       corrupted_value=float(self.prompt_corrupted[keep].mean()),
+                       prompt_clean=self.prompt_clean[keep], prompt_corrupted=self.prompt_corrupted[keep],
+                       groups=None if self.groups is None else [g for g, k in zip(self.groups, keep) if k])
+
+    def to_frame(self, *, by_group: bool = False) -> pd.DataFrame:
         """One row per sender: component (its label), layer, head (missing for an MLP), value, effect,
-        normalized, computed; then receivers, direction and metric."""
+        normalized, computed; then receivers, direction and metric.
+
+        With per-prompt values also n (prompts), ci_low / ci_high (the bootstrap interval of value),
+        effect_ci_low / effect_ci_high (of each prompt's value - its unpatched value) and
+        normalized_ci_low / normalized_ci_high, as `PatchingResult.to_frame()`; missing where the
+        sender reaches no receiver. `by_group`: one block of rows per group label (column `group`)."""
+        if by_group:
+            return by_group_frame(self)
         frame = pd.DataFrame({
             "component": [s.label for s in self.senders],
             "layer": [s.layer for s in self.senders],
@@ -128,9 +158,29 @@ class PathPatchingResult:
         except InputError:  # clean and corrupted metric equal: no scale
             frame["normalized"] = float("nan")
         frame["computed"] = self.computed.flatten().tolist()
+        if self.per_prompt is not None:
+            frame = pd.concat([frame, self._intervals()], axis=1)
         frame["receivers"] = receivers_label(self.receivers)
         frame["direction"], frame["metric"] = self.direction, self.metric
         return frame
+
+
+    def _intervals(self) -> pd.DataFrame:
+        """The interval columns of the senders that reach a receiver (NaN for the others)."""
+        done = self.computed.flatten()
+        rows = einops.rearrange(self.per_prompt, "... prompt -> (...) prompt")[done]
+        base = self.prompt_corrupted if self.direction == "denoise" else self.prompt_clean
+        ci = interval_columns(rows, base, self.bootstrap)
+        try:
+            ends = [normalize(torch.tensor(ci[c].to_numpy()), self.clean_value, self.corrupted_value)
+                    for c in ("ci_low", "ci_high")]
+            ci["normalized_ci_low"], ci["normalized_ci_high"] = torch.minimum(*ends).tolist(), torch.maximum(*ends).tolist()
+        except InputError:  # clean and corrupted metric equal: no scale
+            ci["normalized_ci_low"] = ci["normalized_ci_high"] = float("nan")
+        ci.index = done.nonzero().flatten().tolist()
+        ci = ci.reindex(range(len(done)))
+        ci["n"] = ci["n"].astype("Int64")  # missing where the sender reaches no receiver
+        return ci
 
 
 # ---------------------------------------------------------------------- input checks
@@ -215,6 +265,8 @@ def path_patching(
     direction: str = "denoise",
     max_batch: int | None = None,
     progress: bool | Callable[[int, int], None] = True,
+    per_prompt: bool = False,
+    groups: Sequence[str] | None = None,
 ) -> PathPatchingResult:
     """Path patching from each sender to `receivers` (module docstring for the definition).
 
@@ -225,6 +277,9 @@ def path_patching(
     `direction`: "denoise" takes the sender's output from the clean run into the corrupted one,
     "noise" the reverse. `max_batch`: most sequences (senders x batch) in one forward.
     `progress`: True for a console bar, False for none, or a callback `progress(done, total)`.
+    `per_prompt`: also keep each prompt's value (`PathPatchingResult.per_prompt`, [... prompt]; the
+    metric must be a workbench `Metric`, a mean over prompts), from the same forwards; `groups`: a
+    label per prompt for per-group intervals.
 
     Returns a `PathPatchingResult`; values are the metric of the path-patched run, NaN where the
     sender cannot reach a receiver.
@@ -233,6 +288,7 @@ def path_patching(
     direction = check_direction(direction)
     clean, corrupted = check_pair(model, clean_tokens, corrupted_tokens)
     metric = as_metric(metric)
+    groups = check_per_prompt(metric, per_prompt, groups, clean.shape[0])
     receivers = check_receivers(model, receivers)
     senders, dims, shape = check_senders(model, senders)
     n_layer = model.cfg.n_layer
@@ -259,16 +315,19 @@ def path_patching(
     corrupted_value = float(scalar(metric.evaluate(corrupted_logits), metric.name))
     frozen = _FrozenRun(model, base_cache, source_cache)
 
-    values = torch.full(shape, float("nan"))
+    batch = base_tokens.shape[0]
+    values = torch.full(shape + ((batch,) if per_prompt else ()), float("nan"))
     computed = torch.zeros(shape, dtype=torch.bool)
     index = {s: i for i, s in enumerate(senders)}
-    flat = values.view(-1)  # one value per sender, in the order of `senders`
+    # one value (or one per prompt) per sender, in the order of `senders`
+    flat = values.view(-1, batch) if per_prompt else values.view(-1)
     for s in reaching:
         computed.view(-1)[index[s]] = True
     d = first_difference(clean, corrupted)
     base = BaseRun(base_tokens, base_logits, base_cache, n_layer, other_logits=(source_logits,))
     if receivers == "logits":
-        _to_logits(frozen, base, metric, reaching, index, flat, max_batch=max_batch, progress=progress)
+        _to_logits(frozen, base, metric, reaching, index, flat, max_batch=max_batch, progress=progress,
+                   per_prompt=per_prompt)
     else:
         group = CellGroup(
             entry_of(min(layer for layer, _, _ in receivers), "pre"),
@@ -277,10 +336,16 @@ def path_patching(
         )
         for s in reaching:
             group.add(s, (index[s],), d)
-        run_cells(model, base, [group], metric, flat, max_batch=max_batch, progress=progress, desc="path patching")
+        run_cells(model, base, [group], metric, flat, max_batch=max_batch, progress=progress, desc="path patching",
+                  per_prompt=per_prompt)
+    prompts = {}
+    if per_prompt:
+        prompts = dict(per_prompt=values, prompt_clean=metric.per_prompt(clean_logits).float().cpu(),
+                       prompt_corrupted=metric.per_prompt(corrupted_logits).float().cpu(), groups=groups)
+        values = einops.reduce(values, "... prompt -> ...", "mean")
     return PathPatchingResult(
         values=values, computed=computed, dims=dims, senders=senders, receivers=receivers, direction=direction,
-        metric=metric.name, clean_value=clean_value, corrupted_value=corrupted_value,
+        metric=metric.name, clean_value=clean_value, corrupted_value=corrupted_value, **prompts,
     )
 
 
@@ -373,10 +438,11 @@ class _FrozenRun:
 
 def _to_logits(
     frozen: _FrozenRun, base: BaseRun, metric: Metric, senders: list[Sender], index: dict, out: Tensor, *,
-    max_batch: int | None, progress: bool | Callable[[int, int], None],
+    max_batch: int | None, progress: bool | Callable[[int, int], None], per_prompt: bool = False,
 ) -> None:
     """receivers="logits": the metric of each sender's frozen run, which differs from the base run
-    only through the MLPs, position by position: computed at the positions the metric reads only."""
+    only through the MLPs, position by position: computed at the positions the metric reads only
+    (`per_prompt`: each prompt's value, out[sender, prompt])."""
     model = frozen.model
     batch, n_pos = base.tokens.shape
     metric = find_reads(metric, [base.read_logits, *base.other_logits])
@@ -400,7 +466,8 @@ def _to_logits(
             rows = einops.rearrange(final, "cell batch pos d_model -> (cell batch) pos d_model")
             logits = einops.rearrange(unembed(model, rows, metric.vocab),
                                       "(cell batch) pos d_vocab -> cell batch pos d_vocab", batch=batch)
-            for s, v in zip(chunk, metric.evaluate(logits).float().tolist()):
+            evaluate = metric.per_prompt if per_prompt else metric.evaluate
+            for s, v in zip(chunk, evaluate(logits).float().cpu()):
                 out[index[s]] = v
             done += len(chunk)
             if report:

@@ -6,6 +6,10 @@ distribution: the percentile bootstrap (Efron & Tibshirani 1993, ch. 13). Draw `
 sets of n prompts with replacement (the same draws for every cell, so cells stay comparable), take
 each set's mean, and report the (1 - confidence) / 2 and (1 + confidence) / 2 quantiles of those
 means. With one prompt there is nothing to resample: the interval is the value itself.
+
+A ratio of two means over the same prompts (faithfulness: mean(circuit - corrupted) / mean(clean -
+corrupted)) is resampled the same way, numerator and denominator from the same draws
+(`bootstrap_ratio_ci`), so that the denominator's own uncertainty is in the interval.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch import Tensor
 from workbench.errors import InputError
 
 BOOTSTRAP_METHOD = "percentile bootstrap of the mean over prompts"
+RATIO_METHOD = "percentile bootstrap of a ratio of means over prompts (paired draws)"
 N_RESAMPLES = 1000
 CONFIDENCE = 0.95
 
@@ -56,6 +61,44 @@ def bootstrap_ci(
     `values`: any shape, one entry per prompt along `axis`; NaNs are refused (a cell never run).
     Every other position (a cell of a sweep) is resampled with the same draws of prompts.
     Same seed, same interval."""
+    x = _per_prompt_array(values, axis, n_resamples, seed, confidence)
+    n = x.shape[-1]
+    mean = np.asarray(x.mean(-1))
+    if n == 1:
+        return Interval(mean, mean.copy(), mean.copy(), 1, n_resamples, seed, confidence)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(_resampled_means(x, n_resamples, seed), [tail, 1 - tail], axis=-1)
+    return Interval(mean, np.asarray(low), np.asarray(high), n, n_resamples, seed, float(confidence))
+
+
+def bootstrap_ratio_ci(
+    numerator: Tensor | np.ndarray | Sequence[float],
+    denominator: Tensor | np.ndarray | Sequence[float],
+    *,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
+) -> Interval:
+    """mean(numerator) / mean(denominator) over the prompt axis (the last) with a seeded percentile
+    bootstrap interval: both means from the same draws of prompts (the same draws as `bootstrap_ci`
+    with this seed). `numerator` [... prompt], `denominator` [prompt]; `mean` holds the ratio."""
+    x = _per_prompt_array(numerator, -1, n_resamples, seed, confidence)
+    d = _per_prompt_array(denominator, -1, n_resamples, seed, confidence)
+    if d.shape != x.shape[-1:]:
+        raise InputError(f"the denominator must be one value per prompt ({x.shape[-1]}), got shape {d.shape}")
+    ratio = np.asarray(x.mean(-1) / d.mean())
+    n = x.shape[-1]
+    if n == 1:
+        return Interval(ratio, ratio.copy(), ratio.copy(), 1, n_resamples, seed, confidence, RATIO_METHOD)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a resample whose denominator is 0: +-inf, NaN
+        ratios = _resampled_means(x, n_resamples, seed) / _resampled_means(d, n_resamples, seed)
+    tail = (1 - confidence) / 2
+    low, high = np.nanquantile(ratios, [tail, 1 - tail], axis=-1)
+    return Interval(ratio, np.asarray(low), np.asarray(high), n, n_resamples, seed, float(confidence), RATIO_METHOD)
+
+
+def _per_prompt_array(values, axis: int, n_resamples: int, seed: int, confidence: float) -> np.ndarray:
+    """`values` as float64 with the prompt axis last, after checking it and the options."""
     x = values.detach().cpu().double().numpy() if isinstance(values, Tensor) else np.asarray(values, dtype=np.float64)
     if x.ndim == 0:
         raise InputError("bootstrap_ci needs one value per prompt along an axis, got a scalar")
@@ -68,23 +111,22 @@ def bootstrap_ci(
     if not 0 < confidence < 1:
         raise InputError(f"confidence must be between 0 and 1 (e.g. 0.95), got {confidence!r}")
     x = np.moveaxis(x, axis, -1)
-    n = x.shape[-1]
-    if n == 0:
+    if x.shape[-1] == 0:
         raise InputError("bootstrap_ci needs at least one prompt, got none")
     if np.isnan(x).any():
         raise InputError("the per-prompt values hold NaN (a cell that was not run): nothing to resample")
-    mean = np.asarray(x.mean(-1))
-    if n == 1:
-        return Interval(mean, mean.copy(), mean.copy(), 1, n_resamples, seed, confidence)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n, size=(n_resamples, n))
+    return x
+
+
+def _resampled_means(x: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """[... resample]: the means of `n_resamples` seeded draws of the n prompts (x's last axis) with
+    replacement, the same draws for every cell."""
+    n = x.shape[-1]
+    draws = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
     # counts[r, i]: how often prompt i is in resample r; resampled means as one matrix product.
     counts = np.zeros((n_resamples, n))
     np.add.at(counts, (np.arange(n_resamples)[:, None], draws), 1.0)
-    means = x @ counts.T / n  # [... resample]
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(means, [tail, 1 - tail], axis=-1)
-    return Interval(mean, np.asarray(low), np.asarray(high), n, n_resamples, seed, float(confidence))
+    return x @ counts.T / n
 
 
 @dataclass(frozen=True)
@@ -98,6 +140,10 @@ class Bootstrap:
     def interval(self, values: Tensor | np.ndarray, *, axis: int = -1) -> Interval:
         return bootstrap_ci(values, axis=axis, n_resamples=self.n_resamples, seed=self.seed,
                             confidence=self.confidence)
+
+    def ratio_interval(self, numerator: Tensor | np.ndarray, denominator: Tensor | np.ndarray) -> Interval:
+        return bootstrap_ratio_ci(numerator, denominator, n_resamples=self.n_resamples, seed=self.seed,
+                                  confidence=self.confidence)
 
 
 def interval_columns(per_prompt: Tensor, baseline: Tensor | None, bootstrap: Bootstrap) -> pd.DataFrame:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 import torch
@@ -26,7 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.errors import InputError
-from workbench.methods._checks import as_index, shown
+from workbench.methods._checks import as_index, check_per_prompt, shown
 from workbench.methods._resume import TOKEN_BUDGET
 from workbench.methods.circuit.attribution import EdgeScores
 from workbench.methods.circuit.forward import graph_forward
@@ -34,6 +34,7 @@ from workbench.methods.circuit.graph import CircuitGraph
 from workbench.methods.circuit.patching import EdgePatchingResult, edge_patching
 from workbench.methods.metrics import Metric, as_metric, clean_beats_corrupted
 from workbench.methods.patching import check_pair
+from workbench.methods.statistics import Bootstrap, by_group_frame, interval_columns
 from workbench.models import GPT
 
 
@@ -41,7 +42,12 @@ from workbench.models import GPT
 class Faithfulness:
     """values[cell]: the metric of circuit `cell`'s run; `n_edges` [cell] its size; `circuits`
     [cell edge] which edges it holds. `faithfulness` = (values - corrupted) / (clean - corrupted).
-    `ranking` (a curve's): the edge order its circuits are the top-k of (after any exact re-ranking)."""
+    `ranking` (a curve's): the edge order its circuits are the top-k of (after any exact re-ranking).
+
+    Per prompt (`per_prompt=True`): `per_prompt[cell, prompt]` each prompt's metric in the circuit's
+    run (mean over prompts: `values`), `prompt_clean`, `prompt_corrupted` [prompt] the two runs',
+    `groups[prompt]` optional labels; `to_frame()` then adds bootstrap intervals over prompts of
+    each value and of its faithfulness (`bootstrap`), `to_frame(by_group=True)` per group."""
 
     graph: CircuitGraph
     circuits: torch.Tensor
@@ -51,6 +57,11 @@ class Faithfulness:
     corrupted_value: float
     ranking: Int[Tensor, "edge"] | None = None
     exact: EdgePatchingResult | None = None
+    per_prompt: Float[Tensor, "cell prompt"] | None = None
+    prompt_clean: Float[Tensor, "prompt"] | None = None
+    prompt_corrupted: Float[Tensor, "prompt"] | None = None
+    groups: list[str] | None = None
+    bootstrap: Bootstrap = field(default_factory=Bootstrap)
 
     @property
     def n_edges(self) -> Int[Tensor, "cell"]:
@@ -70,10 +81,38 @@ class Faithfulness:
         reach = (self.faithfulness >= target).nonzero().flatten()
         return None if len(reach) == 0 else int(self.n_edges[reach].min())
 
-    def to_frame(self) -> pd.DataFrame:
-        """One row per circuit: n_edges, value (the metric of the circuit's run), faithfulness, metric."""
-        return pd.DataFrame({"n_edges": self.n_edges.tolist(), "value": self.values.tolist(),
-                             "faithfulness": self.faithfulness.tolist(), "metric": self.metric})
+    def for_prompts(self, keep: Tensor | Sequence[bool]) -> Faithfulness:
+        """The circuits' runs on the prompts marked in `keep` alone (per-prompt results only; the
+        exact re-ranking, if any, stays the whole set's)."""
+        if self.per_prompt is None:
+            raise InputError("this result has no per-prompt values: evaluate the circuits with per_prompt=True")
+        keep = torch.as_tensor(keep, dtype=torch.bool)
+        per_prompt = self.per_prompt[:, keep]
+        return replace(self, values=per_prompt.mean(-1), per_prompt=per_prompt,
+                       clean_value=float(self.prompt_clean[keep].mean()),
+                       corrupted_value=float(self.prompt_corrupted[keep].mean()),
+                       prompt_clean=self.prompt_clean[keep], prompt_corrupted=self.prompt_corrupted[keep],
+                       groups=None if self.groups is None else [g for g, k in zip(self.groups, keep) if k])
+
+    def to_frame(self, *, by_group: bool = False) -> pd.DataFrame:
+        """One row per circuit: n_edges, value (the metric of the circuit's run), faithfulness, metric.
+        With per-prompt values also n, ci_low / ci_high (the bootstrap interval of value over
+        prompts) and faithfulness_ci_low / faithfulness_ci_high (of the ratio mean(circuit -
+        corrupted) / mean(clean - corrupted), numerator and denominator from the same resampled
+        prompts: `statistics.bootstrap_ratio_ci`).
+        `by_group`: a block of rows per group label (column `group`), each from its prompts alone."""
+        if by_group:
+            return by_group_frame(self)
+        frame = pd.DataFrame({"n_edges": self.n_edges.tolist(), "value": self.values.tolist(),
+                              "faithfulness": self.faithfulness.tolist()})
+        if self.per_prompt is not None:
+            ci = interval_columns(self.per_prompt, None, self.bootstrap)
+            ratio = self.bootstrap.ratio_interval(self.per_prompt - self.prompt_corrupted,
+                                                  self.prompt_clean - self.prompt_corrupted)
+            ci["faithfulness_ci_low"], ci["faithfulness_ci_high"] = ratio.low.tolist(), ratio.high.tolist()
+            frame = pd.concat([frame, ci], axis=1)
+        frame["metric"] = self.metric
+        return frame
 
 
 def check_gap(clean_value: float, corrupted_value: float, metric: str) -> None:
@@ -103,13 +142,17 @@ def circuit_faithfulness(
     circuit: Sequence[str | int] | Tensor,
     *,
     graph: CircuitGraph | None = None,
+    per_prompt: bool = False,
+    groups: Sequence[str] | None = None,
 ) -> Faithfulness:
     """The faithfulness of one circuit (edge labels, graph indices or an [edge] mask; module
     docstring). Raises `InputError` for edges the graph does not have and when the clean and
-    corrupted metric agree (faithfulness undefined)."""
+    corrupted metric agree (faithfulness undefined). `per_prompt`, `groups`: as in
+    `evaluate_circuits`."""
     graph = CircuitGraph.of_model(model) if graph is None else graph
     mask = graph.edge_mask(circuit)
-    return evaluate_circuits(model, clean_tokens, corrupted_tokens, metric, mask[None], graph=graph)
+    return evaluate_circuits(model, clean_tokens, corrupted_tokens, metric, mask[None], graph=graph,
+                             per_prompt=per_prompt, groups=groups)
 
 
 def evaluate_circuits(
@@ -121,10 +164,17 @@ def evaluate_circuits(
     *,
     graph: CircuitGraph | None = None,
     progress: bool = False,
+    per_prompt: bool = False,
+    groups: Sequence[str] | None = None,
 ) -> Faithfulness:
-    """The faithfulness of each of `circuits` [cell edge] (boolean masks), many per forward."""
+    """The faithfulness of each of `circuits` [cell edge] (boolean masks), many per forward.
+    `per_prompt`: also keep each prompt's metric in every circuit's run (`Faithfulness.per_prompt`
+    [cell prompt]; a workbench `Metric`, a mean over prompts), from the same forwards; `groups`: a
+    label per prompt for per-group intervals."""
     clean, corrupted = check_pair(model, clean_tokens, corrupted_tokens)
     metric = as_metric(metric)
+    groups = check_per_prompt(metric, per_prompt, groups, clean.shape[0])
+    evaluate = metric.per_prompt if per_prompt else metric.evaluate
     graph = CircuitGraph.of_model(model) if graph is None else graph
     if circuits.ndim != 2 or circuits.shape[1] != len(graph) or circuits.dtype != torch.bool:
         raise InputError(f"circuits must be a boolean [cell edge] mask with {len(graph)} edges, got "
@@ -146,9 +196,15 @@ def evaluate_circuits(
             removed[:, graph.edge_upstream, graph.edge_downstream] = (~chunk).to(removed.dtype).to(removed.device)
             embeds = emb_clean.expand(len(chunk), *emb_clean.shape)
             run = graph_forward(model, graph, embeds, read=read, vocab=metric.vocab, corrupted=corrupted_out, removed=removed)
-            values.append(metric.evaluate(run.logits).float().cpu())
-    return Faithfulness(graph=graph, circuits=circuits.cpu(), values=torch.cat(values), metric=metric.name,
-                        clean_value=clean_value, corrupted_value=corrupted_value)
+            values.append(evaluate(run.logits).float().cpu())
+        prompts = {}
+        if per_prompt:
+            prompt_clean, prompt_corrupted = metric.per_prompt(both.logits).float().cpu()
+            prompts = dict(per_prompt=torch.cat(values), prompt_clean=prompt_clean, prompt_corrupted=prompt_corrupted,
+                           groups=groups)
+    values = torch.cat(values)
+    return Faithfulness(graph=graph, circuits=circuits.cpu(), values=values.mean(-1) if per_prompt else values,
+                        metric=metric.name, clean_value=clean_value, corrupted_value=corrupted_value, **prompts)
 
 
 def faithfulness_curve(
@@ -163,12 +219,16 @@ def faithfulness_curve(
     exact_top: int = 0,
     graph: CircuitGraph | None = None,
     progress: bool | Callable[[int, int], None] = False,
+    per_prompt: bool = False,
+    groups: Sequence[str] | None = None,
 ) -> Faithfulness:
     """Faithfulness of the top-k edges of `ranking` (`EdgeScores`, largest |score| first, or edges
     in order: labels or graph indices, all of the graph's edges or a prefix) for k on a log grid
     of `points` sizes from 1 to the ranking's length (or the given `sizes`). `exact_top`: first
     re-rank the top `exact_top` edges by |exact effect| (`edge_patching`, kept in `.exact`).
-    `progress`: True for console bars, or a callback progress(done, total) for the exact patching."""
+    `progress`: True for console bars, or a callback progress(done, total) for the exact patching.
+    `per_prompt`, `groups`: keep each prompt's values, of the curve's circuits and of the exact
+    patching (as `evaluate_circuits`, `edge_patching`)."""
     if isinstance(ranking, EdgeScores):
         graph, order = ranking.graph, ranking.ranking()
     else:
@@ -182,7 +242,7 @@ def faithfulness_curve(
     exact = None
     if exact_top:
         exact = edge_patching(model, clean_tokens, corrupted_tokens, metric, order[:exact_top], graph=graph,
-                              progress=progress)
+                              progress=progress, per_prompt=per_prompt, groups=groups)
         top = order[:exact_top][torch.sort(exact.effect.abs(), descending=True, stable=True).indices]
         order = torch.cat([top, order[exact_top:]])
     if sizes is None:
@@ -195,7 +255,7 @@ def faithfulness_curve(
     for c, k in enumerate(sizes):
         circuits[c, order[:k]] = True
     result = evaluate_circuits(model, clean_tokens, corrupted_tokens, metric, circuits, graph=graph,
-                               progress=progress is True)
+                               progress=progress is True, per_prompt=per_prompt, groups=groups)
     result.ranking, result.exact = order, exact
     return result
 

@@ -13,7 +13,7 @@ run's cache, many edges per forward, positions before the first differing token 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import einops
 import pandas as pd
@@ -22,19 +22,26 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from workbench.methods._checks import check_sweep_options
+from workbench.errors import InputError
+from workbench.methods._checks import check_per_prompt, check_sweep_options
 from workbench.methods._resume import BaseRun, CellGroup, base_names, cached_runs, entry_of, run_cells
 from workbench.hooks import act_name
 from workbench.methods.circuit.graph import CircuitGraph, cache_names, node_outputs
 from workbench.methods.metrics import Metric, as_metric, scalar
 from workbench.methods.patching import check_pair, first_difference
+from workbench.methods.statistics import Bootstrap, by_group_frame, interval_columns
 from workbench.models import GPT
 
 
 @dataclass
 class EdgePatchingResult:
     """values[i] is the metric of the clean run with edge `edges[i]` (a graph index) alone
-    corrupted; `effect` = values - clean_value."""
+    corrupted; `effect` = values - clean_value.
+
+    Per prompt (`edge_patching(..., per_prompt=True)`): `per_prompt[edge, prompt]` each prompt's
+    value (mean over prompts: `values`), `prompt_clean`, `prompt_corrupted` [prompt] the two runs'
+    values, `groups[prompt]` optional labels; `to_frame()` then adds bootstrap intervals over
+    prompts (`bootstrap`), `to_frame(by_group=True)` per group."""
 
     graph: CircuitGraph
     edges: Int[Tensor, "edge"]
@@ -42,16 +49,40 @@ class EdgePatchingResult:
     metric: str
     clean_value: float
     corrupted_value: float
+    per_prompt: Float[Tensor, "edge prompt"] | None = None
+    prompt_clean: Float[Tensor, "prompt"] | None = None
+    prompt_corrupted: Float[Tensor, "prompt"] | None = None
+    groups: list[str] | None = None
+    bootstrap: Bootstrap = field(default_factory=Bootstrap)
 
     @property
     def effect(self) -> Float[Tensor, "edge"]:
         return self.values - self.clean_value
 
-    def to_frame(self) -> pd.DataFrame:
-        """One row per patched edge: the graph's columns, value (patched metric), effect, metric."""
+    def for_prompts(self, keep: Tensor | Sequence[bool]) -> EdgePatchingResult:
+        """The result on the prompts marked in `keep` alone (per-prompt results only)."""
+        if self.per_prompt is None:
+            raise InputError("this result has no per-prompt values: run edge_patching with per_prompt=True")
+        keep = torch.as_tensor(keep, dtype=torch.bool)
+        per_prompt = self.per_prompt[:, keep]
+        return replace(self, values=per_prompt.mean(-1), per_prompt=per_prompt,
+                       clean_value=float(self.prompt_clean[keep].mean()),
+                       corrupted_value=float(self.prompt_corrupted[keep].mean()),
+                       prompt_clean=self.prompt_clean[keep], prompt_corrupted=self.prompt_corrupted[keep],
+                       groups=None if self.groups is None else [g for g, k in zip(self.groups, keep) if k])
+
+    def to_frame(self, *, by_group: bool = False) -> pd.DataFrame:
+        """One row per patched edge: the graph's columns, value (patched metric), effect, metric. With
+        per-prompt values also n, ci_low / ci_high (the bootstrap interval of value) and
+        effect_ci_low / effect_ci_high (of each prompt's value - its clean value), as
+        `PatchingResult.to_frame()`. `by_group`: a block of rows per group label (column `group`)."""
+        if by_group:
+            return by_group_frame(self)
         df = self.graph.to_frame().iloc[self.edges.tolist()].reset_index(drop=True)
         df["value"] = self.values.tolist()
         df["effect"] = self.effect.tolist()
+        if self.per_prompt is not None:
+            df = pd.concat([df, interval_columns(self.per_prompt, self.prompt_clean, self.bootstrap)], axis=1)
         df["metric"] = self.metric
         return df
 
@@ -66,13 +97,17 @@ def edge_patching(
     graph: CircuitGraph | None = None,
     max_batch: int | None = None,
     progress: bool | Callable[[int, int], None] = True,
+    per_prompt: bool = False,
+    groups: Sequence[str] | None = None,
 ) -> EdgePatchingResult:
     """The exact effect of each of `edges` (labels "L0H1->L1H0.k", graph indices or an [edge] mask;
     None: every edge of the graph) on `metric`, one edge corrupted at a time (module docstring).
-    `max_batch`, `progress`: as in `activation_patching`. Returns an `EdgePatchingResult`."""
+    `max_batch`, `progress`, `per_prompt` (each prompt's value too, from the same forwards),
+    `groups`: as in `activation_patching`. Returns an `EdgePatchingResult`."""
     check_sweep_options(max_batch, progress)
     clean, corrupted = check_pair(model, clean_tokens, corrupted_tokens)
     metric = as_metric(metric)
+    groups = check_per_prompt(metric, per_prompt, groups, clean.shape[0])
     graph = CircuitGraph.of_model(model) if graph is None else graph
     index = torch.arange(len(graph)) if edges is None else graph.edge_index(edges)
     n_layer = model.cfg.n_layer
@@ -86,7 +121,7 @@ def edge_patching(
     base = BaseRun(clean, clean_logits, clean_cache, n_layer, other_logits=(corrupted_logits,))
     first = first_difference(clean, corrupted)
     stop = max(read) + 1  # no position after the last one the metric reads is computed
-    groups: dict[tuple[int, str], CellGroup] = {}  # by entry and kind (the last MLP enters where the logits do)
+    cell_groups: dict[tuple[int, str], CellGroup] = {}  # by entry and kind (the last MLP enters where the logits do)
     ed = graph.edge_downstream[index]
     for i, (e, d) in enumerate(zip(index.tolist(), ed.tolist())):
         layer = graph.layer_of_downstream(d)
@@ -96,16 +131,21 @@ def edge_patching(
             key, make = (entry_of(layer, "post"), "mlp"), lambda: _mlp_delta(model, graph, layer, diff, clean_cache, first, stop)
         else:
             key, make = (entry_of(layer, "mid"), "heads"), lambda: _head_delta(model, graph, layer, diff, clean_cache)
-        if key not in groups:
-            groups[key] = CellGroup(key[0], make())
-        groups[key].add(e, (i,), first)
-    values = torch.full((len(index),), float("nan"))
-    run_cells(model, base, list(groups.values()), metric, values, max_batch=max_batch, progress=progress,
-              desc="edge patching")
+        if key not in cell_groups:
+            cell_groups[key] = CellGroup(key[0], make())
+        cell_groups[key].add(e, (i,), first)
+    values = torch.full((len(index),) + ((clean.shape[0],) if per_prompt else ()), float("nan"))
+    run_cells(model, base, list(cell_groups.values()), metric, values, max_batch=max_batch, progress=progress,
+              desc="edge patching", per_prompt=per_prompt)
+    prompts = {}
+    if per_prompt:
+        prompts = dict(per_prompt=values, prompt_clean=metric.per_prompt(clean_logits).float().cpu(),
+                       prompt_corrupted=metric.per_prompt(corrupted_logits).float().cpu(), groups=groups)
+        values = einops.reduce(values, "edge prompt -> edge", "mean")
     return EdgePatchingResult(
         graph=graph, edges=index, values=values, metric=metric.name,
         clean_value=float(scalar(metric.evaluate(clean_logits), metric.name)),
-        corrupted_value=float(scalar(metric.evaluate(corrupted_logits), metric.name)),
+        corrupted_value=float(scalar(metric.evaluate(corrupted_logits), metric.name)), **prompts,
     )
 
 
