@@ -555,7 +555,7 @@ def test_every_prompt_page_draws_one_prompt_set_form(app):
         common = {f"p.{key}.{w}" for w in ("source", "n_prompts", "seq_len", "seed", "clean", "answer", "wrong")}
         assert common <= keys, (name, common - keys)
         assert (f"p.{key}.corrupted" in keys) == (name != "dla")  # DLA runs the clean prompts only
-        assert (f"p.{key}.length_rule" in keys) == (name != "dla")  # DLA reads every prompt at one position
+        assert f"p.{key}.length_rule" in keys  # every page reads padded prompts at their own last tokens
         sets = at.radio(key=f"p.{key}.source").options  # as shown: PROMPT_SETS's descriptions
         offered = [s for s in PROMPT_SETS if s != "greater_than"] if name == "dla" else list(PROMPT_SETS)
         assert sets == [PROMPT_SETS[s] for s in offered], (name, sets)  # DLA has no greater-than direction

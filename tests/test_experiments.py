@@ -608,7 +608,12 @@ def test_dla_custom_prompts_need_no_corrupted_prompts(experiment_model, tmp_path
     assert run_cli("run", "dla", "--model", experiment_model, "--device", "cpu", "--out", out,
                    "--prompt-set", "induction", "--pos", "-1") == 2
     assert "pos must be at most" in capsys.readouterr().err
+    assert run_cli("run", "dla", "--model", experiment_model, "--device", "cpu", "--out", out,
+                   "--prompt-set", "greater_than") == 2  # a probability difference has no residual direction
+    assert "has no such direction" in capsys.readouterr().err
     assert len(find_runs(out)) == 1
+
+
 # ----------------------------------------------------------------------------- path patching
 def test_path_patching_defaults_on_the_bundled_model_show_the_previous_token_head(tmp_path, capsys):
     """auto receivers on the bundled model: the induction heads' keys (every layer-1 head), noising;

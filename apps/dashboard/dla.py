@@ -26,7 +26,7 @@ opened = common.opened_run("dla", lambda c: {**common.prompt_set_widgets("dla", 
 with st.form("dla.form"):
     # Only the clean prompts run, each read at one position, along a direction of the sets in DIRECTIONS.
     prompts = common.prompt_set_form(
-        "dla", model, preset, defaults=DEFAULTS, corrupted=None, pad=False,
+        "dla", model, preset, defaults=DEFAULTS, corrupted=None,
         sets=[name for name in PROMPT_SETS if name in DIRECTIONS or name == "file"],
         sets_help="Direction read: " + "; ".join(f"{k}: {v}" for k, v in DIRECTIONS.items())
                   + "; file: as custom. Only the clean prompts run.")

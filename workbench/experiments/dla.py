@@ -55,6 +55,11 @@ class DLAConfig(PromptSetOptions, ExperimentConfig):
         return super().applies(name)
 
     def validate(self) -> None:
+        if self.prompt_set == "greater_than":
+            raise InputError(
+                "DLA reads a direction in the residual stream (a logit or a logit difference), and the greater_than "
+                "set's metric is a probability difference over many year tokens, which has no such direction; "
+                f"choose a prompt set with an answer token: {', '.join(sorted(DIRECTIONS))} or file")
         self.validate_prompt_set()
         if self.top_k < 1:
             raise InputError(f"top_k must be >= 1, got {self.top_k}")
