@@ -12,10 +12,24 @@ q, k, v inputs of one head, and of different heads, may differ), and every head'
 projected from their own normalised input with that head's W_Q, W_K, W_V; the attention itself is
 the model's (`Attention.attend`, `head_results`), as are the MLP and the unembedding.
 
-Many runs go in one forward along a leading `cell` axis (interpolation steps of EAP-IG, circuits
-of a faithfulness curve). The corrections are summed sparsely (`_Terms`): per circuit over its kept
-or its removed edges, whichever are fewer. With `removed` None nothing is patched: the clean forward, whose
-per-input residuals (`GraphRun.inputs`) are what EAP differentiates the metric by.
+Two runs compute this:
+
+- `graph_forward`, with nothing removed: every input's residual materialised as its own tensor
+  (`GraphRun.inputs`), for EAP to differentiate the metric by; many runs along a leading `cell`
+  axis (EAP-IG's interpolation steps).
+- `circuit_forward`, for circuits (removed = the edges outside the circuit) of a clean run whose
+  removed edges carry the corrupted run's outputs (`reference_run` computes both runs once). Most of
+  a circuit's run repeats one of the two: an input whose kept edges all come from nodes at their
+  corrupted output reads exactly the corrupted run's residual (the removed edges carry corrupted
+  outputs too), and an input whose edges are all kept from nodes at their clean output reads the
+  clean run's. A node whose inputs all read one run has that run's output. So each (circuit, node)
+  has a status, CORRUPTED, CLEAN or MIXED, and only MIXED nodes and inputs are computed: an input's
+  residual as
+
+      resid_d = corrupted resid_d + sum over kept edges (u, d) of (output_u - corrupted_u),
+
+  the same sum as above, in which every node at CORRUPTED adds 0. Small circuits are almost all
+  CORRUPTED, the full graph all CLEAN.
 """
 
 from __future__ import annotations
@@ -25,12 +39,16 @@ from dataclasses import dataclass
 
 import einops
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from workbench.methods._resume import unembed
 from workbench.methods.circuit.graph import CircuitGraph
 from workbench.models import GPT
+from workbench.models.attention import Attention
+
+# A node's or input's status in a circuit's run; CORRUPTED and CLEAN index the `run` axis of `References`.
+CORRUPTED, CLEAN, MIXED = 0, 1, 2
 
 
 @dataclass
@@ -52,52 +70,40 @@ def graph_forward(
     *,
     read: Sequence[int],
     vocab: Sequence[int] | None = None,
-    corrupted: Float[Tensor, "upstream batch pos d_model"] | None = None,
-    removed: Float[Tensor, "cell upstream downstream"] | None = None,
 ) -> GraphRun:
-    """Run the model from input embeddings `embeds` (the input node's output, one per cell),
-    with the edges in `removed` (1 = the edge carries the node's `corrupted` output) patched.
-    Logits are computed at positions `read` only (and token ids `vocab`, others 0)."""
+    """Run the model from input embeddings `embeds` (the input node's output, one per cell), every
+    downstream input reading its own copy of the residual stream (differentiable). Logits are
+    computed at positions `read` only (and token ids `vocab`, others 0)."""
     n_cell = embeds.shape[0]
-    H = graph.n_head
     outs: list[Tensor] = [embeds[None]]
     inputs: list[Tensor] = []
-    if removed is not None:
-        terms = _Terms(graph, removed, corrupted, embeds)
-        terms.produced(0, embeds[None])
 
-    def patched(resid: Tensor, down: Sequence[int]) -> Float[Tensor, "downstream cell batch pos d_model"]:
-        # resid [cell batch pos d_model] for each input in `down`, plus its removed edges' corrections.
-        x = einops.repeat(resid, "cell batch pos d_model -> downstream cell batch pos d_model", downstream=len(down))
-        return x if removed is None else x + terms.correction(down)
+    def copies(resid: Tensor, n: int) -> Float[Tensor, "downstream cell batch pos d_model"]:
+        return einops.repeat(resid, "cell batch pos d_model -> downstream cell batch pos d_model", downstream=n)
 
     resid = embeds
     for l, block in enumerate(model.blocks):
         attn = block.attn
-        x_heads = patched(resid, graph.head_inputs(l))
+        x_heads = copies(resid, len(graph.head_inputs(l)))
         inputs.append(x_heads)
-        normed = block.ln1(einops.rearrange(x_heads, "downstream cell batch pos d_model -> (downstream cell batch) pos d_model"))
-        normed = einops.rearrange(normed, "(three head cell batch) pos d_model -> three head (cell batch) pos d_model",
-                                  three=3, head=H, cell=n_cell)
-        W = torch.stack([attn.W_Q, attn.W_K, attn.W_V])
-        b = torch.stack([attn.b_Q, attn.b_K, attn.b_V])
-        qkv = einops.einsum(normed, W, "three head batch pos d_model, three head d_model d_head -> three batch pos head d_head")
-        q, k, v = qkv + b[:, None, None]
+        normed = block.ln1(einops.rearrange(x_heads, "input cell batch pos d_model -> (input cell batch) pos d_model"))
+        normed = einops.rearrange(normed, "(input cell batch) pos d_model -> input (cell batch) pos d_model",
+                                  input=x_heads.shape[0], cell=n_cell)
+        W, b = qkv_weights(attn)
+        qkv = einops.einsum(normed, W, "input batch pos d_model, input d_model d_head -> input batch pos d_head")
+        q, k, v = einops.rearrange(qkv + b[:, None, None], "(three head) batch pos d_head -> three batch pos head d_head",
+                                   three=3)
         result = attn.head_results(attn.attend(q, k, v))
         heads = einops.rearrange(result, "(cell batch) pos head d_model -> head cell batch pos d_model", cell=n_cell)
         outs.append(heads)
-        if removed is not None:
-            terms.produced(graph.head_node(l, 0), heads)
         attn_out = einops.reduce(heads, "head cell batch pos d_model -> cell batch pos d_model", "sum") + attn.b_O
-        x_mlp = patched(resid + attn_out, [graph.mlp_input(l)])
+        x_mlp = copies(resid + attn_out, 1)
         inputs.append(x_mlp)
         mlp_out = block.mlp(block.ln2(einops.rearrange(x_mlp, "1 cell batch pos d_model -> (cell batch) pos d_model")))
         mlp_out = einops.rearrange(mlp_out, "(cell batch) pos d_model -> cell batch pos d_model", cell=n_cell)
         outs.append(mlp_out[None])
-        if removed is not None:
-            terms.produced(graph.mlp_node(l), mlp_out[None])
         resid = resid + attn_out + mlp_out
-    x_final = patched(resid, [graph.logits_input])
+    x_final = copies(resid, 1)
     inputs.append(x_final)
     final = einops.rearrange(x_final[0][:, :, list(read)], "cell batch pos d_model -> (cell batch) pos d_model")
     logits = einops.rearrange(unembed(model, final, vocab), "(cell batch) pos d_vocab -> cell batch pos d_vocab",
@@ -105,44 +111,198 @@ def graph_forward(
     return GraphRun(logits, inputs, torch.cat(outs))
 
 
-class _Terms:
-    """The corrections sum_u removed[cell, u, d] (corrupted_u - current_u) of `graph_forward`, summed
-    sparsely. Per cell, whichever is smaller is summed: the removed edges (resid + their terms) or the
-    kept ones (resid + the sum over every node before d - the kept edges' terms); the same numbers as
-    the dense sum, without touching every (node, input) pair: a circuit of k edges costs
-    min(k, n_edges - k) vector additions instead of n_node x n_input."""
+def qkv_weights(attn: Attention) -> tuple[Float[Tensor, "input d_model d_head"], Float[Tensor, "input d_head"]]:
+    """W_Q, W_K, W_V and their biases per head input of the block, in the graph's (three head) order."""
+    W = einops.rearrange(torch.stack([attn.W_Q, attn.W_K, attn.W_V]),
+                         "three head d_model d_head -> (three head) d_model d_head")
+    b = einops.rearrange(torch.stack([attn.b_Q, attn.b_K, attn.b_V]), "three head d_head -> (three head) d_head")
+    return W, b
 
-    def __init__(self, graph: CircuitGraph, removed: Tensor, corrupted: Tensor, like: Tensor) -> None:
-        self.graph = graph
-        allowed = graph.allowed.to(removed.device)
-        removed = removed.bool() & allowed
-        n_removed = removed.flatten(1).sum(1)
-        self.keep_side = n_removed > len(graph) - n_removed  # [cell]: sum the kept edges' terms
-        self.terms = torch.where(self.keep_side[:, None, None], allowed & ~removed, removed)  # [cell upstream downstream]
-        self.corrupted = corrupted
-        n_cell = removed.shape[0]
-        self.diffs = like.new_empty(len(graph.upstream), n_cell, *like.shape[1:])  # corrupted - current, by node
-        self.total = torch.zeros_like(like)  # running sum of diffs over the nodes produced so far
-        self.n_done = 0
 
-    def produced(self, first: int, outputs: Float[Tensor, "upstream cell batch pos d_model"]) -> None:
-        """Nodes first, first + 1, ... have these outputs in this run."""
-        diff = self.corrupted[first : first + len(outputs), None] - outputs
-        self.diffs[first : first + len(outputs)] = diff
-        self.total = self.total + diff.sum(0)
-        self.n_done = first + len(outputs)
+# ---------------------------------------------------------------------- circuits
+@dataclass
+class References:
+    """The corrupted and the clean run (`run` axis: CORRUPTED, CLEAN), with what a circuit's run reads
+    from them: per block the residual its heads read (`pre`) and its MLP reads (`mid`) [run batch
+    pos d_model] and every head input's projection (`qkv` [run input batch pos d_head], inputs in
+    the graph's (three head) order); the final residual at the read positions `read` (`final`), every
+    node's output (`outputs`) and the logits at the read positions, of token ids `vocab` (`logits`)."""
 
-    def correction(self, down: Sequence[int]) -> Float[Tensor, "downstream cell batch pos d_model"]:
-        n_up = self.graph.nodes_before(down[0])
-        n_cell = self.total.shape[0]
-        c, u, d = self.terms[:, :n_up][:, :, list(down)].nonzero(as_tuple=True)
-        sign = torch.where(self.keep_side[c], -1.0, 1.0).to(self.diffs.dtype)
-        flat = einops.rearrange(self.diffs[:n_up], "upstream cell batch pos d_model -> (upstream cell) (batch pos d_model)")
-        pick = torch.sparse_coo_tensor(torch.stack([d * n_cell + c, u * n_cell + c]), sign,
-                                       (len(down) * n_cell, n_up * n_cell), check_invariants=False)
-        summed = torch.sparse.mm(pick.float(), flat.float()).to(flat.dtype)
-        out = einops.rearrange(summed, "(downstream cell) (batch pos d_model) -> downstream cell batch pos d_model",
-                               cell=n_cell, batch=self.total.shape[1], pos=self.total.shape[2])
-        # the kept-edges side starts from the sum over every node before d (its corrupted residual)
-        total = self.total if n_up == self.n_done else self.diffs[:n_up].sum(0)
-        return out + self.keep_side.to(out.dtype)[None, :, None, None, None] * total[None]
+    pre: list[Float[Tensor, "run batch pos d_model"]]
+    mid: list[Float[Tensor, "run batch pos d_model"]]
+    qkv: list[Float[Tensor, "run input batch pos d_head"]]
+    final: Float[Tensor, "run batch _ d_model"]
+    outputs: Float[Tensor, "run upstream batch pos d_model"]
+    logits: Float[Tensor, "run batch _ d_vocab"]
+    read: list[int]
+    vocab: Sequence[int] | None
+
+
+def reference_run(
+    model: GPT,
+    corrupted: Float[Tensor, "batch pos d_model"],
+    clean: Float[Tensor, "batch pos d_model"],
+    *,
+    read: Sequence[int],
+    vocab: Sequence[int] | None = None,
+) -> References:
+    """The corrupted and the clean run from their input embeddings, in one plain forward (every
+    input of a block reads the block's one residual stream), keeping what `circuit_forward` reads."""
+    n_run = 2
+    resid = einops.rearrange(torch.stack([corrupted, clean]), "run batch pos d_model -> (run batch) pos d_model")
+    outs = [einops.rearrange(resid, "(run batch) pos d_model -> run 1 batch pos d_model", run=n_run)]
+    pre, mid, qkv = [], [], []
+
+    def runs(x: Tensor) -> Float[Tensor, "run batch pos d_model"]:
+        return einops.rearrange(x, "(run batch) pos d_model -> run batch pos d_model", run=n_run)
+
+    for block in model.blocks:
+        attn = block.attn
+        pre.append(runs(resid))
+        q, k, v = attn.split_qkv(block.ln1(resid))
+        qkv.append(einops.rearrange(torch.stack([q, k, v]), "three (run batch) pos head d_head -> run (three head) batch pos d_head",
+                                    run=n_run))
+        heads = attn.head_results(attn.attend(q, k, v))
+        outs.append(einops.rearrange(heads, "(run batch) pos head d_model -> run head batch pos d_model", run=n_run))
+        resid = resid + einops.reduce(heads, "batch pos head d_model -> batch pos d_model", "sum") + attn.b_O
+        mid.append(runs(resid))
+        mlp_out = block.mlp(block.ln2(resid))
+        outs.append(runs(mlp_out)[:, None])
+        resid = resid + mlp_out
+    final = resid[:, list(read)]
+    return References(pre=pre, mid=mid, qkv=qkv, final=runs(final), outputs=torch.cat(outs, 1),
+                      logits=runs(unembed(model, final, vocab)), read=list(read), vocab=vocab)
+
+
+def circuit_forward(
+    model: GPT,
+    graph: CircuitGraph,
+    references: References,
+    kept: Bool[Tensor, "cell upstream downstream"],
+) -> Float[Tensor, "cell batch _ d_vocab"]:
+    """The logits (at the references' read positions and vocabulary) of each circuit's run: the clean
+    run in which every edge not in `kept` carries its node's corrupted output (module docstring).
+    Only the nodes and inputs that differ from both reference runs are computed."""
+    circuits = _Circuits(graph, references, kept)
+    for l, block in enumerate(model.blocks):
+        qkv = _head_inputs(block, circuits, circuits.indices(graph.head_inputs(l)), references.pre[l], references.qkv[l])
+        status = node_status(einops.rearrange(qkv.status, "cell (three head) -> cell head three", three=3))
+        circuits.record(graph.head_node(l, 0), status, _head_outputs(block.attn, qkv.values, status))
+        down = circuits.indices([graph.mlp_input(l)])
+        status = circuits.input_status(down)
+        cell, i = (status == MIXED).nonzero(as_tuple=True)
+        x = circuits.residuals(cell, down[i], references.mid[l][CORRUPTED])
+        circuits.record(graph.mlp_node(l), status, per_pair(lambda x: block.mlp(block.ln2(x)), x))
+    down = circuits.indices([graph.logits_input])
+    status = circuits.input_status(down)[:, 0]
+    logits = references.logits[status.clamp(max=CLEAN)]
+    cell = (status == MIXED).nonzero().flatten()
+    if len(cell):
+        x = circuits.residuals(cell, down.expand(len(cell)), references.final[CORRUPTED], positions=references.read)
+        logits[cell] = per_pair(lambda x: unembed(model, x, references.vocab), x)
+    return logits
+
+
+@dataclass
+class _Projected:
+    status: Int[Tensor, "cell input"]
+    values: Float[Tensor, "cell input batch pos d_head"]
+
+
+def _head_inputs(block, circuits: _Circuits, down: Int[Tensor, "input"], resid: Float[Tensor, "run batch pos d_model"],
+                 qkv: Float[Tensor, "run input batch pos d_head"]) -> _Projected:
+    """Each circuit's q, k, v of a block's heads (inputs `down`): the reference run's where the input
+    reads one, else projected from the input's own residual."""
+    status = circuits.input_status(down)
+    values = qkv[status.clamp(max=CLEAN), torch.arange(len(down), device=down.device)]
+    cell, i = (status == MIXED).nonzero(as_tuple=True)
+    if len(cell):
+        normed = per_pair(block.ln1, circuits.residuals(cell, down[i], resid[CORRUPTED]))
+        W, b = qkv_weights(block.attn)
+        values[cell, i] = einops.einsum(normed, W[i], "pair batch pos d_model, pair d_model d_head -> pair batch pos d_head") \
+            + b[i][:, None, None]
+    return _Projected(status, values)
+
+
+def _head_outputs(attn: Attention, qkv: Float[Tensor, "cell input batch pos d_head"],
+                  status: Int[Tensor, "cell head"]) -> Float[Tensor, "pair batch pos d_model"]:
+    """The outputs (z W_O) of the (circuit, head) pairs at MIXED, in (cell, head) order."""
+    cell, head = (status == MIXED).nonzero(as_tuple=True)
+    if not len(cell):
+        return qkv.new_empty(0, *qkv.shape[2:4], attn.W_O.shape[-1])
+    qkv = einops.rearrange(qkv, "cell (three head) batch pos d_head -> cell head three batch pos d_head", three=3)
+    # each pair is a head of one attention call, with its q, k, v and its own W_O
+    q, k, v = einops.rearrange(qkv[cell, head], "pair three batch pos d_head -> three batch pos pair d_head")
+    result = attn.head_results(attn.attend(q, k, v), heads=head)
+    return einops.rearrange(result, "batch pos pair d_model -> pair batch pos d_model")
+
+
+def per_pair(fn, x: Float[Tensor, "pair batch pos d_model"]) -> Float[Tensor, "pair batch pos _"]:
+    """fn ([batch pos d_model] -> [batch pos _]) of each pair's prompts."""
+    out = fn(einops.rearrange(x, "pair batch pos d_model -> (pair batch) pos d_model"))
+    return einops.rearrange(out, "(pair batch) pos d -> pair batch pos d", batch=x.shape[1])
+
+
+def node_status(inputs: Int[Tensor, "*node input"]) -> Int[Tensor, "*node"]:
+    """A node's status from its inputs': CORRUPTED or CLEAN when they all are, else MIXED."""
+    first = inputs[..., 0]
+    return torch.where((inputs == first[..., None]).all(-1), first, MIXED)
+
+
+class _Circuits:
+    """Per circuit (cell): each node's status (`status` [cell upstream]) and its output's change from
+    the corrupted run's (`change` [cell upstream batch pos d_model]: 0 at CORRUPTED, clean - corrupted
+    at CLEAN, computed - corrupted at MIXED), filled in node order as the forward produces them."""
+
+    def __init__(self, graph: CircuitGraph, references: References, kept: Tensor) -> None:
+        self.graph, self.references = graph, references
+        self.kept = kept & graph.allowed.to(kept.device)
+        outputs = references.outputs
+        self.status = torch.full(kept.shape[:2], CORRUPTED, device=kept.device)
+        self.change = outputs.new_zeros(kept.shape[0], *outputs.shape[1:])
+        self.clean_change = outputs[CLEAN] - outputs[CORRUPTED]  # [upstream batch pos d_model]
+        self.record(0, torch.full_like(self.status[:, :1], CLEAN), outputs.new_empty(0, *outputs.shape[2:]))
+
+    def indices(self, down: Sequence[int]) -> Int[Tensor, "input"]:
+        return torch.tensor(list(down), device=self.kept.device)
+
+    def input_status(self, down: Int[Tensor, "input"]) -> Int[Tensor, "cell input"]:
+        """CORRUPTED where no kept edge comes from a node off its corrupted output (the input reads the
+        corrupted run's residual), CLEAN where every edge is kept and comes from a node at CLEAN, else MIXED."""
+        n_up = self.graph.nodes_before(int(down[0]))
+        kept = self.kept[:, :n_up][:, :, down]  # [cell upstream input]
+        status = self.status[:, :n_up, None]
+        changed = (kept & (status != CORRUPTED)).any(1)
+        clean = (kept & (status == CLEAN)).all(1)
+        return torch.where(changed, torch.where(clean, CLEAN, MIXED), CORRUPTED)
+
+    def residuals(
+        self,
+        cell: Int[Tensor, "pair"],
+        down: Int[Tensor, "pair"],
+        corrupted: Float[Tensor, "batch pos d_model"],
+        *,
+        positions: Sequence[int] | None = None,
+    ) -> Float[Tensor, "pair batch pos d_model"]:
+        """The residual of input down[i] in circuit cell[i] (`cell` sorted): the corrupted run's
+        residual plus the changes of the nodes it keeps edges from; at `positions` only if given."""
+        n_up = self.graph.nodes_before(int(down[0])) if len(down) else 0
+        change = self.change[:, :n_up] if positions is None else self.change[:, :n_up, :, list(positions)]
+        flat = einops.rearrange(change, "cell upstream batch pos d_model -> cell upstream (batch pos d_model)")
+        weights = self.kept[cell, :n_up, down].to(flat.dtype)  # [pair upstream]
+        # one dense matmul per circuit: its rows read its own nodes' changes (0 for those at CORRUPTED)
+        cells, counts = torch.unique_consecutive(cell, return_counts=True)
+        summed = [rows @ flat[c] for c, rows in zip(cells.tolist(), weights.split(counts.tolist()))]
+        summed = torch.cat(summed) if summed else flat.new_zeros(0, flat.shape[-1])
+        return corrupted + einops.rearrange(summed, "pair (batch pos d_model) -> pair batch pos d_model",
+                                            batch=corrupted.shape[0], pos=corrupted.shape[1])
+
+    def record(self, first: int, status: Int[Tensor, "cell node"], computed: Float[Tensor, "pair batch pos d_model"]) -> None:
+        """Nodes first, first + 1, ... have these statuses; `computed`: the outputs of those at MIXED,
+        in (cell, node) order."""
+        nodes = slice(first, first + status.shape[1])
+        self.status[:, nodes] = status
+        clean = (status == CLEAN)[..., None, None, None].to(self.change.dtype)
+        self.change[:, nodes] = clean * self.clean_change[nodes]
+        cell, i = (status == MIXED).nonzero(as_tuple=True)
+        self.change[cell, first + i] = computed - self.references.outputs[CORRUPTED, first + i]
