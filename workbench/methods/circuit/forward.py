@@ -125,13 +125,13 @@ class References:
     """The corrupted and the clean run (`run` axis: CORRUPTED, CLEAN), with what a circuit's run reads
     from them: per block the residual its heads read (`pre`) and its MLP reads (`mid`) [run batch
     pos d_model] and every head input's projection (`qkv` [run input batch pos d_head], inputs in
-    the graph's (three head) order); the final residual at the read positions `read` (`final`), every
+    the graph's (three head) order); the final residual (`final`), every
     node's output (`outputs`) and the logits at the read positions, of token ids `vocab` (`logits`)."""
 
     pre: list[Float[Tensor, "run batch pos d_model"]]
     mid: list[Float[Tensor, "run batch pos d_model"]]
     qkv: list[Float[Tensor, "run input batch pos d_head"]]
-    final: Float[Tensor, "run batch _ d_model"]
+    final: Float[Tensor, "run batch pos d_model"]
     outputs: Float[Tensor, "run upstream batch pos d_model"]
     logits: Float[Tensor, "run batch _ d_vocab"]
     read: list[int]
@@ -169,9 +169,8 @@ def reference_run(
         mlp_out = block.mlp(block.ln2(resid))
         outs.append(runs(mlp_out)[:, None])
         resid = resid + mlp_out
-    final = resid[:, list(read)]
-    return References(pre=pre, mid=mid, qkv=qkv, final=runs(final), outputs=torch.cat(outs, 1),
-                      logits=runs(unembed(model, final, vocab)), read=list(read), vocab=vocab)
+    return References(pre=pre, mid=mid, qkv=qkv, final=runs(resid), outputs=torch.cat(outs, 1),
+                      logits=runs(unembed(model, resid[:, list(read)], vocab)), read=list(read), vocab=vocab)
 
 
 def circuit_forward(
@@ -187,7 +186,7 @@ def circuit_forward(
     for l, block in enumerate(model.blocks):
         qkv = _head_inputs(block, circuits, circuits.indices(graph.head_inputs(l)), references.pre[l], references.qkv[l])
         status = node_status(einops.rearrange(qkv.status, "cell (three head) -> cell head three", three=3))
-        circuits.record(graph.head_node(l, 0), status, _head_outputs(block.attn, qkv.values, status))
+        circuits.record(graph.head_node(l, 0), status, _head_outputs(block.attn, qkv.values, status, circuits.window))
         down = circuits.indices([graph.mlp_input(l)])
         status = circuits.input_status(down)
         cell, i = (status == MIXED).nonzero(as_tuple=True)
@@ -219,22 +218,37 @@ def _head_inputs(block, circuits: _Circuits, down: Int[Tensor, "input"], resid: 
     if len(cell):
         normed = per_pair(block.ln1, circuits.residuals(cell, down[i], resid[CORRUPTED]))
         W, b = qkv_weights(block.attn)
-        values[cell, i] = einops.einsum(normed, W[i], "pair batch pos d_model, pair d_model d_head -> pair batch pos d_head") \
-            + b[i][:, None, None]
+        # one matmul per input (with that head's W_Q, W_K or W_V), over the circuits where it is MIXED
+        values[cell, i, :, circuits.window] = grouped(normed, i, lambda j, x: einops.einsum(
+            x, W[j], "pair batch pos d_model, d_model d_head -> pair batch pos d_head") + b[j])
     return _Projected(status, values)
 
 
-def _head_outputs(attn: Attention, qkv: Float[Tensor, "cell input batch pos d_head"],
-                  status: Int[Tensor, "cell head"]) -> Float[Tensor, "pair batch pos d_model"]:
-    """The outputs (z W_O) of the (circuit, head) pairs at MIXED, in (cell, head) order."""
+def _head_outputs(attn: Attention, qkv: Float[Tensor, "cell input batch pos d_head"], status: Int[Tensor, "cell head"],
+                  window: slice) -> Float[Tensor, "pair batch _ d_model"]:
+    """The outputs (z W_O) at the `window` positions of the (circuit, head) pairs at MIXED, in (cell, head) order."""
     cell, head = (status == MIXED).nonzero(as_tuple=True)
+    batch, query_pos = qkv.shape[2], torch.arange(window.start, window.stop, device=qkv.device)
     if not len(cell):
-        return qkv.new_empty(0, *qkv.shape[2:4], attn.W_O.shape[-1])
-    qkv = einops.rearrange(qkv, "cell (three head) batch pos d_head -> cell head three batch pos d_head", three=3)
-    # each pair is a head of one attention call, with its q, k, v and its own W_O
+        return qkv.new_empty(0, batch, len(query_pos), attn.W_O.shape[-1])
+    qkv = einops.rearrange(qkv[:, :, :, : window.stop], "cell (three head) batch pos d_head -> cell head three batch pos d_head",
+                           three=3)
+    # each pair is a head of one attention call, with its own q, k, v
     q, k, v = einops.rearrange(qkv[cell, head], "pair three batch pos d_head -> three batch pos pair d_head")
-    result = attn.head_results(attn.attend(q, k, v), heads=head)
-    return einops.rearrange(result, "batch pos pair d_model -> pair batch pos d_model")
+    z = attn.attend(q[:, window], k, v, query_pos=einops.repeat(query_pos, "pos -> batch pos", batch=batch))
+    z = einops.rearrange(z, "batch pos pair d_head -> pair batch pos d_head")
+    return grouped(z, head, lambda h, z: einops.rearrange(
+        attn.head_results(einops.rearrange(z, "pair batch pos d_head -> (pair batch) pos 1 d_head"), heads=head.new_tensor([h])),
+        "(pair batch) pos 1 d_model -> pair batch pos d_model", batch=z.shape[1]))
+
+
+def grouped(x: Float[Tensor, "pair ..."], group: Int[Tensor, "pair"], fn) -> Tensor:
+    """fn(g, x[group == g]) for each group g, back in x's order: one call per group (a matmul with
+    the group's weights) instead of a copy of the weights per pair."""
+    order = torch.argsort(group, stable=True)
+    groups, counts = torch.unique_consecutive(group[order], return_counts=True)
+    out = torch.cat([fn(g, part) for g, part in zip(groups.tolist(), x[order].split(counts.tolist()))])
+    return out[torch.argsort(order)]
 
 
 def per_pair(fn, x: Float[Tensor, "pair batch pos d_model"]) -> Float[Tensor, "pair batch pos _"]:
@@ -252,15 +266,24 @@ def node_status(inputs: Int[Tensor, "*node input"]) -> Int[Tensor, "*node"]:
 class _Circuits:
     """Per circuit (cell): each node's status (`status` [cell upstream]) and its output's change from
     the corrupted run's (`change` [cell upstream batch pos d_model]: 0 at CORRUPTED, clean - corrupted
-    at CLEAN, computed - corrupted at MIXED), filled in node order as the forward produces them."""
+    at CLEAN, computed - corrupted at MIXED), filled in node order as the forward produces them.
+
+    Only the `window` positions are computed, from the first where the clean and the corrupted input
+    differ (every run is the same before it: attention is causal) to the last read one (no later
+    position is read); `change` holds those positions."""
 
     def __init__(self, graph: CircuitGraph, references: References, kept: Tensor) -> None:
         self.graph, self.references = graph, references
         self.kept = kept & graph.allowed.to(kept.device)
-        outputs = references.outputs
+        differs = (references.outputs[CLEAN, 0] != references.outputs[CORRUPTED, 0]).any(-1).any(0)  # [pos]
+        last = max(references.read)
+        first = int(differs.nonzero()[0]) if differs.any() else last
+        self.window = slice(min(first, last), last + 1)
+        outputs = references.outputs[..., self.window, :]
+        self.corrupted_out = outputs[CORRUPTED]  # [upstream batch pos d_model]
+        self.clean_change = outputs[CLEAN] - outputs[CORRUPTED]
         self.status = torch.full(kept.shape[:2], CORRUPTED, device=kept.device)
-        self.change = outputs.new_zeros(kept.shape[0], *outputs.shape[1:])
-        self.clean_change = outputs[CLEAN] - outputs[CORRUPTED]  # [upstream batch pos d_model]
+        self.change = outputs.new_empty(kept.shape[0], *outputs.shape[1:])  # each node's, set by `record`
         self.record(0, torch.full_like(self.status[:, :1], CLEAN), outputs.new_empty(0, *outputs.shape[2:]))
 
     def indices(self, down: Sequence[int]) -> Int[Tensor, "input"]:
@@ -284,18 +307,27 @@ class _Circuits:
         *,
         positions: Sequence[int] | None = None,
     ) -> Float[Tensor, "pair batch pos d_model"]:
-        """The residual of input down[i] in circuit cell[i] (`cell` sorted): the corrupted run's
-        residual plus the changes of the nodes it keeps edges from; at `positions` only if given."""
+        """The residual of input down[i] in circuit cell[i] (`cell` sorted) at the window's positions
+        (or at `positions`, which lie in it): the corrupted run's residual (`corrupted`, every position)
+        plus the changes of the nodes it keeps edges from."""
         n_up = self.graph.nodes_before(int(down[0])) if len(down) else 0
-        change = self.change[:, :n_up] if positions is None else self.change[:, :n_up, :, list(positions)]
-        flat = einops.rearrange(change, "cell upstream batch pos d_model -> cell upstream (batch pos d_model)")
-        weights = self.kept[cell, :n_up, down].to(flat.dtype)  # [pair upstream]
-        # one dense matmul per circuit: its rows read its own nodes' changes (0 for those at CORRUPTED)
+        window = range(self.window.start, self.window.stop)
+        positions = list(window if positions is None else positions)
+        weights = self.kept[cell, :n_up, down].to(self.change.dtype)  # [pair upstream]
         cells, counts = torch.unique_consecutive(cell, return_counts=True)
-        summed = [rows @ flat[c] for c, rows in zip(cells.tolist(), weights.split(counts.tolist()))]
-        summed = torch.cat(summed) if summed else flat.new_zeros(0, flat.shape[-1])
-        return corrupted + einops.rearrange(summed, "pair (batch pos d_model) -> pair batch pos d_model",
-                                            batch=corrupted.shape[0], pos=corrupted.shape[1])
+        in_window = [window.index(p) for p in positions]
+        summed = [self._summed(rows, c, in_window) for c, rows in zip(cells.tolist(), weights.split(counts.tolist()))]
+        corrupted = corrupted[:, positions]
+        return corrupted + (torch.cat(summed) if summed else corrupted.new_zeros(0, *corrupted.shape))
+
+    def _summed(self, weights: Float[Tensor, "pair upstream"], cell: int, positions: list[int]
+                ) -> Float[Tensor, "pair batch pos d_model"]:
+        """sum_u weights[:, u] change[cell, u]: one dense matmul for a circuit's rows (nodes at CORRUPTED add 0)."""
+        change = self.change[cell, : weights.shape[1]]
+        change = change if len(positions) == change.shape[2] else change[:, :, positions]
+        summed = weights @ einops.rearrange(change, "upstream batch pos d_model -> upstream (batch pos d_model)")
+        return einops.rearrange(summed, "pair (batch pos d_model) -> pair batch pos d_model",
+                                batch=change.shape[1], pos=change.shape[2])
 
     def record(self, first: int, status: Int[Tensor, "cell node"], computed: Float[Tensor, "pair batch pos d_model"]) -> None:
         """Nodes first, first + 1, ... have these statuses; `computed`: the outputs of those at MIXED,
@@ -305,4 +337,4 @@ class _Circuits:
         clean = (status == CLEAN)[..., None, None, None].to(self.change.dtype)
         self.change[:, nodes] = clean * self.clean_change[nodes]
         cell, i = (status == MIXED).nonzero(as_tuple=True)
-        self.change[cell, first + i] = computed - self.references.outputs[CORRUPTED, first + i]
+        self.change[cell, first + i] = computed - self.corrupted_out[first + i]
