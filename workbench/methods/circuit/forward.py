@@ -306,7 +306,7 @@ class _Circuits:
         corrupted: Float[Tensor, "batch pos d_model"],
         *,
         positions: Sequence[int] | None = None,
-    ) -> Float[Tensor, "pair batch pos d_model"]:
+    ) -> Float[Tensor, "pair batch _ d_model"]:
         """The residual of input down[i] in circuit cell[i] (`cell` sorted) at the window's positions
         (or at `positions`, which lie in it): the corrupted run's residual (`corrupted`, every position)
         plus the changes of the nodes it keeps edges from."""
