@@ -189,7 +189,7 @@ def circuit_forward(
         circuits.record(graph.head_node(l, 0), status, _head_outputs(block.attn, qkv.values, status, circuits.window))
         down = circuits.indices([graph.mlp_input(l)])
         status = circuits.input_status(down)
-        cell, i = (status == MIXED).nonzero(as_tuple=True)
+        i, cell = mixed(status)
         x = circuits.residuals(cell, down[i], references.mid[l][CORRUPTED])
         circuits.record(graph.mlp_node(l), status, per_pair(lambda x: block.mlp(block.ln2(x)), x))
     down = circuits.indices([graph.logits_input])
@@ -214,7 +214,7 @@ def _head_inputs(block, circuits: _Circuits, down: Int[Tensor, "input"], resid: 
     reads one, else projected from the input's own residual."""
     status = circuits.input_status(down)
     values = qkv[status.clamp(max=CLEAN), torch.arange(len(down), device=down.device)]
-    cell, i = (status == MIXED).nonzero(as_tuple=True)
+    i, cell = mixed(status)
     if len(cell):
         normed = per_pair(block.ln1, circuits.residuals(cell, down[i], resid[CORRUPTED]))
         W, b = qkv_weights(block.attn)
@@ -226,8 +226,8 @@ def _head_inputs(block, circuits: _Circuits, down: Int[Tensor, "input"], resid: 
 
 def _head_outputs(attn: Attention, qkv: Float[Tensor, "cell input batch pos d_head"], status: Int[Tensor, "cell head"],
                   window: slice) -> Float[Tensor, "pair batch _ d_model"]:
-    """The outputs (z W_O) at the `window` positions of the (circuit, head) pairs at MIXED, in (cell, head) order."""
-    cell, head = (status == MIXED).nonzero(as_tuple=True)
+    """The outputs (z W_O) at the `window` positions of the (circuit, head) pairs at MIXED, in (head, cell) order."""
+    head, cell = mixed(status)
     batch, query_pos = qkv.shape[2], torch.arange(window.start, window.stop, device=qkv.device)
     if not len(cell):
         return qkv.new_empty(0, batch, len(query_pos), attn.W_O.shape[-1])
@@ -242,13 +242,17 @@ def _head_outputs(attn: Attention, qkv: Float[Tensor, "cell input batch pos d_he
         "(pair batch) pos 1 d_model -> pair batch pos d_model", batch=z.shape[1]))
 
 
+def mixed(status: Int[Tensor, "cell item"]) -> tuple[Int[Tensor, "pair"], Int[Tensor, "pair"]]:
+    """The (item, cell) pairs at MIXED, by item, then cell."""
+    item, cell = (status.T == MIXED).nonzero(as_tuple=True)
+    return item, cell
+
+
 def grouped(x: Float[Tensor, "pair ..."], group: Int[Tensor, "pair"], fn) -> Tensor:
-    """fn(g, x[group == g]) for each group g, back in x's order: one call per group (a matmul with
-    the group's weights) instead of a copy of the weights per pair."""
-    order = torch.argsort(group, stable=True)
-    groups, counts = torch.unique_consecutive(group[order], return_counts=True)
-    out = torch.cat([fn(g, part) for g, part in zip(groups.tolist(), x[order].split(counts.tolist()))])
-    return out[torch.argsort(order)]
+    """fn(g, x[group == g]) for each group g (`group` sorted), concatenated: one call per group (a
+    matmul with the group's weights) instead of a copy of the weights per pair."""
+    groups, counts = torch.unique_consecutive(group, return_counts=True)
+    return torch.cat([fn(g, part) for g, part in zip(groups.tolist(), x.split(counts.tolist()))])
 
 
 def per_pair(fn, x: Float[Tensor, "pair batch pos d_model"]) -> Float[Tensor, "pair batch pos _"]:
@@ -307,34 +311,33 @@ class _Circuits:
         *,
         positions: Sequence[int] | None = None,
     ) -> Float[Tensor, "pair batch _ d_model"]:
-        """The residual of input down[i] in circuit cell[i] (`cell` sorted) at the window's positions
+        """The residual of input down[i] in circuit cell[i] at the window's positions
         (or at `positions`, which lie in it): the corrupted run's residual (`corrupted`, every position)
         plus the changes of the nodes it keeps edges from."""
         n_up = self.graph.nodes_before(int(down[0])) if len(down) else 0
         window = range(self.window.start, self.window.stop)
         positions = list(window if positions is None else positions)
         weights = self.kept[cell, :n_up, down].to(self.change.dtype)  # [pair upstream]
-        cells, counts = torch.unique_consecutive(cell, return_counts=True)
-        in_window = [window.index(p) for p in positions]
-        summed = [self._summed(rows, c, in_window) for c, rows in zip(cells.tolist(), weights.split(counts.tolist()))]
         corrupted = corrupted[:, positions]
-        return corrupted + (torch.cat(summed) if summed else corrupted.new_zeros(0, *corrupted.shape))
-
-    def _summed(self, weights: Float[Tensor, "pair upstream"], cell: int, positions: list[int]
-                ) -> Float[Tensor, "pair batch pos d_model"]:
-        """sum_u weights[:, u] change[cell, u]: one dense matmul for a circuit's rows (nodes at CORRUPTED add 0)."""
-        change = self.change[cell, : weights.shape[1]]
-        change = change if len(positions) == change.shape[2] else change[:, :, positions]
-        summed = weights @ einops.rearrange(change, "upstream batch pos d_model -> upstream (batch pos d_model)")
-        return einops.rearrange(summed, "pair (batch pos d_model) -> pair batch pos d_model",
-                                batch=change.shape[1], pos=change.shape[2])
+        in_window = [window.index(p) for p in positions]
+        summed = weights.new_empty(len(cell), corrupted.numel())
+        # one dense matmul per circuit: its rows read its own nodes' changes (0 for those at CORRUPTED)
+        order = torch.argsort(cell, stable=True)
+        cells, counts = torch.unique_consecutive(cell[order], return_counts=True)
+        for c, rows in zip(cells.tolist(), order.split(counts.tolist())):
+            change = self.change[c, :n_up]
+            change = change if len(positions) == change.shape[2] else change[:, :, in_window]
+            summed[rows] = weights[rows] @ einops.rearrange(change, "upstream batch pos d_model -> upstream (batch pos d_model)")
+        return corrupted + einops.rearrange(summed, "pair (batch pos d_model) -> pair batch pos d_model",
+                                            batch=corrupted.shape[0], pos=corrupted.shape[1])
 
     def record(self, first: int, status: Int[Tensor, "cell node"], computed: Float[Tensor, "pair batch pos d_model"]) -> None:
         """Nodes first, first + 1, ... have these statuses; `computed`: the outputs of those at MIXED,
-        in (cell, node) order."""
-        nodes = slice(first, first + status.shape[1])
-        self.status[:, nodes] = status
-        clean = (status == CLEAN)[..., None, None, None].to(self.change.dtype)
-        self.change[:, nodes] = clean * self.clean_change[nodes]
-        cell, i = (status == MIXED).nonzero(as_tuple=True)
+        in (node, cell) order (`mixed`)."""
+        self.status[:, first : first + status.shape[1]] = status
+        cell, i = (status == CORRUPTED).nonzero(as_tuple=True)
+        self.change[cell, first + i] = 0
+        cell, i = (status == CLEAN).nonzero(as_tuple=True)
+        self.change[cell, first + i] = self.clean_change[first + i]
+        i, cell = mixed(status)
         self.change[cell, first + i] = computed - self.corrupted_out[first + i]
