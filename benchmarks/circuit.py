@@ -3,6 +3,7 @@ against one forward pass, on the GPT-2 124M shape (random weights) and one IOI p
 
     python benchmarks/circuit.py            # GPT-2 124M shape
     python benchmarks/circuit.py --quick    # a small shape, to check the script in seconds
+    python benchmarks/circuit.py --only curve   # the forward and one case (eap, eap-ig, exact, curve)
 
 Targets: EAP of every edge within the time of 4 forward passes; EAP-IG with 5 steps within 12;
 exact patching of the top 100 edges at least 10x faster than one hooked forward per edge, with the
@@ -39,6 +40,8 @@ from workbench.methods.circuit.graph import cache_names, node_outputs  # noqa: E
 from workbench.models import PRESETS, GPTConfig  # noqa: E402
 
 TOL = 1e-4
+ONLY = {"eap": "EAP, every edge", "eap-ig": "EAP-IG (5 steps), every edge", "exact": "exact patching, top 100 edges",
+        "curve": "faithfulness curve, 20 points"}
 
 
 def hooked_edge(model, graph, clean, e, diff, metric) -> float:
@@ -82,6 +85,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a small shape (4 layers, 8 heads, d_model 256)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=sorted(ONLY), help="time the forward and this case alone")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -105,6 +109,8 @@ def main(argv=None) -> int:
         "exact patching, top 100 edges": lambda: edge_patching(model, clean, corrupted, metric, top, progress=False),
         "faithfulness curve, 20 points": lambda: faithfulness_curve(model, clean, corrupted, metric, scores, points=20),
     }
+    if args.only:
+        cases = {name: fn for name, fn in cases.items() if name in ("forward", ONLY[args.only])}
     times = {name: [] for name in cases}
     out = {}
     for name, fn in cases.items():
@@ -115,6 +121,11 @@ def main(argv=None) -> int:
             out[name] = fn()
             times[name].append(time.perf_counter() - start)
     median = {name: statistics.median(t) for name, t in times.items()}
+    if args.only:  # a quick look: printed, the results file is left as it is
+        fwd, case = median["forward"], median[ONLY[args.only]]
+        print(f"{ONLY[args.only]}: {case * 1e3:.1f} ms = {case / fwd:.2f} forwards (one forward {fwd * 1e3:.1f} ms; "
+              f"{args.threads} threads, medians of {args.repeats}; load average {os.getloadavg()[0]:.1f})")
+        return 0
 
     # The reference: one hooked forward per edge.
     graph = scores.graph
