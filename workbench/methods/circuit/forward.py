@@ -181,47 +181,70 @@ def circuit_forward(
 ) -> Float[Tensor, "cell batch _ d_vocab"]:
     """The logits (at the references' read positions and vocabulary) of each circuit's run: the clean
     run in which every edge not in `kept` carries its node's corrupted output (module docstring).
-    Only the nodes and inputs that differ from both reference runs are computed."""
+    Only the nodes and inputs at MIXED (`circuit_status`) are computed."""
     circuits = _Circuits(graph, references, kept)
     for l, block in enumerate(model.blocks):
-        qkv = _head_inputs(block, circuits, circuits.indices(graph.head_inputs(l)), references.pre[l], references.qkv[l])
-        status = node_status(einops.rearrange(qkv.status, "cell (three head) -> cell head three", three=3))
-        circuits.record(graph.head_node(l, 0), status, _head_outputs(block.attn, qkv.values, status, circuits.window))
-        down = circuits.indices([graph.mlp_input(l)])
-        status = circuits.input_status(down)
-        i, cell = mixed(status)
-        x = circuits.residuals(cell, down[i], references.mid[l][CORRUPTED])
-        circuits.record(graph.mlp_node(l), status, per_pair(lambda x: block.mlp(block.ln2(x)), x))
-    down = circuits.indices([graph.logits_input])
-    status = circuits.input_status(down)[:, 0]
+        qkv = _head_inputs(block, circuits, list(graph.head_inputs(l)), references.pre[l], references.qkv[l])
+        heads = slice(graph.head_node(l, 0), graph.mlp_node(l))
+        circuits.record(heads, _head_outputs(block.attn, qkv, circuits.status[:, heads], circuits.window))
+        x = circuits.residuals(graph.mlp_input(l), references.mid[l][CORRUPTED])
+        circuits.record(slice(graph.mlp_node(l), graph.mlp_node(l) + 1), per_pair(lambda x: block.mlp(block.ln2(x)), x))
+    status = circuits.inputs[:, graph.logits_input]
     logits = references.logits[status.clamp(max=CLEAN)]
-    cell = (status == MIXED).nonzero().flatten()
-    if len(cell):
-        x = circuits.residuals(cell, down.expand(len(cell)), references.final[CORRUPTED], positions=references.read)
-        logits[cell] = per_pair(lambda x: unembed(model, x, references.vocab), x)
+    x = circuits.residuals(graph.logits_input, references.final[CORRUPTED], positions=references.read)
+    logits[status == MIXED] = per_pair(lambda x: unembed(model, x, references.vocab), x)
     return logits
 
 
-@dataclass
-class _Projected:
-    status: Int[Tensor, "cell input"]
-    values: Float[Tensor, "cell input batch pos d_head"]
+def circuit_status(
+    graph: CircuitGraph, kept: Bool[Tensor, "cell upstream downstream"]
+) -> tuple[Int[Tensor, "cell upstream"], Int[Tensor, "cell downstream"]]:
+    """Each circuit's node and input statuses (module docstring), in forward order. An input is
+    CORRUPTED when none of its kept edges comes from a node off CORRUPTED (it reads the corrupted
+    run's residual), CLEAN when all its edges are kept and come from nodes at CLEAN; a node is
+    CORRUPTED or CLEAN when all its inputs are; the rest is MIXED. The input node is CLEAN (a
+    circuit's run is the clean run)."""
+    nodes = torch.full(kept.shape[:2], CORRUPTED, device=kept.device)
+    nodes[:, 0] = CLEAN
+    inputs = torch.full((kept.shape[0], kept.shape[2]), CORRUPTED, device=kept.device)
+
+    def read(down: list[int]) -> Int[Tensor, "cell input"]:
+        n_up = graph.nodes_before(down[0])  # the same for every input of the list
+        edges, status = kept[:, :n_up, down], nodes[:, :n_up, None]
+        changed = (edges & (status != CORRUPTED)).any(1)
+        clean = (edges & (status == CLEAN)).all(1)
+        inputs[:, down] = torch.where(changed, torch.where(clean, CLEAN, MIXED), CORRUPTED)
+        return inputs[:, down]
+
+    for l in range(graph.n_layer):
+        heads = read(list(graph.head_inputs(l)))
+        nodes[:, graph.head_node(l, 0) : graph.mlp_node(l)] = node_status(
+            einops.rearrange(heads, "cell (three head) -> cell head three", three=3))
+        nodes[:, graph.mlp_node(l)] = read([graph.mlp_input(l)])[:, 0]
+    read([graph.logits_input])
+    return nodes, inputs
 
 
-def _head_inputs(block, circuits: _Circuits, down: Int[Tensor, "input"], resid: Float[Tensor, "run batch pos d_model"],
-                 qkv: Float[Tensor, "run input batch pos d_head"]) -> _Projected:
+def node_status(inputs: Int[Tensor, "*node input"]) -> Int[Tensor, "*node"]:
+    """A node's status from its inputs': CORRUPTED or CLEAN when they all are, else MIXED."""
+    first = inputs[..., 0]
+    return torch.where((inputs == first[..., None]).all(-1), first, MIXED)
+
+
+def _head_inputs(block, circuits: _Circuits, down: list[int], resid: Float[Tensor, "run batch pos d_model"],
+                 qkv: Float[Tensor, "run input batch pos d_head"]) -> Float[Tensor, "cell input batch pos d_head"]:
     """Each circuit's q, k, v of a block's heads (inputs `down`): the reference run's where the input
-    reads one, else projected from the input's own residual."""
-    status = circuits.input_status(down)
-    values = qkv[status.clamp(max=CLEAN), torch.arange(len(down), device=down.device)]
+    reads one, else projected from the input's own residual (at the window's positions)."""
+    status = circuits.inputs[:, down]
+    values = qkv[status.clamp(max=CLEAN), torch.arange(len(down), device=status.device)]
     i, cell = mixed(status)
     if len(cell):
-        normed = per_pair(block.ln1, circuits.residuals(cell, down[i], resid[CORRUPTED]))
+        normed = per_pair(block.ln1, circuits.residuals(down, resid[CORRUPTED]))
         W, b = qkv_weights(block.attn)
         # one matmul per input (with that head's W_Q, W_K or W_V), over the circuits where it is MIXED
         values[cell, i, :, circuits.window] = grouped(normed, i, lambda j, x: einops.einsum(
             x, W[j], "pair batch pos d_model, d_model d_head -> pair batch pos d_head") + b[j])
-    return _Projected(status, values)
+    return values
 
 
 def _head_outputs(attn: Attention, qkv: Float[Tensor, "cell input batch pos d_head"], status: Int[Tensor, "cell head"],
@@ -261,83 +284,66 @@ def per_pair(fn, x: Float[Tensor, "pair batch pos d_model"]) -> Float[Tensor, "p
     return einops.rearrange(out, "(pair batch) pos d -> pair batch pos d", batch=x.shape[1])
 
 
-def node_status(inputs: Int[Tensor, "*node input"]) -> Int[Tensor, "*node"]:
-    """A node's status from its inputs': CORRUPTED or CLEAN when they all are, else MIXED."""
-    first = inputs[..., 0]
-    return torch.where((inputs == first[..., None]).all(-1), first, MIXED)
-
-
 class _Circuits:
-    """Per circuit (cell): each node's status (`status` [cell upstream]) and its output's change from
-    the corrupted run's (`change` [cell upstream batch pos d_model]: 0 at CORRUPTED, clean - corrupted
-    at CLEAN, computed - corrupted at MIXED), filled in node order as the forward produces them.
+    """The circuits' statuses (`status` [cell upstream], `inputs` [cell downstream]; `circuit_status`)
+    and each node's change from its corrupted output, kept for the (circuit, node) pairs off
+    CORRUPTED only (the others' is 0): `change` [row batch pos d_model], rows by circuit, then node
+    (`node_of` [row]; `first_row` [cell]), clean - corrupted at CLEAN, computed - corrupted at MIXED
+    (set by `record` as the forward computes them).
 
     Only the `window` positions are computed, from the first where the clean and the corrupted input
     differ (every run is the same before it: attention is causal) to the last read one (no later
     position is read); `change` holds those positions."""
 
     def __init__(self, graph: CircuitGraph, references: References, kept: Tensor) -> None:
-        self.graph, self.references = graph, references
+        self.graph = graph
         self.kept = kept & graph.allowed.to(kept.device)
+        self.status, self.inputs = circuit_status(graph, self.kept)
         differs = (references.outputs[CLEAN, 0] != references.outputs[CORRUPTED, 0]).any(-1).any(0)  # [pos]
         last = max(references.read)
         first = int(differs.nonzero()[0]) if differs.any() else last
         self.window = slice(min(first, last), last + 1)
         outputs = references.outputs[..., self.window, :]
         self.corrupted_out = outputs[CORRUPTED]  # [upstream batch pos d_model]
-        self.clean_change = outputs[CLEAN] - outputs[CORRUPTED]
-        self.status = torch.full(kept.shape[:2], CORRUPTED, device=kept.device)
-        self.change = outputs.new_empty(kept.shape[0], *outputs.shape[1:])  # each node's, set by `record`
-        self.record(0, torch.full_like(self.status[:, :1], CLEAN), outputs.new_empty(0, *outputs.shape[2:]))
-
-    def indices(self, down: Sequence[int]) -> Int[Tensor, "input"]:
-        return torch.tensor(list(down), device=self.kept.device)
-
-    def input_status(self, down: Int[Tensor, "input"]) -> Int[Tensor, "cell input"]:
-        """CORRUPTED where no kept edge comes from a node off its corrupted output (the input reads the
-        corrupted run's residual), CLEAN where every edge is kept and comes from a node at CLEAN, else MIXED."""
-        n_up = self.graph.nodes_before(int(down[0]))
-        kept = self.kept[:, :n_up][:, :, down]  # [cell upstream input]
-        status = self.status[:, :n_up, None]
-        changed = (kept & (status != CORRUPTED)).any(1)
-        clean = (kept & (status == CLEAN)).all(1)
-        return torch.where(changed, torch.where(clean, CLEAN, MIXED), CORRUPTED)
+        changed = self.status != CORRUPTED
+        cell, self.node_of = changed.nonzero(as_tuple=True)
+        self.row = torch.full_like(self.status, -1)
+        self.row[cell, self.node_of] = torch.arange(len(cell), device=cell.device)
+        self.n_before = torch.cumsum(changed, 1)  # [cell upstream]: rows of the circuit's nodes up to this one
+        self.first_row = self.n_before[:, -1].cumsum(0) - self.n_before[:, -1]
+        self.change = outputs.new_empty(len(cell), *outputs.shape[2:])
+        clean = self.status[cell, self.node_of] == CLEAN
+        self.change[clean] = outputs[CLEAN, self.node_of[clean]] - self.corrupted_out[self.node_of[clean]]
 
     def residuals(
-        self,
-        cell: Int[Tensor, "pair"],
-        down: Int[Tensor, "pair"],
-        corrupted: Float[Tensor, "batch pos d_model"],
-        *,
-        positions: Sequence[int] | None = None,
+        self, down: int | list[int], corrupted: Float[Tensor, "batch pos d_model"], *, positions: Sequence[int] | None = None
     ) -> Float[Tensor, "pair batch _ d_model"]:
-        """The residual of input down[i] in circuit cell[i] at the window's positions
-        (or at `positions`, which lie in it): the corrupted run's residual (`corrupted`, every position)
-        plus the changes of the nodes it keeps edges from."""
-        n_up = self.graph.nodes_before(int(down[0])) if len(down) else 0
+        """The residual of each (input, circuit) pair at MIXED of inputs `down` (which read the same
+        nodes), in `mixed` order, at the window's positions (or at `positions`, which lie in it):
+        the corrupted run's residual (`corrupted`, every position) plus the changes of the nodes the
+        input keeps edges from."""
+        down = [down] if isinstance(down, int) else down
+        i, cell = mixed(self.inputs[:, down])
+        n_up = self.graph.nodes_before(down[0])
         window = range(self.window.start, self.window.stop)
         positions = list(window if positions is None else positions)
-        weights = self.kept[cell, :n_up, down].to(self.change.dtype)  # [pair upstream]
+        in_window = None if positions == list(window) else [window.index(p) for p in positions]
         corrupted = corrupted[:, positions]
-        in_window = [window.index(p) for p in positions]
-        summed = weights.new_empty(len(cell), corrupted.numel())
-        # one dense matmul per circuit: its rows read its own nodes' changes (0 for those at CORRUPTED)
+        summed = corrupted.new_empty(len(cell), corrupted.numel())
+        down = torch.tensor(down, device=cell.device)[i]
+        # one matmul per circuit, over its nodes off CORRUPTED
         order = torch.argsort(cell, stable=True)
         cells, counts = torch.unique_consecutive(cell[order], return_counts=True)
-        for c, rows in zip(cells.tolist(), order.split(counts.tolist())):
-            change = self.change[c, :n_up]
-            change = change if len(positions) == change.shape[2] else change[:, :, in_window]
-            summed[rows] = weights[rows] @ einops.rearrange(change, "upstream batch pos d_model -> upstream (batch pos d_model)")
+        for c, pairs in zip(cells.tolist(), order.split(counts.tolist())):
+            rows = slice(int(self.first_row[c]), int(self.first_row[c] + self.n_before[c, n_up - 1]))
+            weights = self.kept[c, self.node_of[rows]][:, down[pairs]].T.to(summed.dtype)  # [pair row]
+            change = self.change[rows] if in_window is None else self.change[rows][:, :, in_window]
+            summed[pairs] = weights @ einops.rearrange(change, "row batch pos d_model -> row (batch pos d_model)")
         return corrupted + einops.rearrange(summed, "pair (batch pos d_model) -> pair batch pos d_model",
                                             batch=corrupted.shape[0], pos=corrupted.shape[1])
 
-    def record(self, first: int, status: Int[Tensor, "cell node"], computed: Float[Tensor, "pair batch pos d_model"]) -> None:
-        """Nodes first, first + 1, ... have these statuses; `computed`: the outputs of those at MIXED,
-        in (node, cell) order (`mixed`)."""
-        self.status[:, first : first + status.shape[1]] = status
-        cell, i = (status == CORRUPTED).nonzero(as_tuple=True)
-        self.change[cell, first + i] = 0
-        cell, i = (status == CLEAN).nonzero(as_tuple=True)
-        self.change[cell, first + i] = self.clean_change[first + i]
-        i, cell = mixed(status)
-        self.change[cell, first + i] = computed - self.corrupted_out[first + i]
+    def record(self, nodes: slice, computed: Float[Tensor, "pair batch pos d_model"]) -> None:
+        """The outputs of `nodes` computed for the circuits where they are MIXED, in `mixed` order."""
+        i, cell = mixed(self.status[:, nodes])
+        node = nodes.start + i
+        self.change[self.row[cell, node]] = computed - self.corrupted_out[node]
