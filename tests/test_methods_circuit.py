@@ -315,6 +315,27 @@ def test_circuit_runs_equal_every_input_materialised(pair, n_layer, metric_name)
     assert result.values[1] == pytest.approx(float(metric(model(clean)).detach()), abs=1e-4)
 
 
+def test_circuit_status_marks_what_equals_the_clean_or_corrupted_run(model):
+    from workbench.methods.circuit.forward import CLEAN, CORRUPTED, MIXED, circuit_status
+
+    graph = CircuitGraph.of_model(model)
+    circuits = [[], graph.edges, ["input->L0H1.v"], ["input->L0H1.v", "L0H1->logits"]]
+    kept = torch.zeros(len(circuits), len(graph.upstream), len(graph.downstream), dtype=torch.bool)
+    for c, edges in enumerate(circuits):
+        index = graph.edge_index(edges)
+        kept[c, graph.edge_upstream[index], graph.edge_downstream[index]] = True
+    nodes, inputs = circuit_status(graph, kept)
+    node, inp = graph.upstream.index, graph.downstream.index
+    assert (nodes[0, 1:] == CORRUPTED).all() and (inputs[0] == CORRUPTED).all()  # the corrupted run
+    assert (nodes[1] == CLEAN).all() and (inputs[1] == CLEAN).all()  # the clean run
+    for c in (2, 3):
+        # L0H1.v reads only the input, kept: the clean run's; q and k the corrupted run's: the head is mixed
+        assert inputs[c, inp("L0H1.v")] == CLEAN and inputs[c, inp("L0H1.q")] == CORRUPTED
+        assert nodes[c, node("L0H1")] == MIXED
+        assert int((nodes[c] == MIXED).sum()) == 1 and int((nodes[c] == CLEAN).sum()) == 1
+    assert inputs[2, inp("logits")] == CORRUPTED and inputs[3, inp("logits")] == MIXED
+
+
 def planted_model():
     """2 layers, 4 heads: the answer X (over Y) is read from the token at position 1 through exactly one
     path, input -> L0H1.v -> L0H1 -> L1H2.v -> L1H2 -> logits. Every other weight is 0 except the

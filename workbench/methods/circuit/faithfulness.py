@@ -135,7 +135,8 @@ def evaluate_circuits(
                                    vocab=metric.vocab)
         corrupted_value, clean_value = (float(v) for v in metric.evaluate(references.logits))
         check_gap(clean_value, corrupted_value, metric.name)
-        # circuits per forward: each holds a change of the residual stream per node
+        # circuits per forward: as for 3 n_head + 1 residual streams each (a block's inputs); a circuit's
+        # node changes (`forward._Circuits`) take up to one stream per node off the corrupted run
         per_forward = max(1, TOKEN_BUDGET // (clean.numel() * (3 * graph.n_head + 1)))
         values = []
         for start in tqdm(range(0, len(circuits), per_forward), desc="circuits", disable=not progress, leave=False):

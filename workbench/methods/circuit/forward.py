@@ -28,8 +28,11 @@ Two runs compute this:
 
       resid_d = corrupted resid_d + sum over kept edges (u, d) of (output_u - corrupted_u),
 
-  the same sum as above, in which every node at CORRUPTED adds 0. Small circuits are almost all
-  CORRUPTED, the full graph all CLEAN.
+  the same sum as above, in which every node at CORRUPTED adds 0 (`circuit_status` finds the
+  statuses from the edges alone, before any maths). Small circuits are almost all CORRUPTED, the
+  full graph all CLEAN. Positions before the first one where the clean and the corrupted input
+  differ are the same in every run (attention is causal), and none after the last read one is
+  read: only the positions between are computed.
 """
 
 from __future__ import annotations
