@@ -128,8 +128,8 @@ class References:
     """The corrupted and the clean run (`run` axis: CORRUPTED, CLEAN), with what a circuit's run reads
     from them: per block the residual its heads read (`pre`) and its MLP reads (`mid`) [run batch
     pos d_model] and every head input's projection (`qkv` [run input batch pos d_head], inputs in
-    the graph's (three head) order); the final residual (`final`), every
-    node's output (`outputs`) and the logits at the read positions, of token ids `vocab` (`logits`)."""
+    the graph's (three head) order); the final residual (`final`), every node's output (`outputs`)
+    and the logits at the positions `read`, of token ids `vocab` (`logits`)."""
 
     pre: list[Float[Tensor, "run batch pos d_model"]]
     mid: list[Float[Tensor, "run batch pos d_model"]]
