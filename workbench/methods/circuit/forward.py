@@ -122,6 +122,13 @@ def qkv_weights(attn: Attention) -> tuple[Float[Tensor, "input d_model d_head"],
     return W, b
 
 
+def qkv_weight(attn: Attention, input: int) -> tuple[Float[Tensor, "d_model d_head"], Float[Tensor, "d_head"]]:
+    """W_Q, W_K or W_V of one head input of the block (index in the graph's (three head) order), and
+    its bias: views of the fused weights, no copies."""
+    three, head = divmod(input, attn.n_head)
+    return (attn.W_Q, attn.W_K, attn.W_V)[three][head], (attn.b_Q, attn.b_K, attn.b_V)[three][head]
+
+
 # ---------------------------------------------------------------------- circuits
 @dataclass
 class References:
@@ -241,12 +248,15 @@ def _head_inputs(block, circuits: _Circuits, down: list[int], resid: Float[Tenso
     status = circuits.inputs[:, down]
     values = qkv[status.clamp(max=CLEAN), torch.arange(len(down), device=status.device)]
     i, cell = mixed(status)
+
+    def project(j: int, x: Float[Tensor, "pair batch pos d_model"]) -> Float[Tensor, "pair batch pos d_head"]:
+        W, b = qkv_weight(block.attn, j)
+        return einops.einsum(x, W, "pair batch pos d_model, d_model d_head -> pair batch pos d_head") + b
+
     if len(cell):
         normed = per_pair(block.ln1, circuits.residuals(down, resid[CORRUPTED]))
-        W, b = qkv_weights(block.attn)
-        # one matmul per input (with that head's W_Q, W_K or W_V), over the circuits where it is MIXED
-        values[cell, i, :, circuits.window] = grouped(normed, i, lambda j, x: einops.einsum(
-            x, W[j], "pair batch pos d_model, d_model d_head -> pair batch pos d_head") + b[j])
+        # one matmul per input (that head's W_Q, W_K or W_V), over the circuits where the input is MIXED
+        values[cell, i, :, circuits.window] = grouped(normed, i, project)
     return values
 
 
