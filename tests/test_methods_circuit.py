@@ -289,10 +289,11 @@ def some_circuits(graph):
     return torch.stack(masks)
 
 
-@pytest.mark.parametrize("n_layer, metric_name", [(2, "logit_diff"), (3, "next_token_logprob")])
+@pytest.mark.parametrize("n_layer, metric_name", [(2, "logit_diff"), (3, "next_token_logprob"), (2, "early_reads")])
 def test_circuit_runs_equal_every_input_materialised(pair, n_layer, metric_name):
-    # the circuit run computes only what differs from the clean and the corrupted run; here every
-    # input of every circuit is computed in full
+    # the circuit run computes only what differs from the clean and the corrupted run (and only the
+    # positions from the first that differs, or the first read, to the last read); here every input
+    # of every circuit is computed in full. "early_reads" reads position 1, before the first that differs.
     torch.manual_seed(n_layer)
     model = workbench.GPT(workbench.GPTConfig(n_layer=n_layer, n_head=4, n_embd=64, block_size=64)).eval()
     model.init_weights(std=0.15)
@@ -301,7 +302,7 @@ def test_circuit_runs_equal_every_input_materialised(pair, n_layer, metric_name)
             if name.endswith("bias"):
                 p.normal_(0, 0.1)
     clean, corrupted = pair
-    metric = METRICS[metric_name](clean)
+    metric = NextTokenLogProb(clean, positions=(1, 7)) if metric_name == "early_reads" else METRICS[metric_name](clean)
     graph = CircuitGraph.of_model(model)
     circuits = some_circuits(graph)
     result = evaluate_circuits(model, clean, corrupted, metric, circuits)

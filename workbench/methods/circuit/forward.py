@@ -305,17 +305,16 @@ class _Circuits:
     (set by `record` as the forward computes them).
 
     Only the `window` positions are computed, from the first where the clean and the corrupted input
-    differ (every run is the same before it: attention is causal) to the last read one (no later
-    position is read); `change` holds those positions."""
+    differ (every run is the same before it: attention is causal), or the first read one if earlier,
+    to the last read one (no later position is read); `change` holds those positions."""
 
     def __init__(self, graph: CircuitGraph, references: References, kept: Tensor) -> None:
         self.graph = graph
         self.kept = kept & graph.allowed.to(kept.device)
         self.status, self.inputs = circuit_status(graph, self.kept)
         differs = (references.outputs[CLEAN, 0] != references.outputs[CORRUPTED, 0]).any(-1).any(0)  # [pos]
-        last = max(references.read)
-        first = int(differs.nonzero()[0]) if differs.any() else last
-        self.window = slice(min(first, last), last + 1)
+        first = int(differs.nonzero()[0]) if differs.any() else len(differs)
+        self.window = slice(min(first, *references.read), max(references.read) + 1)
         outputs = references.outputs[..., self.window, :]
         self.corrupted_out = outputs[CORRUPTED]  # [upstream batch pos d_model]
         changed = self.status != CORRUPTED
