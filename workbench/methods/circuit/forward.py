@@ -78,6 +78,7 @@ def graph_forward(
     downstream input reading its own copy of the residual stream (differentiable). Logits are
     computed at positions `read` only (and token ids `vocab`, others 0)."""
     n_cell = embeds.shape[0]
+    H = graph.n_head
     outs: list[Tensor] = [embeds[None]]
     inputs: list[Tensor] = []
 
@@ -89,13 +90,13 @@ def graph_forward(
         attn = block.attn
         x_heads = copies(resid, len(graph.head_inputs(l)))
         inputs.append(x_heads)
-        normed = block.ln1(einops.rearrange(x_heads, "input cell batch pos d_model -> (input cell batch) pos d_model"))
-        normed = einops.rearrange(normed, "(input cell batch) pos d_model -> input (cell batch) pos d_model",
-                                  input=x_heads.shape[0], cell=n_cell)
-        W, b = qkv_weights(attn)
-        qkv = einops.einsum(normed, W, "input batch pos d_model, input d_model d_head -> input batch pos d_head")
-        q, k, v = einops.rearrange(qkv + b[:, None, None], "(three head) batch pos d_head -> three batch pos head d_head",
-                                   three=3)
+        normed = block.ln1(einops.rearrange(x_heads, "downstream cell batch pos d_model -> (downstream cell batch) pos d_model"))
+        normed = einops.rearrange(normed, "(three head cell batch) pos d_model -> three head (cell batch) pos d_model",
+                                  three=3, head=H, cell=n_cell)
+        W = torch.stack([attn.W_Q, attn.W_K, attn.W_V])
+        b = torch.stack([attn.b_Q, attn.b_K, attn.b_V])
+        qkv = einops.einsum(normed, W, "three head batch pos d_model, three head d_model d_head -> three batch pos head d_head")
+        q, k, v = qkv + b[:, None, None]
         result = attn.head_results(attn.attend(q, k, v))
         heads = einops.rearrange(result, "(cell batch) pos head d_model -> head cell batch pos d_model", cell=n_cell)
         outs.append(heads)
@@ -112,14 +113,6 @@ def graph_forward(
     logits = einops.rearrange(unembed(model, final, vocab), "(cell batch) pos d_vocab -> cell batch pos d_vocab",
                               cell=n_cell)
     return GraphRun(logits, inputs, torch.cat(outs))
-
-
-def qkv_weights(attn: Attention) -> tuple[Float[Tensor, "input d_model d_head"], Float[Tensor, "input d_head"]]:
-    """W_Q, W_K, W_V and their biases per head input of the block, in the graph's (three head) order."""
-    W = einops.rearrange(torch.stack([attn.W_Q, attn.W_K, attn.W_V]),
-                         "three head d_model d_head -> (three head) d_model d_head")
-    b = einops.rearrange(torch.stack([attn.b_Q, attn.b_K, attn.b_V]), "three head d_head -> (three head) d_head")
-    return W, b
 
 
 def qkv_weight(attn: Attention, input: int) -> tuple[Float[Tensor, "d_model d_head"], Float[Tensor, "d_head"]]:
