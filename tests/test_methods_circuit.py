@@ -11,7 +11,7 @@ from workbench.errors import InputError
 from workbench.hooks import act_name
 from workbench.methods import LogitDiff, NextTokenLogProb
 from workbench.methods.circuit import (
-    CircuitGraph, circuit_faithfulness, edge_attribution, edge_patching, faithfulness_curve,
+    CircuitGraph, circuit_faithfulness, edge_attribution, edge_patching, evaluate_circuits, faithfulness_curve,
 )
 
 
@@ -242,6 +242,99 @@ def test_faithfulness_of_one_circuit_equals_hooks_reading_corrupted_outputs(mode
     with torch.no_grad():
         expected = float(metric(hooked_logits(model, clean, {"logits": change})))
     assert float(result.values[0]) == pytest.approx(expected, abs=1e-4)
+
+
+def circuit_logits_by_hand(model, clean, corrupted_out, kept):
+    """Logits of a circuit's run, every input materialised: input d reads the sum over the nodes u
+    before it of u's output in this run if "u->d" is in `kept`, else u's output in the corrupted run
+    (`corrupted_out`, by node label), plus the b_O of the blocks before it; each through its own
+    LayerNorm; attention written out."""
+    H, d_head, n_pos = model.cfg.n_head, model.cfg.d_head, clean.shape[1]
+    future = torch.triu(torch.ones(n_pos, n_pos, dtype=torch.bool), 1)
+
+    def ln(norm, x):
+        return F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps)
+
+    with torch.no_grad():
+        out, bias = {"input": model.embed(clean) + model.pos_embed(clean)}, 0
+
+        def resid(d):
+            return bias + sum(out[u] if f"{u}->{d}" in kept else corrupted_out[u] for u in out)
+
+        for l, block in enumerate(model.blocks):
+            a, heads = block.attn, {}
+            for h in range(H):
+                q, k, v = (ln(block.ln1, resid(f"L{l}H{h}.{x}")) @ W[h] + b[h]
+                           for x, W, b in zip("qkv", (a.W_Q, a.W_K, a.W_V), (a.b_Q, a.b_K, a.b_V)))
+                scores = (q @ k.transpose(-1, -2) / d_head**0.5).masked_fill(future, float("-inf"))
+                heads[f"L{l}H{h}"] = scores.softmax(-1) @ v @ a.W_O[h]
+            out.update(heads)
+            bias = bias + a.b_O
+            out[f"MLP{l}"] = block.mlp(ln(block.ln2, resid(f"MLP{l}")))
+        return model.logits_from_resid(resid("logits"))
+
+
+def some_circuits(graph):
+    """Circuits of every kind: empty, full, random at densities 2% to 98%, all but one edge, all
+    edges into the first block kept (nodes at their clean output) with a random rest, a top-k."""
+    g = torch.Generator().manual_seed(1)
+    n = len(graph)
+    masks = [torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]
+    masks += [torch.rand(n, generator=g) < p for p in (0.02, 0.1, 0.3, 0.5, 0.7, 0.9, 0.98)]
+    for e in ("MLP0->logits", "input->L1H2.k", "L0H1->MLP0"):
+        masks.append(~graph.edge_mask([e]))
+    first_block = torch.tensor([graph.layer_of_downstream(d) == 0 for d in graph.edge_downstream.tolist()])
+    masks += [first_block, first_block | (torch.rand(n, generator=g) < 0.6)]
+    masks.append(graph.edge_mask(torch.randperm(n, generator=g)[: n // 3]))
+    return torch.stack(masks)
+
+
+@pytest.mark.parametrize("n_layer, metric_name", [(2, "logit_diff"), (3, "next_token_logprob"), (2, "early_reads")])
+def test_circuit_runs_equal_every_input_materialised(pair, n_layer, metric_name):
+    # the circuit run computes only what differs from the clean and the corrupted run (and only the
+    # positions from the first that differs, or the first read, to the last read); here every input
+    # of every circuit is computed in full. "early_reads" reads position 1, before the first that differs.
+    torch.manual_seed(n_layer)
+    model = workbench.GPT(workbench.GPTConfig(n_layer=n_layer, n_head=4, n_embd=64, block_size=64)).eval()
+    model.init_weights(std=0.15)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)
+    clean, corrupted = pair
+    metric = NextTokenLogProb(clean, positions=(1, 7)) if metric_name == "early_reads" else METRICS[metric_name](clean)
+    graph = CircuitGraph.of_model(model)
+    circuits = some_circuits(graph)
+    result = evaluate_circuits(model, clean, corrupted, metric, circuits)
+    corrupted_out = node_outputs_by_hand(model, corrupted)
+    expected = torch.tensor([float(metric(circuit_logits_by_hand(model, clean, corrupted_out,
+                                                                 {graph.edges[e] for e in mask.nonzero().flatten().tolist()})))
+                             for mask in circuits])
+    torch.testing.assert_close(result.values, expected, atol=1e-4, rtol=0)
+    assert (expected - expected[0]).abs().max() > 0.05  # the circuits differ
+    assert result.values[0] == pytest.approx(float(metric(model(corrupted)).detach()), abs=1e-4)
+    assert result.values[1] == pytest.approx(float(metric(model(clean)).detach()), abs=1e-4)
+
+
+def test_circuit_status_marks_what_equals_the_clean_or_corrupted_run(model):
+    from workbench.methods.circuit.forward import CLEAN, CORRUPTED, MIXED, circuit_status
+
+    graph = CircuitGraph.of_model(model)
+    circuits = [[], graph.edges, ["input->L0H1.v"], ["input->L0H1.v", "L0H1->logits"]]
+    kept = torch.zeros(len(circuits), len(graph.upstream), len(graph.downstream), dtype=torch.bool)
+    for c, edges in enumerate(circuits):
+        index = graph.edge_index(edges)
+        kept[c, graph.edge_upstream[index], graph.edge_downstream[index]] = True
+    nodes, inputs = circuit_status(graph, kept)
+    node, inp = graph.upstream.index, graph.downstream.index
+    assert (nodes[0, 1:] == CORRUPTED).all() and (inputs[0] == CORRUPTED).all()  # the corrupted run
+    assert (nodes[1] == CLEAN).all() and (inputs[1] == CLEAN).all()  # the clean run
+    for c in (2, 3):
+        # L0H1.v reads only the input, kept: the clean run's; q and k the corrupted run's: the head is mixed
+        assert inputs[c, inp("L0H1.v")] == CLEAN and inputs[c, inp("L0H1.q")] == CORRUPTED
+        assert nodes[c, node("L0H1")] == MIXED
+        assert int((nodes[c] == MIXED).sum()) == 1 and int((nodes[c] == CLEAN).sum()) == 1
+    assert inputs[2, inp("logits")] == CORRUPTED and inputs[3, inp("logits")] == MIXED
 
 
 def planted_model():

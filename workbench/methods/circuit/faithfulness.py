@@ -1,7 +1,7 @@
 """Circuit faithfulness: how much of the model's behaviour a set of edges reproduces alone.
 
 A circuit is a set of edges. Its run is the clean run in which every edge outside the circuit
-carries its node's corrupted output (`forward.graph_forward` with removed = not in the circuit):
+carries its node's corrupted output (`forward.circuit_forward`, removed = not in the circuit):
 each downstream input reads its in-circuit nodes' outputs as computed in this run and the other
 nodes' outputs from the corrupted run (as Hanna et al. 2024 evaluate circuits). Then
 
@@ -29,7 +29,7 @@ from workbench.errors import InputError
 from workbench.methods._checks import as_index, check_per_prompt, shown
 from workbench.methods._resume import TOKEN_BUDGET
 from workbench.methods.circuit.attribution import EdgeScores
-from workbench.methods.circuit.forward import graph_forward
+from workbench.methods.circuit.forward import circuit_forward, reference_run
 from workbench.methods.circuit.graph import CircuitGraph
 from workbench.methods.circuit.patching import EdgePatchingResult, edge_patching
 from workbench.methods.metrics import Metric, as_metric, clean_beats_corrupted
@@ -181,25 +181,23 @@ def evaluate_circuits(
                          f"{circuits.dtype} of shape {tuple(circuits.shape)}")
     read = metric.read_positions(clean.shape[1])
     with torch.no_grad():
-        emb_clean, emb_corrupted = model.embed_input(clean), model.embed_input(corrupted)
-        both = graph_forward(model, graph, torch.stack([emb_clean, emb_corrupted]), read=read, vocab=metric.vocab)
-        clean_value, corrupted_value = (float(v) for v in metric.evaluate(both.logits))
+        references = reference_run(model, model.embed_input(corrupted), model.embed_input(clean), read=read,
+                                   vocab=metric.vocab)
+        corrupted_value, clean_value = (float(v) for v in metric.evaluate(references.logits))
         check_gap(clean_value, corrupted_value, metric.name)
-        corrupted_out = both.outputs[:, 1]
-        # circuits per forward: each holds 3 n_head copies of the residual stream per block
+        # circuits per forward: as for 3 n_head + 1 residual streams each (a block's inputs); a circuit's
+        # node changes (`forward._Circuits`) take up to one stream per node off the corrupted run
         per_forward = max(1, TOKEN_BUDGET // (clean.numel() * (3 * graph.n_head + 1)))
         values = []
         for start in tqdm(range(0, len(circuits), per_forward), desc="circuits", disable=not progress, leave=False):
-            chunk = circuits[start : start + per_forward]
-            removed = torch.zeros(len(chunk), len(graph.upstream), len(graph.downstream), dtype=emb_clean.dtype,
-                                  device=emb_clean.device)
-            removed[:, graph.edge_upstream, graph.edge_downstream] = (~chunk).to(removed.dtype).to(removed.device)
-            embeds = emb_clean.expand(len(chunk), *emb_clean.shape)
-            run = graph_forward(model, graph, embeds, read=read, vocab=metric.vocab, corrupted=corrupted_out, removed=removed)
-            values.append(evaluate(run.logits).float().cpu())
+            chunk = circuits[start : start + per_forward].to(references.final.device)
+            kept = torch.zeros(len(chunk), len(graph.upstream), len(graph.downstream), dtype=torch.bool,
+                               device=chunk.device)
+            kept[:, graph.edge_upstream, graph.edge_downstream] = chunk
+            values.append(evaluate(circuit_forward(model, graph, references, kept)).float().cpu())
         prompts = {}
         if per_prompt:
-            prompt_clean, prompt_corrupted = metric.per_prompt(both.logits).float().cpu()
+            prompt_corrupted, prompt_clean = metric.per_prompt(references.logits).float().cpu()
             prompts = dict(per_prompt=torch.cat(values), prompt_clean=prompt_clean, prompt_corrupted=prompt_corrupted,
                            groups=groups)
     values = torch.cat(values)
