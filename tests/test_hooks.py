@@ -140,15 +140,21 @@ def test_backward_hooks_see_autograd_gradients_and_can_replace_them(model, token
 
 @pytest.mark.parametrize("hooked", ["hook_attn_scores", "hook_pattern"])
 def test_sdpa_and_explicit_paths_agree(model, tokens, hooked):
-    # README (hooks): hooking scores or pattern switches attention to the explicit path, same numbers to 1e-5
+    # README (hooks): a hook that edits scores or pattern (here: returns an equal copy) switches
+    # attention to pattern @ v, same numbers to 1e-5; a cache of them, read only, keeps the fused z,
+    # and the cached pattern times the cached v is that z to 1e-5 (reference: einsum by hand).
+    copy = (lambda n: n.endswith(hooked), lambda a, hook: a.clone())
     with torch.no_grad():
         fused = model(tokens)
-        explicit = model.run_with_hooks(tokens, fwd_hooks=[(lambda n: n.endswith(hooked), lambda a, hook: None)])
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("hook_z", hooked)))
-        _, fused_cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_z"))
+        explicit = model.run_with_hooks(tokens, fwd_hooks=[copy])
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("hook_z", "hook_pattern", "hook_v")),
+                                        fwd_hooks=[copy])
+        _, fused_cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("hook_z", "hook_pattern", "hook_v")))
     assert (fused - explicit).abs().max() <= 1e-5
     for l in range(model.cfg.n_layer):  # the heads' outputs too, not only the logits
         assert (cache["z", l] - fused_cache["z", l]).abs().max() <= 1e-5
+        by_hand = torch.einsum("bhqk,bkhd->bqhd", fused_cache["pattern", l], fused_cache["v", l])
+        assert (by_hand - fused_cache["z", l]).abs().max() <= 1e-5
 
 
 def test_pattern_hook_switches_attention_path(model, tokens):
