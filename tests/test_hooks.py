@@ -140,28 +140,93 @@ def test_backward_hooks_see_autograd_gradients_and_can_replace_them(model, token
 
 @pytest.mark.parametrize("hooked", ["hook_attn_scores", "hook_pattern"])
 def test_sdpa_and_explicit_paths_agree(model, tokens, hooked):
-    # README (hooks): hooking scores or pattern switches attention to the explicit path, same numbers to 1e-5
+    # README (hooks): a hook that edits scores or pattern (here: returns an equal copy) switches
+    # attention to pattern @ v, same numbers to 1e-5; a cache of them, read only, keeps the fused z,
+    # and the cached pattern times the cached v is that z to 1e-5 (reference: einsum by hand).
+    copy = (lambda n: n.endswith(hooked), lambda a, hook: a.clone())
     with torch.no_grad():
         fused = model(tokens)
-        explicit = model.run_with_hooks(tokens, fwd_hooks=[(lambda n: n.endswith(hooked), lambda a, hook: None)])
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("hook_z", hooked)))
-        _, fused_cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_z"))
+        explicit = model.run_with_hooks(tokens, fwd_hooks=[copy])
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("hook_z", "hook_pattern", "hook_v")),
+                                        fwd_hooks=[copy])
+        _, fused_cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("hook_z", "hook_pattern", "hook_v")))
     assert (fused - explicit).abs().max() <= 1e-5
     for l in range(model.cfg.n_layer):  # the heads' outputs too, not only the logits
         assert (cache["z", l] - fused_cache["z", l]).abs().max() <= 1e-5
+        by_hand = torch.einsum("bhqk,bkhd->bqhd", fused_cache["pattern", l], fused_cache["v", l])
+        assert (by_hand - fused_cache["z", l]).abs().max() <= 1e-5
 
 
 def test_pattern_hook_switches_attention_path(model, tokens):
+    # Hooks that only read the scores or pattern (a cache) keep the fused kernel for z, so the
+    # outputs are the plain forward's; an edit takes pattern @ v in that block.
     sdpa = F.scaled_dot_product_attention
-    with mock.patch("torch.nn.functional.scaled_dot_product_attention", side_effect=sdpa) as spy:
-        model(tokens)
+    with torch.no_grad(), mock.patch("torch.nn.functional.scaled_dot_product_attention", side_effect=sdpa) as spy:
+        plain = model(tokens)
         assert spy.call_count == model.cfg.n_layer
         spy.reset_mock()
-        model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_pattern", lambda a, hook: None)])
-        assert spy.call_count == model.cfg.n_layer - 1  # block 0 took the explicit path
+        read = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_pattern", lambda a, hook: None)])
+        assert spy.call_count == model.cfg.n_layer and torch.equal(read, plain)
         spy.reset_mock()
-        model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn_scores"))
-        assert spy.call_count == 0
+        cached, _ = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn_scores"))
+        assert spy.call_count == model.cfg.n_layer and torch.equal(cached, plain)
+        spy.reset_mock()
+        model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_pattern", lambda a, hook: a * 1.0)])
+        assert spy.call_count == model.cfg.n_layer - 1  # block 0 took pattern @ v
+
+
+def _uniform_scores(scores, hook):
+    return torch.where(torch.isinf(scores), scores, torch.zeros_like(scores))  # every allowed key equal
+
+
+def _uniform_scores_in_place(scores, hook):
+    scores.masked_fill_(~torch.isinf(scores), 0.0)
+
+
+def _zero_head0_pattern(pattern, hook):
+    out = pattern.clone()
+    out[:, 0] = 0
+    return out
+
+
+def _zero_head0_pattern_in_place(pattern, hook):
+    pattern[:, 0] = 0
+
+
+@pytest.mark.parametrize("edit", [_uniform_scores, _uniform_scores_in_place, _zero_head0_pattern,
+                                  _zero_head0_pattern_in_place])
+def test_edited_scores_or_pattern_reach_z(model, tokens, edit):
+    # Reference by hand: uniform scores make z each position's running mean of v; a zeroed head
+    # pattern makes that head's z zero. Edits by a returned tensor and in place must both count,
+    # with a cache reading the same hook points (as a cache with fwd_hooks does).
+    layer = 1
+    kind = "attn_scores" if "scores" in edit.__name__ else "pattern"
+    name = workbench.act_name(kind, layer)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=[name, workbench.act_name("v", layer),
+                                                              workbench.act_name("z", layer)],
+                                        fwd_hooks=[(name, edit)])
+    v, z = cache["v", layer], cache["z", layer]
+    if kind == "attn_scores":
+        running_mean = v.cumsum(1) / torch.arange(1, v.shape[1] + 1)[None, :, None, None]
+        torch.testing.assert_close(z, running_mean, atol=1e-5, rtol=1e-5)
+    else:
+        assert z[:, :, 0].abs().max() == 0 and z[:, :, 1:].abs().max() > 0
+
+
+def test_cached_pattern_keeps_its_gradient():
+    # With gradients the pattern stays in the graph (pattern @ v). Reference: autograd's gradient of
+    # the same loss with respect to a leaf tensor put in the pattern's place.
+    torch.manual_seed(0)
+    model = workbench.GPT(workbench.GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=32))
+    tokens = torch.randint(0, 32, (2, 6))
+    name = workbench.act_name("pattern", 0)
+    _, cache = model.run_with_cache(tokens, incl_bwd=True, names_filter=[name])
+    leaf = cache[name].clone().requires_grad_(True)
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(name, lambda p, hook: leaf)])
+    (expected,) = torch.autograd.grad(workbench.hooks.hooked.next_token_loss(logits, tokens), [leaf])
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(cache[name + "_grad"], expected, atol=1e-6, rtol=1e-5)
 
 
 def test_result_hook_only_computed_when_asked(model, tokens):

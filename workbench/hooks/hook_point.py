@@ -132,3 +132,13 @@ class HookPoint(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
+
+
+def run_and_detect_edit(point: HookPoint, x: Tensor) -> tuple[Tensor, bool]:
+    """`point(x)` and whether a hook changed it: returned another tensor, or edited `x` in place
+    (its version counter moved). What the fused paths use to know that hooks only read (caching), so
+    they may compute the rest without the hooked tensor. Edits that bypass the version counter
+    (through `.data` or `.numpy()`) are not seen."""
+    version = x._version
+    out = point(x)
+    return out, out is not x or x._version != version

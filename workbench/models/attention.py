@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from workbench.hooks.hook_point import HookPoint
+from workbench.hooks.hook_point import HookPoint, run_and_detect_edit
 from workbench.models.config import GPTConfig
 from workbench.models.factored_matrix import FactoredMatrix
 
@@ -46,9 +46,7 @@ class Attention(nn.Module):
         q, k, v = self.split_qkv(x)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks:
-            # Someone reads or edits the scores or pattern: materialise them (same numbers to 1e-5).
-            pattern = self.hook_pattern(self.pattern(self.hook_attn_scores(self.scores(q, k))))
-            z = self.mix(pattern, v)
+            z = self._attend_with_pattern(q, k, v)
         else:
             z = self.attend(q, k, v)
         z = self.hook_z(z)
@@ -58,6 +56,23 @@ class Attention(nn.Module):
             out = einops.reduce(result, "batch pos head d_model -> batch pos d_model", "sum")
             return out if self.c_proj.bias is None else out + self.c_proj.bias
         return self.project(z)
+
+    def _attend_with_pattern(
+        self,
+        q: Float[Tensor, "batch pos head d_head"],
+        k: Float[Tensor, "batch pos head d_head"],
+        v: Float[Tensor, "batch pos head d_head"],
+    ) -> Float[Tensor, "batch pos head d_head"]:
+        """z with the scores and pattern materialised for their hooks. While the hooks only read them
+        (a cache, no gradients), z comes from the fused kernel as without hooks: the plain forward's
+        numbers, and fewer passes than pattern @ v plus the copies into and out of its head-major
+        layout. An edit (a returned tensor or an in-place change) or a gradient to follow through the
+        pattern takes pattern @ v (the same numbers to 1e-5)."""
+        scores, edited_scores = run_and_detect_edit(self.hook_attn_scores, self.scores(q, k))
+        pattern, edited_pattern = run_and_detect_edit(self.hook_pattern, self.pattern(scores))
+        if edited_scores or edited_pattern or pattern.requires_grad:
+            return self.mix(pattern, v)
+        return self.attend(q, k, v)
 
     # ------------------------------------------------------------------ the pieces
     def split_qkv(

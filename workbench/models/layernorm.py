@@ -8,15 +8,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from workbench.hooks.hook_point import HookPoint
+from workbench.hooks.hook_point import HookPoint, run_and_detect_edit
 from workbench.models.config import GPTConfig
-
-
-def _hooked(point: HookPoint, x: Tensor) -> tuple[Tensor, bool]:
-    """`point(x)` and whether a hook changed it (returned another tensor or edited it in place)."""
-    version = x._version
-    out = point(x)
-    return out, out is not x or x._version != version
 
 
 class LayerNorm(nn.Module):
@@ -48,10 +41,10 @@ class LayerNorm(nn.Module):
         computed, mean, rstd = torch.native_layer_norm(x, x.shape[-1:], None, None, self.eps)
         normalized, edited = computed, False
         if self.hook_scale.has_hooks:
-            scale, edited = _hooked(self.hook_scale, rstd.reciprocal())  # sqrt(var + eps)
+            scale, edited = run_and_detect_edit(self.hook_scale, rstd.reciprocal())  # sqrt(var + eps)
             if edited:
                 normalized = (x - mean) / scale  # normalise by what the hook gave
-        normalized, edited_normalized = _hooked(self.hook_normalized, normalized)
+        normalized, edited_normalized = run_and_detect_edit(self.hook_normalized, normalized)
         if edited or edited_normalized:
             return self._affine(normalized)
         return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
