@@ -481,7 +481,6 @@ def test_edge_patching_and_circuit_runs_per_prompt_equal_each_prompt_alone(model
         single = circuit_faithfulness(model, clean, corrupted, metric, graph.edges[:40], per_prompt=True)
         assert float(single.per_prompt[0, b]) == pytest.approx(float(circuits.values[0]), abs=1e-4)
         assert float(single.prompt_corrupted[b]) == pytest.approx(circuits.corrupted_value, abs=1e-4)
-        from workbench.methods.circuit import evaluate_circuits
         runs = evaluate_circuits(model, *one, curve.circuits)
         torch.testing.assert_close(curve.per_prompt[:, b], runs.values, atol=1e-4, rtol=0)
     assert float(scores.prompt_clean[1]) == pytest.approx(float(logit_diff_of(1)(model(clean[1:2])).detach()), abs=1e-4)
