@@ -38,6 +38,10 @@ uses these names, and only these:
     downstream  an input of a circuit graph, something that reads the residual stream: a head's q,
                k or v input, an MLP's input, the logits
     edge       an (upstream, downstream) pair of a circuit graph: a node's output read by a later input
+    run        one of the two reference runs a circuit's run is built from: 0 the corrupted run, 1 the
+               clean run (`methods.circuit.forward.reference_run`)
+    pair       one (cell, node) or (cell, input) pair that a circuit's run computes: a circuit graph's
+               piece whose status is MIXED (`methods.circuit.forward.circuit_forward`)
 
 (`_` in an annotation is jaxtyping's unchecked axis. As a DataFrame column, `token` is the text of
 the token at `pos`.)

@@ -133,7 +133,7 @@ class References:
 
     pre: list[Float[Tensor, "run batch pos d_model"]]
     mid: list[Float[Tensor, "run batch pos d_model"]]
-    qkv: list[Float[Tensor, "run input batch pos d_head"]]
+    qkv: list[Float[Tensor, "run downstream batch pos d_head"]]
     final: Float[Tensor, "run batch pos d_model"]
     outputs: Float[Tensor, "run upstream batch pos d_model"]
     logits: Float[Tensor, "run batch _ d_vocab"]
@@ -211,7 +211,7 @@ def circuit_status(
     nodes[:, 0] = CLEAN
     inputs = torch.full((kept.shape[0], kept.shape[2]), CORRUPTED, device=kept.device)
 
-    def read(down: list[int]) -> Int[Tensor, "cell input"]:
+    def read(down: list[int]) -> Int[Tensor, "cell downstream"]:
         n_up = graph.nodes_before(down[0])  # the same for every input of the list
         edges, status = kept[:, :n_up, down], nodes[:, :n_up, None]
         changed = (edges & (status != CORRUPTED)).any(1)
@@ -228,14 +228,14 @@ def circuit_status(
     return nodes, inputs
 
 
-def node_status(inputs: Int[Tensor, "*node input"]) -> Int[Tensor, "*node"]:
+def node_status(inputs: Int[Tensor, "*upstream downstream"]) -> Int[Tensor, "*upstream"]:
     """A node's status from its inputs': CORRUPTED or CLEAN when they all are, else MIXED."""
     first = inputs[..., 0]
     return torch.where((inputs == first[..., None]).all(-1), first, MIXED)
 
 
 def _head_inputs(block, circuits: _Circuits, down: list[int], resid: Float[Tensor, "run batch pos d_model"],
-                 qkv: Float[Tensor, "run input batch pos d_head"]) -> Float[Tensor, "cell input batch pos d_head"]:
+                 qkv: Float[Tensor, "run downstream batch pos d_head"]) -> Float[Tensor, "cell downstream batch pos d_head"]:
     """Each circuit's q, k, v of a block's heads (inputs `down`): the reference run's where the input
     reads one, else projected from the input's own residual (at the window's positions)."""
     status = circuits.inputs[:, down]
@@ -253,7 +253,7 @@ def _head_inputs(block, circuits: _Circuits, down: list[int], resid: Float[Tenso
     return values
 
 
-def _head_outputs(attn: Attention, qkv: Float[Tensor, "cell input batch pos d_head"], status: Int[Tensor, "cell head"],
+def _head_outputs(attn: Attention, qkv: Float[Tensor, "cell downstream batch pos d_head"], status: Int[Tensor, "cell head"],
                   window: slice) -> Float[Tensor, "pair batch _ d_model"]:
     """The outputs (z W_O) at the `window` positions of the (circuit, head) pairs at MIXED, in (head, cell) order."""
     head, cell = mixed(status)
@@ -271,7 +271,7 @@ def _head_outputs(attn: Attention, qkv: Float[Tensor, "cell input batch pos d_he
         "(pair batch) pos 1 d_model -> pair batch pos d_model", batch=z.shape[1]))
 
 
-def mixed(status: Int[Tensor, "cell item"]) -> tuple[Int[Tensor, "pair"], Int[Tensor, "pair"]]:
+def mixed(status: Int[Tensor, "cell _"]) -> tuple[Int[Tensor, "pair"], Int[Tensor, "pair"]]:
     """The (item, cell) pairs at MIXED, by item, then cell."""
     item, cell = (status.T == MIXED).nonzero(as_tuple=True)
     return item, cell
@@ -287,7 +287,7 @@ def grouped(x: Float[Tensor, "pair ..."], group: Int[Tensor, "pair"], fn) -> Ten
 def per_pair(fn, x: Float[Tensor, "pair batch pos d_model"]) -> Float[Tensor, "pair batch pos _"]:
     """fn ([batch pos d_model] -> [batch pos _]) of each pair's prompts."""
     out = fn(einops.rearrange(x, "pair batch pos d_model -> (pair batch) pos d_model"))
-    return einops.rearrange(out, "(pair batch) pos d -> pair batch pos d", batch=x.shape[1])
+    return einops.rearrange(out, "(pair batch) ... -> pair batch ...", batch=x.shape[1])
 
 
 class _Circuits:
