@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import einops
@@ -39,7 +39,7 @@ from workbench.methods._resume import (
 )
 from workbench.methods.metrics import Metric, as_metric, clean_beats_corrupted, normalize, scalar
 from workbench.methods.planning import MemoryPlan, plan_sweep, show_plan
-from workbench.methods.statistics import Bootstrap, by_group_frame, interval_columns
+from workbench.methods.statistics import Bootstrap, by_group_frame, interval_columns, prompts_subset
 from workbench.models import GPT
 from workbench.models.attention import Attention
 
@@ -122,15 +122,7 @@ class PatchingResult:
 
     def for_prompts(self, keep: Tensor | Sequence[bool]) -> PatchingResult:
         """The result on the prompts marked in `keep` alone (per-prompt results only)."""
-        if self.per_prompt is None:
-            raise InputError("this result has no per-prompt values: run the sweep with per_prompt=True")
-        keep = torch.as_tensor(keep, dtype=torch.bool)
-        per_prompt = self.per_prompt[..., keep]
-        return replace(self, values=per_prompt.mean(-1), per_prompt=per_prompt,
-                       clean_value=float(self.prompt_clean[keep].mean()),
-                       corrupted_value=float(self.prompt_corrupted[keep].mean()),
-                       prompt_clean=self.prompt_clean[keep], prompt_corrupted=self.prompt_corrupted[keep],
-                       groups=None if self.groups is None else [g for g, k in zip(self.groups, keep) if k])
+        return prompts_subset(self, keep, how="run the sweep with per_prompt=True")
 
     def to_frame(self, *, by_group: bool = False) -> pd.DataFrame:
         """One row per cell: the axis columns (layer, pos, head), token, value, effect, normalized.

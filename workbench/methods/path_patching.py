@@ -31,7 +31,7 @@ head) for a head, (layer, "mlp") for an MLP) -> [component], in the list's order
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import einops
 import pandas as pd
@@ -48,7 +48,7 @@ from workbench.methods._resume import (
 )
 from workbench.methods.metrics import Metric, as_metric, clean_beats_corrupted, find_reads, normalize, scalar
 from workbench.methods.patching import check_direction, check_pair, first_difference
-from workbench.methods.statistics import Bootstrap, by_group_frame, interval_columns
+from workbench.methods.statistics import Bootstrap, by_group_frame, interval_columns, prompts_subset
 from workbench.models import GPT
 
 RECEIVER_INPUTS = ("q", "k", "v")
@@ -126,15 +126,7 @@ class PathPatchingResult:
 
     def for_prompts(self, keep: Tensor | Sequence[bool]) -> PathPatchingResult:
         """The result on the prompts marked in `keep` alone (per-prompt results only)."""
-        if self.per_prompt is None:
-            raise InputError("this result has no per-prompt values: run path_patching with per_prompt=True")
-        keep = torch.as_tensor(keep, dtype=torch.bool)
-        per_prompt = self.per_prompt[..., keep]
-        return replace(self, values=per_prompt.mean(-1), per_prompt=per_prompt,
-                       clean_value=float(self.prompt_clean[keep].mean()),
-                       corrupted_value=float(self.prompt_corrupted[keep].mean()),
-                       prompt_clean=self.prompt_clean[keep], prompt_corrupted=self.prompt_corrupted[keep],
-                       groups=None if self.groups is None else [g for g, k in zip(self.groups, keep) if k])
+        return prompts_subset(self, keep, how="run path_patching with per_prompt=True")
 
     def to_frame(self, *, by_group: bool = False) -> pd.DataFrame:
         """One row per sender: component (its label), layer, head (missing for an MLP), value, effect,

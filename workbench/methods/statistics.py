@@ -15,10 +15,11 @@ corrupted)) is resampled the same way, numerator and denominator from the same d
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import Tensor
 
 from workbench.errors import InputError
@@ -159,6 +160,22 @@ def interval_columns(per_prompt: Tensor, baseline: Tensor | None, bootstrap: Boo
         effect_ci = bootstrap.interval(per_prompt - baseline.to(per_prompt.device))
         frame["effect_ci_low"], frame["effect_ci_high"] = effect_ci.low.flatten(), effect_ci.high.flatten()
     return pd.DataFrame(frame)
+
+
+def prompts_subset(result, keep: Tensor | Sequence[bool], *, how: str):
+    """`result` (a dataclass with `values`, `per_prompt` [... prompt], `prompt_clean`,
+    `prompt_corrupted` [prompt] and `groups`) on the prompts marked in `keep` alone: values the mean of
+    their per-prompt values, the clean and corrupted values their means. `how` says how to get
+    per-prompt values, for the error when `result` has none."""
+    if result.per_prompt is None:
+        raise InputError(f"this result has no per-prompt values: {how}")
+    keep = torch.as_tensor(keep, dtype=torch.bool)
+    per_prompt = result.per_prompt[..., keep]
+    return replace(result, values=per_prompt.mean(-1), per_prompt=per_prompt,
+                   clean_value=float(result.prompt_clean[keep].mean()),
+                   corrupted_value=float(result.prompt_corrupted[keep].mean()),
+                   prompt_clean=result.prompt_clean[keep], prompt_corrupted=result.prompt_corrupted[keep],
+                   groups=None if result.groups is None else [g for g, k in zip(result.groups, keep) if k])
 
 
 def by_group_frame(result) -> pd.DataFrame:

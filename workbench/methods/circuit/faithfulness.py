@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
@@ -34,7 +34,7 @@ from workbench.methods.circuit.graph import CircuitGraph
 from workbench.methods.circuit.patching import EdgePatchingResult, edge_patching
 from workbench.methods.metrics import Metric, as_metric, clean_beats_corrupted
 from workbench.methods.patching import check_pair
-from workbench.methods.statistics import Bootstrap, by_group_frame, interval_columns
+from workbench.methods.statistics import Bootstrap, by_group_frame, interval_columns, prompts_subset
 from workbench.models import GPT
 
 
@@ -84,15 +84,7 @@ class Faithfulness:
     def for_prompts(self, keep: Tensor | Sequence[bool]) -> Faithfulness:
         """The circuits' runs on the prompts marked in `keep` alone (per-prompt results only; the
         exact re-ranking, if any, stays the whole set's)."""
-        if self.per_prompt is None:
-            raise InputError("this result has no per-prompt values: evaluate the circuits with per_prompt=True")
-        keep = torch.as_tensor(keep, dtype=torch.bool)
-        per_prompt = self.per_prompt[:, keep]
-        return replace(self, values=per_prompt.mean(-1), per_prompt=per_prompt,
-                       clean_value=float(self.prompt_clean[keep].mean()),
-                       corrupted_value=float(self.prompt_corrupted[keep].mean()),
-                       prompt_clean=self.prompt_clean[keep], prompt_corrupted=self.prompt_corrupted[keep],
-                       groups=None if self.groups is None else [g for g, k in zip(self.groups, keep) if k])
+        return prompts_subset(self, keep, how="evaluate the circuits with per_prompt=True")
 
     def to_frame(self, *, by_group: bool = False) -> pd.DataFrame:
         """One row per circuit: n_edges, value (the metric of the circuit's run), faithfulness, metric.

@@ -13,7 +13,7 @@ run's cache, many edges per forward, positions before the first differing token 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import einops
 import pandas as pd
@@ -22,14 +22,13 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from workbench.errors import InputError
 from workbench.methods._checks import check_per_prompt, check_sweep_options
 from workbench.methods._resume import BaseRun, CellGroup, base_names, cached_runs, entry_of, run_cells
 from workbench.hooks import act_name
 from workbench.methods.circuit.graph import CircuitGraph, cache_names, node_outputs
 from workbench.methods.metrics import Metric, as_metric, scalar
 from workbench.methods.patching import check_pair, first_difference
-from workbench.methods.statistics import Bootstrap, by_group_frame, interval_columns
+from workbench.methods.statistics import Bootstrap, by_group_frame, interval_columns, prompts_subset
 from workbench.models import GPT
 
 
@@ -61,15 +60,7 @@ class EdgePatchingResult:
 
     def for_prompts(self, keep: Tensor | Sequence[bool]) -> EdgePatchingResult:
         """The result on the prompts marked in `keep` alone (per-prompt results only)."""
-        if self.per_prompt is None:
-            raise InputError("this result has no per-prompt values: run edge_patching with per_prompt=True")
-        keep = torch.as_tensor(keep, dtype=torch.bool)
-        per_prompt = self.per_prompt[:, keep]
-        return replace(self, values=per_prompt.mean(-1), per_prompt=per_prompt,
-                       clean_value=float(self.prompt_clean[keep].mean()),
-                       corrupted_value=float(self.prompt_corrupted[keep].mean()),
-                       prompt_clean=self.prompt_clean[keep], prompt_corrupted=self.prompt_corrupted[keep],
-                       groups=None if self.groups is None else [g for g, k in zip(self.groups, keep) if k])
+        return prompts_subset(self, keep, how="run edge_patching with per_prompt=True")
 
     def to_frame(self, *, by_group: bool = False) -> pd.DataFrame:
         """One row per patched edge: the graph's columns, value (patched metric), effect, metric. With
