@@ -20,19 +20,9 @@ from workbench.experiments.distributed import combine, run_shard, shard_rows
 from workbench.models.loading import load_model
 from workbench.runs import load_run
 
+from test_datasets import ROWS  # IOI-style pairs with groups, one token per answer
+
 ROOT = Path(__file__).resolve().parent.parent
-# IOI-style prompt pairs for --prompts FILE (one token per answer in GPT-2's vocabulary), with groups.
-ROWS = [
-    {"clean": "When Mary and John went to the store, John gave a drink to",
-     "corrupted": "When Mary and John went to the store, Mary gave a drink to",
-     "answer": " Mary", "wrong": " John", "group": "store"},
-    {"clean": "When Tom and Anna went to the park, Anna gave a ball to",
-     "corrupted": "When Tom and Anna went to the park, Tom gave a ball to",
-     "answer": " Tom", "wrong": " Anna", "group": "park"},
-    {"clean": "When Lisa and Paul went to the store, Paul gave a book to",
-     "corrupted": "When Lisa and Paul went to the store, Lisa gave a book to",
-     "answer": " Lisa", "wrong": " Paul", "group": "store"},
-]
 
 
 def test_shard_rows_cover_every_prompt_once():
