@@ -21,6 +21,7 @@ from workbench.experiments.prompt_sets import (
     prompt_set_metric,
     prompt_set_tokens,
     prompts_frame,
+    record_per_prompt,
     resolve_prompt_set,
     sweep_options,
 )
@@ -106,11 +107,7 @@ def record(config: ActivationPatchingConfig, model, result: PatchingResult) -> R
     scale = torch.tensor([result.clean_value, result.corrupted_value])
     tensors = {"values": result.values, "clean_corrupted": scale}
     tables = {"patching": frame, "prompts": prompts_frame(config.token_ids, model, config.prompt_groups)}
-    if result.per_prompt is not None:
-        tensors["per_prompt"] = result.per_prompt
-        tensors["prompt_clean_corrupted"] = torch.stack([result.prompt_clean, result.prompt_corrupted])
-        if result.groups is not None:
-            tables["patching_by_group"] = result.to_frame(by_group=True)
+    record_per_prompt(result, tensors, tables, by_group="patching_by_group")
     return RunResults(
         tensors=tensors,
         tables=tables,

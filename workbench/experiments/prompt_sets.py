@@ -292,6 +292,18 @@ def bootstrap(config: PromptSetOptions) -> Bootstrap:
     return Bootstrap(n_resamples=config.n_resamples, seed=config.bootstrap_seed, confidence=config.confidence)
 
 
+def record_per_prompt(result, tensors: dict, tables: dict, *, by_group: str) -> None:
+    """A patching-style result's per-prompt values into a run record, when it kept them: tensors
+    per_prompt [... prompt] and prompt_clean_corrupted [2 prompt] (the unpatched runs'), and with group
+    labels the table `by_group`, its `to_frame(by_group=True)`."""
+    if result.per_prompt is None:
+        return
+    tensors["per_prompt"] = result.per_prompt
+    tensors["prompt_clean_corrupted"] = torch.stack([result.prompt_clean, result.prompt_corrupted])
+    if result.groups is not None:
+        tables[by_group] = result.to_frame(by_group=True)
+
+
 def interval_note(config: PromptSetOptions, n: int) -> str:
     """What the intervals are, for summaries and pages."""
     return (f"{config.confidence:.0%} intervals: percentile bootstrap of the mean over n = {n} prompts, "
