@@ -146,18 +146,25 @@ class PatchingResult:
             frame["normalized"] = float("nan")
         df = pd.DataFrame(frame)
         if self.per_prompt is not None:
-            base = self.prompt_corrupted if self.direction == "denoise" else self.prompt_clean
-            ci = interval_columns(self.per_prompt, base, self.bootstrap)
-            df = pd.concat([df, ci], axis=1)
-            try:
-                ends = [normalize(torch.tensor(ci[c].to_numpy()), self.clean_value, self.corrupted_value)
-                        for c in ("ci_low", "ci_high")]
-                df["normalized_ci_low"] = torch.minimum(*ends).tolist()
-                df["normalized_ci_high"] = torch.maximum(*ends).tolist()
-            except InputError:
-                df["normalized_ci_low"] = df["normalized_ci_high"] = float("nan")
+            df = pd.concat([df, patching_intervals(self, self.per_prompt)], axis=1)
         df["target"], df["method"], df["direction"], df["metric"] = self.target, self.method, self.direction, self.metric
         return df
+
+
+def patching_intervals(result, per_prompt: Float[Tensor, "... prompt"]) -> pd.DataFrame:
+    """The interval columns of a patching-style result's cells (`per_prompt`, one row per cell in
+    row-major order): `interval_columns` with effects against the unpatched run (the corrupted one
+    when denoising, the clean one when noising), then normalized_ci_low / normalized_ci_high, the
+    interval on the 0 = corrupted, 1 = clean scale (NaN when the two runs agree: no scale)."""
+    base = result.prompt_corrupted if result.direction == "denoise" else result.prompt_clean
+    ci = interval_columns(per_prompt, base, result.bootstrap)
+    try:
+        ends = [normalize(torch.tensor(ci[c].to_numpy()), result.clean_value, result.corrupted_value)
+                for c in ("ci_low", "ci_high")]
+        ci["normalized_ci_low"], ci["normalized_ci_high"] = torch.minimum(*ends).tolist(), torch.maximum(*ends).tolist()
+    except InputError:  # clean and corrupted metric equal: no scale
+        ci["normalized_ci_low"] = ci["normalized_ci_high"] = float("nan")
+    return ci
 
 
 # ---------------------------------------------------------------------- input checks (shared)

@@ -47,8 +47,8 @@ from workbench.methods._resume import (
     LOGIT_BUDGET, TOKEN_BUDGET, BaseRun, CellGroup, base_names, cached_runs, entry_of, run_cells, unembed,
 )
 from workbench.methods.metrics import Metric, as_metric, clean_beats_corrupted, find_reads, normalize, scalar
-from workbench.methods.patching import check_direction, check_pair, first_difference
-from workbench.methods.statistics import Bootstrap, by_group_frame, interval_columns, prompts_subset
+from workbench.methods.patching import check_direction, check_pair, first_difference, patching_intervals
+from workbench.methods.statistics import Bootstrap, by_group_frame, prompts_subset
 from workbench.models import GPT
 
 RECEIVER_INPUTS = ("q", "k", "v")
@@ -156,19 +156,10 @@ class PathPatchingResult:
         frame["direction"], frame["metric"] = self.direction, self.metric
         return frame
 
-
     def _intervals(self) -> pd.DataFrame:
         """The interval columns of the senders that reach a receiver (NaN for the others)."""
         done = self.computed.flatten()
-        rows = einops.rearrange(self.per_prompt, "... prompt -> (...) prompt")[done]
-        base = self.prompt_corrupted if self.direction == "denoise" else self.prompt_clean
-        ci = interval_columns(rows, base, self.bootstrap)
-        try:
-            ends = [normalize(torch.tensor(ci[c].to_numpy()), self.clean_value, self.corrupted_value)
-                    for c in ("ci_low", "ci_high")]
-            ci["normalized_ci_low"], ci["normalized_ci_high"] = torch.minimum(*ends).tolist(), torch.maximum(*ends).tolist()
-        except InputError:  # clean and corrupted metric equal: no scale
-            ci["normalized_ci_low"] = ci["normalized_ci_high"] = float("nan")
+        ci = patching_intervals(self, einops.rearrange(self.per_prompt, "... prompt -> (...) prompt")[done])
         ci.index = done.nonzero().flatten().tolist()
         ci = ci.reindex(range(len(done)))
         ci["n"] = ci["n"].astype("Int64")  # missing where the sender reaches no receiver
