@@ -346,14 +346,13 @@ class PromptSetInputs:
 
 
 def prompt_set_form(page: str, model, preset: str, *, defaults, sets=tuple(PROMPT_SETS), corrupted: str | None =
-                    "Corrupted prompt (custom)", pad: bool = True, most: int = 256, sets_help: str = "",
+                    "Corrupted prompt (custom)", most: int = 256, sets_help: str = "",
                     seed_help: str | None = None) -> PromptSetInputs:
     """The prompt-set widgets of a page's form (keys `p.<page>.*`, `<page>.upload`): the prompt set,
     its sampling options (from `defaults`, a config of the page's experiment), the custom prompt
     pair with its answer and wrong tokens, and a prompt file (JSONL, CSV or Parquet) with its
     length rule. What truly differs between pages: the `sets` offered; `corrupted`, the label of
-    the corrupted prompt (None: the page runs the clean prompts only); `pad`, whether prompts of
-    different lengths may be padded (the page reads each at its own last token); `most` prompts;
+    the corrupted prompt (None: the page runs the clean prompts only); `most` prompts;
     `sets_help`, said after the sets' own help, and `seed_help`. `preset`: the set the model's task
     takes (`default_prompt_set`). Draw it inside the page's `st.form`."""
     source = st.radio("Prompts", list(sets), format_func=PROMPT_SETS.get, horizontal=True,
@@ -377,18 +376,15 @@ def prompt_set_form(page: str, model, preset: str, *, defaults, sets=tuple(PROMP
     answer = c1.text_input("Answer token (custom)", key=state(f"p.{page}.answer", IOI_ANSWER),
                            help="The prompt's correct next token, one token (mind the leading space).")
     wrong = c2.text_input("Wrong token (custom)", key=state(f"p.{page}.wrong", IOI_WRONG))
-    # Without padding the upload takes the row: the page reads every prompt at one position.
-    file_column, rule_column = st.columns([2, 1]) if pad else (st.container(), None)
+    file_column, rule_column = st.columns([2, 1])
     upload = file_column.file_uploader(
         "Prompt file (file)", type=["jsonl", "csv", "parquet"], key=f"{page}.upload",
         help="One prompt pair per row: clean (or clean_ids), corrupted (or corrupted_ids), answer (or answer_id), "
-             "wrong (or wrong_id), optional group or template (workbench.methods.datasets)."
-             + ("" if pad else " All of one length: this page reads every prompt at one position."))
-    length_rule = "error" if rule_column is None else rule_column.selectbox(
+             "wrong (or wrong_id), optional group or template (workbench.methods.datasets).")
+    length_rule = rule_column.selectbox(
         "Prompts of different lengths", list(LENGTH_RULES), format_func=LENGTH_RULES.get,
         key=state(f"p.{page}.length_rule", defaults.length_rule))
     return PromptSetInputs(source, n_prompts, seq_len, seed, clean, corrupted, answer, wrong, upload, length_rule)
-
 
 
 def submit(page: str, request) -> None:

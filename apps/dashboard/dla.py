@@ -24,7 +24,7 @@ opened = common.opened_run("dla", lambda c: {**common.prompt_set_widgets("dla", 
                                              "p.dla.pos": c["pos"]})
 
 with st.form("dla.form"):
-    # Only the clean prompts run, each read at one position, along a direction of the sets in DIRECTIONS.
+    # Only the clean prompts run (padded ones each read at its own last token), along a direction of DIRECTIONS.
     prompts = common.prompt_set_form(
         "dla", model, preset, defaults=DEFAULTS, corrupted=None,
         sets=[name for name in PROMPT_SETS if name in DIRECTIONS or name == "file"],
