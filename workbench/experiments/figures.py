@@ -8,6 +8,7 @@ on 0 whose range always covers the data (nothing is clipped without saying so)."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Real
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -171,6 +172,21 @@ def pattern_figure(pattern, str_tokens: Sequence[str], *, title: str) -> go.Figu
 INTERVAL_OF = {"value": ("ci_low", "ci_high"), "effect": ("effect_ci_low", "effect_ci_high"),
                "normalized": ("normalized_ci_low", "normalized_ci_high")}
 GREY = "#cfcfcf"
+# A hover's interval line from customdata [low, high, n] (a hovertemplate's suffix).
+INTERVAL_TEMPLATE = ("<br>interval [%{customdata[0]:.3f}, %{customdata[1]:.3f}] over %{customdata[2]:.0f} prompts "
+                     "(bootstrap)")
+
+
+def interval_text(low: Real, high: Real, n: Real) -> str:
+    """An interval over prompts as hover text says it (`INTERVAL_TEMPLATE`'s words)."""
+    return f"interval [{fmt(low)}, {fmt(high)}] over {int(n)} prompts (bootstrap)"
+
+
+def error_bars(frame, value: str, low: str, high: str) -> dict:
+    """Plotly's asymmetric error bars from `frame`'s columns: `value` from `low` to `high` (none where
+    a row has no interval)."""
+    return {"type": "data", "symmetric": False, "array": (frame[high] - frame[value]).fillna(0).tolist(),
+            "arrayminus": (frame[value] - frame[low]).fillna(0).tolist()}
 
 
 def interval_hover(frame, show: str, index: str, columns: str) -> list[list[str]] | None:
@@ -180,8 +196,7 @@ def interval_hover(frame, show: str, index: str, columns: str) -> list[list[str]
     if low not in frame:
         return None
     grids = [frame.pivot(index=index, columns=columns, values=c).to_numpy() for c in (low, high, "n")]
-    return [["" if pd.isna(n) else f"interval [{fmt(lo)}, {fmt(hi)}] over {int(n)} prompts (bootstrap)"
-             for lo, hi, n in zip(*rows)] for rows in zip(*grids)]
+    return [["" if pd.isna(n) else interval_text(lo, hi, n) for lo, hi, n in zip(*rows)] for rows in zip(*grids)]
 
 
 def grey_uncertain(fig: go.Figure, frame, index: str, columns: str, *, of: str = "effect") -> int:
@@ -273,8 +288,7 @@ def path_patching_figure(frame, *, show: str = "effect", title: str | None = Non
     low, high = INTERVAL_OF.get(show, (None, None))
     error = None
     if low in frame:
-        error = {"type": "data", "symmetric": False, "array": (frame[high] - frame[show]).fillna(0).tolist(),
-                 "arrayminus": (frame[show] - frame[low]).fillna(0).tolist()}
+        error = error_bars(frame, show, low, high)
         if grey:
             uncertain = (frame["effect_ci_low"] <= 0) & (frame["effect_ci_high"] >= 0)
             colours = [GREY if u else c for u, c in zip(uncertain.fillna(False), colours)]
@@ -442,8 +456,7 @@ def dla_layer_figure(layers, *, title: str | None = None) -> go.Figure:
         customdata, interval = _interval_hover(rows)
         fig.add_trace(go.Bar(
             x=[str(l) for l in rows["layer"]], y=rows["value"].tolist(), name=name, customdata=customdata,
-            error_y={"type": "data", "symmetric": False, "array": (rows["max"] - rows["value"]).tolist(),
-                     "arrayminus": (rows["value"] - rows["min"]).tolist()},
+            error_y=error_bars(rows, "value", "min", "max"),
             hovertemplate=f"layer %{{x}} {name}: %{{y:.3f}} logits" + interval + "<extra></extra>"))
     fig.update_layout(title=title or "Per layer: attention and MLP (mean; bars: min to max)",
                       barmode="group", height=360, margin={"t": 60, "b": 10},
@@ -468,16 +481,14 @@ def _interval_hover(frame) -> tuple[list | None, str]:
     over prompts when the table has one (ci_low, ci_high, n)."""
     if "ci_low" not in frame:
         return None, ""
-    return (frame[["ci_low", "ci_high", "n"]].to_numpy().tolist(),
-            "<br>interval [%{customdata[0]:.3f}, %{customdata[1]:.3f}] over %{customdata[2]:.0f} prompts (bootstrap)")
+    return frame[["ci_low", "ci_high", "n"]].to_numpy().tolist(), INTERVAL_TEMPLATE
 
 
 def _spread_bars(frame, *, title: str) -> go.Figure:
     customdata, interval = _interval_hover(frame)
     fig = go.Figure(go.Bar(
         x=frame["label"].tolist(), y=frame["value"].tolist(), customdata=customdata,
-        error_y={"type": "data", "symmetric": False, "array": (frame["max"] - frame["value"]).tolist(),
-                 "arrayminus": (frame["value"] - frame["min"]).tolist()},
+        error_y=error_bars(frame, "value", "min", "max"),
         hovertemplate="%{x}: %{y:.3f} logits" + interval + "<extra></extra>"))
     fig.update_layout(title=title, height=360, margin={"t": 60, "b": 10}, xaxis_title="component",
                       yaxis_title="logits")
@@ -534,8 +545,7 @@ def circuit_figure(edges, *, n_layer: int, n_head: int, score: str = "score", to
         mid_y.append((y0 + y1) / 2)
         mid_label.append(row["edge"])
         mid_text.append(f"{row['edge']}<br>{score}: {fmt(value)}" + (
-            f"<br>interval [{fmt(float(row[low]))}, {fmt(float(row[high]))}] over {int(row['n'])} prompts (bootstrap)"
-            if has_ci else ""))
+            "<br>" + interval_text(float(row[low]), float(row[high]), row["n"]) if has_ci else ""))
     fig.add_trace(go.Scatter(x=mid_x, y=mid_y, mode="markers", marker={"size": 7, "color": "rgba(0,0,0,0.25)"},
                              customdata=mid_label, hovertext=mid_text, hoverinfo="text", name="edges"))
     nodes = ["input"] + [f"L{l}H{h}" for l in range(n_layer) for h in range(n_head)] + [f"MLP{l}" for l in range(n_layer)]
@@ -564,11 +574,8 @@ def faithfulness_figure(curve, *, target: float | None = None, title: str | None
     points = curve[curve["n_edges"] > 0]
     error, hover = None, "%{x} edges<br>faithfulness %{y:.3f}<extra></extra>"
     if "faithfulness_ci_low" in points:
-        error = {"type": "data", "symmetric": False,
-                 "array": (points["faithfulness_ci_high"] - points["faithfulness"]).tolist(),
-                 "arrayminus": (points["faithfulness"] - points["faithfulness_ci_low"]).tolist()}
-        hover = ("%{x} edges<br>faithfulness %{y:.3f}<br>interval [%{customdata[0]:.3f}, %{customdata[1]:.3f}] "
-                 "over %{customdata[2]:.0f} prompts (bootstrap)<extra></extra>")
+        error = error_bars(points, "faithfulness", "faithfulness_ci_low", "faithfulness_ci_high")
+        hover = "%{x} edges<br>faithfulness %{y:.3f}" + INTERVAL_TEMPLATE + "<extra></extra>"
     fig = go.Figure(go.Scatter(
         x=points["n_edges"].tolist(), y=points["faithfulness"].tolist(), mode="lines+markers", error_y=error,
         customdata=points[["faithfulness_ci_low", "faithfulness_ci_high", "n"]].to_numpy().tolist() if error else None,
