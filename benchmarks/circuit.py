@@ -36,7 +36,7 @@ import workbench  # noqa: E402
 from workbench.hooks import act_name  # noqa: E402
 from workbench.methods import ioi_prompts  # noqa: E402
 from workbench.methods.circuit import edge_attribution, edge_patching, faithfulness_curve  # noqa: E402
-from workbench.methods.circuit.graph import cache_names, node_outputs  # noqa: E402
+from workbench.methods.circuit.graph import cache_names, node_output_diff  # noqa: E402
 from workbench.models import PRESETS, GPTConfig  # noqa: E402
 
 TOL = 1e-4
@@ -178,7 +178,7 @@ def hook_loop(model, graph, clean, corrupted, metric, top, values, clock) -> tup
     cfg = model.cfg
     _, c_cache = model.run_with_cache(clean, names_filter=cache_names(cfg.n_layer))
     _, k_cache = model.run_with_cache(corrupted, names_filter=cache_names(cfg.n_layer))
-    diff = node_outputs(k_cache, cfg.n_layer) - node_outputs(c_cache, cfg.n_layer)
+    diff = node_output_diff(k_cache, c_cache, cfg.n_layer)
     start = clock()
     with torch.no_grad():
         loop = torch.tensor([hooked_edge(model, graph, clean, e, diff, metric) for e in top.tolist()])

@@ -380,7 +380,7 @@ def _attention_half(
             mine = (state.row >= first_row) & (state.row < first_row + x.shape[0])
             {"q": q, "k": k, "v": v}[kind][mine, head] = x[state.row[mine] - first_row, state.pos[mine]]
     base_rows = torch.arange(rows, device=q.device) % base.tokens.shape[0]
-    keys, values = (base.cache[name, layer][base_rows, :stop].clone() for name in ("k", "v"))
+    keys, values = (base.cache[name, layer][base_rows, :stop] for name in ("k", "v"))  # copies: indexed by rows
     keys[state.row, state.pos] = k  # [row key_pos head d_head]
     values[state.row, state.pos] = v
     if only is not None:

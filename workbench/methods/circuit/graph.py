@@ -19,6 +19,7 @@ Edges are numbered by downstream input (forward order), then upstream node (forw
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -68,7 +69,8 @@ class CircuitGraph:
 
     @classmethod
     def of_model(cls, model) -> CircuitGraph:
-        return cls(model.cfg.n_layer, model.cfg.n_head)
+        """The model's graph (one object per shape: it is immutable, and 32k labels take ms to build)."""
+        return _graph_of(cls, model.cfg.n_layer, model.cfg.n_head)
 
     # ------------------------------------------------------------------ indices
     def head_node(self, layer: int, head: int) -> int:
@@ -190,18 +192,27 @@ def _head_of(label: str) -> int | None:
     return None
 
 
-def node_outputs(cache: ActivationCache, n_layer: int) -> Float[Tensor, "upstream batch pos d_model"]:
-    """Every node's output from a cache (embed, pos_embed, each block's z and mlp_out), in the
-    graph's node order: the input embeddings, then per block its heads' z W_O and its mlp_out."""
-    parts = [(cache["embed"] + cache["pos_embed"])[None]]
+@functools.lru_cache(maxsize=8)
+def _graph_of(cls: type[CircuitGraph], n_layer: int, n_head: int) -> CircuitGraph:
+    return cls(n_layer, n_head)
+
+
+def node_output_diff(
+    cache: ActivationCache, base: ActivationCache, n_layer: int
+) -> Float[Tensor, "upstream batch pos d_model"]:
+    """Every node's output in the run of `cache` minus its output in the run of `base`, in the graph's
+    node order: the input embeddings, then per block its heads' z W_O and its mlp_out. Computed from
+    the differences of the cached activations (each output is linear in them)."""
+    parts = [(cache["embed"] - base["embed"] + cache["pos_embed"] - base["pos_embed"])[None]]
     for l in range(n_layer):
-        parts.append(einops.rearrange(cache["result", l], "batch pos head d_model -> head batch pos d_model"))
-        parts.append(cache["mlp_out", l][None])
+        parts.append(einops.rearrange(cache.attention[l].head_results(cache["z", l] - base["z", l]),
+                                      "batch pos head d_model -> head batch pos d_model"))
+        parts.append((cache["mlp_out", l] - base["mlp_out", l])[None])
     return torch.cat(parts)
 
 
 def cache_names(n_layer: int) -> list[str]:
-    """The activations `node_outputs` reads."""
+    """The activations `node_output_diff` reads."""
     return [act_name("embed"), act_name("pos_embed")] + [
         act_name(kind, l) for l in range(n_layer) for kind in ("z", "mlp_out")
     ]

@@ -18,14 +18,13 @@ from dataclasses import dataclass, field
 import einops
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from workbench.methods._checks import check_per_prompt, check_sweep_options
 from workbench.methods._resume import BaseRun, CellGroup, base_names, cached_runs, entry_of, run_cells
 from workbench.hooks import act_name
-from workbench.methods.circuit.graph import CircuitGraph, cache_names, node_outputs
+from workbench.methods.circuit.graph import CircuitGraph, cache_names, node_output_diff
 from workbench.methods.metrics import Metric, as_metric, scalar
 from workbench.methods.patching import check_pair, first_difference
 from workbench.methods.statistics import Bootstrap, by_group_frame, interval_columns, prompts_subset
@@ -108,7 +107,7 @@ def edge_patching(
         model, [clean, corrupted], names, read, metric.vocab
     )
     with torch.no_grad():
-        diff = node_outputs(corrupted_cache, n_layer) - node_outputs(clean_cache, n_layer)
+        diff = node_output_diff(corrupted_cache, clean_cache, n_layer)
     base = BaseRun(clean, clean_logits, clean_cache, n_layer, other_logits=(corrupted_logits,))
     first = first_difference(clean, corrupted)
     stop = max(read) + 1  # no position after the last one the metric reads is computed
@@ -119,7 +118,8 @@ def edge_patching(
         if layer == n_layer:
             key, make = (entry_of(n_layer - 1, "post"), "logits"), lambda: _logits_delta(graph, diff)
         elif d == graph.mlp_input(layer):
-            key, make = (entry_of(layer, "post"), "mlp"), lambda: _mlp_delta(model, graph, layer, diff, clean_cache, first, stop)
+            at = [p for p in sorted(set(read)) if p >= first] if layer == n_layer - 1 else list(range(first, stop))
+            key, make = (entry_of(layer, "post"), "mlp"), lambda: _mlp_delta(model, graph, layer, diff, clean_cache, at, stop)
         else:
             key, make = (entry_of(layer, "mid"), "heads"), lambda: _head_delta(model, graph, layer, diff, clean_cache)
         if key not in cell_groups:
@@ -150,31 +150,35 @@ def _logits_delta(graph: CircuitGraph, diff: Float[Tensor, "upstream batch pos d
 
 
 def _mlp_delta(model: GPT, graph: CircuitGraph, layer: int, diff: Float[Tensor, "upstream batch pos d_model"], cache,
-               first: int, stop: int):
-    """The MLP recomputed from resid_mid + diff at positions [first, stop) only (before `first` the
-    two runs agree; the engine reads no position outside them), minus the clean run's mlp_out."""
+               positions: list[int], stop: int):
+    """The MLP recomputed from resid_mid + diff at `positions` only (those from the first differing
+    one to `stop`; the last MLP's, only those the metric reads: the engine reads no others), minus
+    the clean run's mlp_out; zeros elsewhere."""
     block = model.blocks[layer]
-    resid_mid = cache["resid_mid", layer][:, first:stop]
-    clean_out = cache["mlp_out", layer][:, first:stop]
+    at = torch.tensor(positions, device=diff.device)
+    resid_mid, clean_out = (cache[name, layer][:, at] for name in ("resid_mid", "mlp_out"))
 
     def delta(keys: list[int]) -> Float[Tensor, "cell batch pos d_model"]:
-        x = einops.rearrange(resid_mid[None] + diff[graph.edge_upstream[keys], :, first:stop],
+        x = einops.rearrange(resid_mid[None] + diff[graph.edge_upstream[keys]][:, :, at],
                              "cell batch pos d_model -> (cell batch) pos d_model")
         out = einops.rearrange(block.mlp(block.ln2(x)), "(cell batch) pos d_model -> cell batch pos d_model",
                                cell=len(keys))
-        return F.pad(out - clean_out[None], (0, 0, first, 0))  # zeros before `first`
+        full = out.new_zeros(len(keys), out.shape[1], stop, out.shape[-1])
+        full[:, :, at] = out - clean_out[None]
+        return full
 
     return delta
 
 
 def _head_delta(model: GPT, graph: CircuitGraph, layer: int, diff: Float[Tensor, "upstream batch pos d_model"], cache):
     """One head per edge: its q, k or v recomputed from resid_pre + diff (its own LayerNorm), the
-    other two and every other head as in the clean run; the change of that head's output z W_O."""
+    other two and every other head as in the clean run; the change of that head's output z W_O
+    (from the clean run's z)."""
     block, attn, H = model.blocks[layer], model.blocks[layer].attn, graph.n_head
     resid_pre = cache["resid_pre", layer]
     clean_qkv = torch.stack([cache[kind, layer] for kind in ("q", "k", "v")])  # [three batch pos head d_head]
-    W = torch.stack([attn.W_Q, attn.W_K, attn.W_V])  # [three head d_model d_head]
-    b = torch.stack([attn.b_Q, attn.b_K, attn.b_V])
+    clean_z = cache["z", layer]  # [batch pos head d_head]
+    W, b = (attn.W_Q, attn.W_K, attn.W_V), (attn.b_Q, attn.b_K, attn.b_V)  # [head d_model d_head], [head d_head]
     start = graph.head_inputs(layer).start
 
     def z_of(qkv: Float[Tensor, "three cell batch pos d_head"]) -> Float[Tensor, "cell batch pos d_head"]:
@@ -188,13 +192,15 @@ def _head_delta(model: GPT, graph: CircuitGraph, layer: int, diff: Float[Tensor,
         x = resid_pre[None] + diff[graph.edge_upstream[keys]]
         normed = block.ln1(einops.rearrange(x, "cell batch pos d_model -> (cell batch) pos d_model"))
         normed = einops.rearrange(normed, "(cell batch) pos d_model -> cell batch pos d_model", cell=len(keys))
-        new = einops.einsum(normed, W[kind, head], "cell batch pos d_model, cell d_model d_head -> cell batch pos d_head")
-        new = new + b[kind, head][:, None, None]
+        pairs = list(zip(kind.tolist(), head.tolist()))
+        new = einops.einsum(normed, torch.stack([W[i][h] for i, h in pairs]),
+                            "cell batch pos d_model, cell d_model d_head -> cell batch pos d_head")
+        new = new + torch.stack([b[i][h] for i, h in pairs])[:, None, None]
         old = einops.rearrange(clean_qkv[:, :, :, head], "three batch pos cell d_head -> three cell batch pos d_head")
         cells = torch.arange(len(keys))
         patched = old.clone()
         patched[kind, cells] = new
-        dz = z_of(patched) - z_of(old)
+        dz = z_of(patched) - einops.rearrange(clean_z[:, :, head], "batch pos cell d_head -> cell batch pos d_head")
         return einops.einsum(dz, attn.W_O[head], "cell batch pos d_head, cell d_head d_model -> cell batch pos d_model")
 
     return delta
