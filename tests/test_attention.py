@@ -131,3 +131,21 @@ def test_queries_at_any_positions_equal_loop():
         first = torch.arange(4).expand(3, 4)
         assert (attn.attend(q, k, v) - loop_attention(q, k, v, first)[1]).abs().max() <= TOL
         assert (attn.scores(q, k) == attn.scores(q, k, query_pos=first)).all()
+
+
+def test_split_qkv_parts_equal_per_head_weights(pair):
+    """split_qkv(x, parts=...) computes just those of q, k, v: each equals x @ W_X[head] + b_X[head]."""
+    _, model = pair
+    attn = model.blocks[1].attn
+    x = torch.randn(2, 5, model.cfg.d_model)
+    by_hand = {name: torch.einsum("bpd,hde->bphe", x, W) + b
+               for name, W, b in [("q", attn.W_Q, attn.b_Q), ("k", attn.W_K, attn.b_K), ("v", attn.W_V, attn.b_V)]}
+    with torch.no_grad():
+        for parts in ["qkv", "qk", "kv", "q", "k", "v"]:
+            out = attn.split_qkv(x, parts=parts)
+            assert len(out) == len(parts)
+            for name, got in zip(parts, out):
+                torch.testing.assert_close(got, by_hand[name], atol=TOL, rtol=0)
+    for bad in ["qv", "vk", "", "x"]:
+        with pytest.raises(workbench.WorkbenchError, match="adjacent letters"):
+            attn.split_qkv(x, parts=bad)

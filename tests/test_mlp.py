@@ -102,3 +102,19 @@ def test_gradients_equal_autograd_of_hand_loop(pair):
     (grad,) = torch.autograd.grad(mlp(x).square().sum(), x)
     (expected,) = torch.autograd.grad(by_hand(mlp, x).square().sum(), x)
     torch.testing.assert_close(grad, expected, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.skipif(not X86, reason="oneDNN's fused kernel is used on x86 CPUs only")
+def test_module_hooks_on_c_fc_still_run(pair):
+    """A PyTorch forward hook on c_fc sees its output (the plain path runs while one is attached)."""
+    _, model = pair
+    mlp = model.blocks[0].mlp
+    x = torch.randn(2, 5, model.cfg.d_model)
+    seen = []
+    handle = mlp.c_fc.register_forward_hook(lambda module, args, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            assert not fused_kernel_ran(lambda: mlp(x))
+    finally:
+        handle.remove()
+    torch.testing.assert_close(seen[0], x @ mlp.c_fc.weight.T + mlp.c_fc.bias, atol=TOL, rtol=0)

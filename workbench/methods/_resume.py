@@ -371,21 +371,29 @@ def _attention_half(
     from a first row on (`CellGroup.inputs`)."""
     attn = block.attn
     rows = len(state.start)
-    q, k, v = (t[0] for t in attn.split_qkv(block.ln1(state.x[None])))  # [token head d_head]
+    normed = block.ln1(state.x[None])
+    keep = torch.ones_like(state.pos, dtype=torch.bool) if only is None else only[state.pos]
+    if only is None:
+        q, k, v = (t[0] for t in attn.split_qkv(normed))  # [token head d_head]
+    else:  # queries at the kept tokens only
+        k, v = (t[0] for t in attn.split_qkv(normed, parts="kv"))
+        (q,) = (t[0] for t in attn.split_qkv(normed[:, keep], parts="q"))
     for first_row, values in inputs:
         for (at, head, kind), x in values.items():
             if at != layer:
                 continue
             x = einops.rearrange(x, "cell batch pos d_head -> (cell batch) pos d_head")
             mine = (state.row >= first_row) & (state.row < first_row + x.shape[0])
-            {"q": q, "k": k, "v": v}[kind][mine, head] = x[state.row[mine] - first_row, state.pos[mine]]
+            if kind == "q":  # q's tokens are the kept ones
+                q[mine[keep], head] = x[state.row[mine & keep] - first_row, state.pos[mine & keep]]
+            else:
+                {"k": k, "v": v}[kind][mine, head] = x[state.row[mine] - first_row, state.pos[mine]]
     base_rows = torch.arange(rows, device=q.device) % base.tokens.shape[0]
     keys, values = (base.cache[name, layer][base_rows, :stop] for name in ("k", "v"))  # copies: indexed by rows
     keys[state.row, state.pos] = k  # [row key_pos head d_head]
     values[state.row, state.pos] = v
     if only is not None:
-        keep = only[state.pos]
-        state, q = state.subset(keep), q[keep]
+        state = state.subset(keep)
     # Queries padded per row: slot j of row r is position start[r] + j.
     slot = state.pos - state.start[state.row]
     n_slot = int(slot.max()) + 1

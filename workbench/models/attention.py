@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
+from workbench.errors import InputError
 from workbench.hooks.hook_point import HookPoint, run_and_detect_edit
 from workbench.models.config import GPTConfig
 from workbench.models.factored_matrix import FactoredMatrix
@@ -76,14 +77,23 @@ class Attention(nn.Module):
 
     # ------------------------------------------------------------------ the pieces
     def split_qkv(
-        self, x: Float[Tensor, "batch pos d_model"]
-    ) -> tuple[Float[Tensor, "batch pos head d_head"], Float[Tensor, "batch pos head d_head"],
-               Float[Tensor, "batch pos head d_head"]]:
-        """Queries, keys and values of every head: one matmul (c_attn), split into heads."""
-        q, k, v = einops.rearrange(
-            self.c_attn(x), "batch pos (three head d_head) -> three batch pos head d_head", three=3, head=self.n_head
-        )
-        return q, k, v
+        self, x: Float[Tensor, "batch pos d_model"], *, parts: str = "qkv"
+    ) -> tuple[Float[Tensor, "batch pos head d_head"], ...]:
+        """Queries, keys and values of every head: one matmul (c_attn), split into heads. `parts`
+        ("kv", "q", ...: adjacent ones, in that order) computes those only, with c_attn's rows for them."""
+        first = "qkv".find(parts)
+        if not parts or first < 0:
+            raise InputError(f"split_qkv's parts must be adjacent letters of 'qkv' in that order ('qkv', 'qk', "
+                             f"'kv', 'q', 'k' or 'v'), got {parts!r}")
+        if parts == "qkv":
+            out = self.c_attn(x)
+        else:
+            rows = slice(first * self.n_head * self.d_head, (first + len(parts)) * self.n_head * self.d_head)
+            bias = None if self.c_attn.bias is None else self.c_attn.bias[rows]
+            out = F.linear(x, self.c_attn.weight[rows], bias)
+        return tuple(einops.rearrange(
+            out, "batch pos (part head d_head) -> part batch pos head d_head", part=len(parts), head=self.n_head
+        ))
 
     @staticmethod
     def causal_mask(
