@@ -50,6 +50,7 @@ def test_equals_transformers_mlp_fused_and_not(pair, monkeypatch):
 
 @pytest.mark.skipif(not X86, reason="oneDNN's fused kernel is used on x86 CPUs only")
 def test_fused_kernel_is_used_where_it_applies(pair):
+    """Including on weights loaded from a transformers checkpoint (stored [in, out], copied to [out, in])."""
     _, model = pair
     mlp = model.blocks[0].mlp
     x = torch.randn(2, 5, model.cfg.d_model)
@@ -61,6 +62,11 @@ def test_fused_kernel_is_used_where_it_applies(pair):
         wide = copy.deepcopy(mlp).double()
         assert not fused_kernel_ran(lambda: wide(x.double()))  # float64: not a dtype the kernel takes
     assert not fused_kernel_ran(lambda: mlp(x.requires_grad_()))  # a gradient to follow
+    viewed = copy.deepcopy(mlp)
+    viewed.c_fc.weight = torch.nn.Parameter(mlp.c_fc.weight.detach().T.contiguous().T)  # a transposed view
+    with torch.no_grad():
+        assert not fused_kernel_ran(lambda: viewed(x))  # oneDNN would re-lay it out at every call
+        torch.testing.assert_close(viewed(x), by_hand(mlp, x), atol=TOL, rtol=0)
 
 
 @pytest.mark.parametrize("activation", ["gelu_tanh", "gelu"])

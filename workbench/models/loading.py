@@ -149,7 +149,9 @@ def convert_state_dict(source: dict[str, torch.Tensor], *, conv1d: bool) -> dict
             continue
         for pattern, target in KEY_TABLE.items():
             if re.fullmatch(pattern, key):
-                out[re.sub(pattern, target, key)] = tensor.T if conv1d and CONV1D.fullmatch(key) else tensor
+                # Copied into nn.Linear's own [out, in] layout, not a transposed view: kernels that
+                # take that layout (oneDNN's fused c_fc + GELU) would re-lay a view out at every call.
+                out[re.sub(pattern, target, key)] = tensor.T.contiguous() if conv1d and CONV1D.fullmatch(key) else tensor
                 break
         else:
             raise CheckpointError(f"unexpected key {key!r} in checkpoint; expected GPT-2 / nanoGPT parameter names")

@@ -66,9 +66,9 @@ class MLP(nn.Module):
 
 def _fused_c_fc_gelu(x: Float[Tensor, "batch pos d_model"], layer: nn.Linear, approximate: str) -> Tensor | None:
     """GELU(layer(x)) as one oneDNN kernel, or None where it may not run: anything but plain fp32
-    CPU tensors, something needing a gradient (the kernel has none), PyTorch module hooks on the
-    layer, torch.compile or tracing, an empty input, a torch whose internal op differs (then never
-    again in this process)."""
+    CPU tensors, a weight not in nn.Linear's own layout, something needing a gradient (the kernel
+    has none), PyTorch module hooks on the layer, torch.compile or tracing, an empty input, a torch
+    whose internal op differs (then never again in this process)."""
     global _FUSED_KERNEL
     tensors = (x, layer.weight) if layer.bias is None else (x, layer.weight, layer.bias)
     usable = (
@@ -76,6 +76,7 @@ def _fused_c_fc_gelu(x: Float[Tensor, "batch pos d_model"], layer: nn.Linear, ap
         and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         and x.numel() > 0
+        and layer.weight.is_contiguous()  # oneDNN would re-lay a transposed view out at every call
         and type(layer).forward is nn.Linear.forward
         and not (layer._forward_hooks or layer._forward_pre_hooks)  # PyTorch module hooks on c_fc must run
         and not (nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
