@@ -30,6 +30,7 @@ uses these names, and only these:
     token      one (row, position) pair that a packed sweep forward actually computes
     k          a rank among the most likely next tokens (the logit lens's top k)
     three      q, k and v, when the fused c_attn output is split
+    part       those of q, k and v asked for (`Attention.split_qkv(x, parts="kv")`)
     ldim       the rows of a `FactoredMatrix` A @ B (A's rows), e.g. d_model for a head's OV circuit
     mdim       the inner width a `FactoredMatrix`'s factors share (A's columns, B's rows), e.g. d_head
     rdim       the columns of a `FactoredMatrix` (B's columns)
