@@ -124,3 +124,28 @@ def test_module_hooks_on_c_fc_still_run(pair):
     finally:
         handle.remove()
     torch.testing.assert_close(seen[0], x @ mlp.c_fc.weight.T + mlp.c_fc.bias, atol=TOL, rtol=0)
+
+
+def test_a_failing_fused_kernel_falls_back_and_memory_errors_surface(pair, monkeypatch):
+    """If this torch's internal op does not take our call, the plain path runs (and fusion stays off);
+    running out of memory is raised, not retried."""
+    _, model = pair
+    mlp = model.blocks[0].mlp
+    x = torch.randn(2, 5, model.cfg.d_model)
+
+    def wrong_signature(*args):
+        raise RuntimeError("_linear_pointwise() expected 5 arguments")
+
+    monkeypatch.setattr(mlp_module, "_FUSED_KERNEL", True)
+    monkeypatch.setattr(mlp_module, "_KERNEL", wrong_signature)
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), by_hand(mlp, x), atol=TOL, rtol=0)
+    assert mlp_module._FUSED_KERNEL is False
+
+    def no_memory(*args):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+
+    monkeypatch.setattr(mlp_module, "_FUSED_KERNEL", True)
+    monkeypatch.setattr(mlp_module, "_KERNEL", no_memory)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="can't allocate memory"):
+        mlp(x)

@@ -21,10 +21,9 @@ from workbench.hooks.hook_point import HookPoint
 from workbench.models.config import GPTConfig
 
 FUSE_GELU = True
+_KERNEL = getattr(torch.ops.mkldnn, "_linear_pointwise", None)  # an internal op of PyTorch's oneDNN build
 _FUSED_KERNEL = (
-    platform.machine().lower() in {"x86_64", "amd64"}
-    and torch.backends.mkldnn.is_available()
-    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    platform.machine().lower() in {"x86_64", "amd64"} and torch.backends.mkldnn.is_available() and _KERNEL is not None
 )
 
 
@@ -87,7 +86,9 @@ def _fused_c_fc_gelu(x: Float[Tensor, "batch pos d_model"], layer: nn.Linear, ap
     if not usable:
         return None
     try:
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu", [], approximate)
-    except (RuntimeError, TypeError):
+        return _KERNEL(x, layer.weight, layer.bias, "gelu", [], approximate)
+    except (RuntimeError, TypeError) as e:
+        if isinstance(e, torch.OutOfMemoryError) or "memory" in str(e):
+            raise  # the plain path would need the memory too; callers that split work on OOM see it
         _FUSED_KERNEL = False
         return None
