@@ -1,5 +1,7 @@
 """Exceptions for bad input: each says what was wrong and what is allowed."""
 
+import torch
+
 
 class WorkbenchError(Exception):
     """Base class of workbench's own errors."""
@@ -55,3 +57,9 @@ class NotCachedError(WorkbenchError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether a PyTorch error is the device (or the host, for CPU tensors) running out of memory."""
+    text = str(error)
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text

@@ -36,7 +36,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from workbench.errors import InputError
+from workbench.errors import InputError, is_out_of_memory
 from workbench.hooks import ActivationCache, act_name
 from workbench.methods.metrics import Metric, find_reads
 from workbench.methods.planning import MemoryBudgetError, MemoryPlan
@@ -239,11 +239,6 @@ def run_cells(
     return sizes
 
 
-def _is_out_of_memory(error: RuntimeError) -> bool:
-    text = str(error)
-    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
-
-
 def _run_fitting(model: GPT, base: BaseRun, chunk: list[_Cell], metric: Metric, read: list[int], stop: int,
                  per_prompt: bool = False):
     """`_run_chunk`'s (cells, values), in halves of the chunk (recursively) while the device runs
@@ -251,7 +246,7 @@ def _run_fitting(model: GPT, base: BaseRun, chunk: list[_Cell], metric: Metric, 
     try:
         return [_run_chunk(model, base, chunk, metric, read, stop, per_prompt)]
     except RuntimeError as e:
-        if not _is_out_of_memory(e):
+        if not is_out_of_memory(e):
             raise
         if len(chunk) == 1:
             raise MemoryBudgetError(

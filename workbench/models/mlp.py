@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from workbench.errors import is_out_of_memory
 from workbench.hooks.hook_point import HookPoint
 from workbench.models.config import GPTConfig
 
@@ -88,7 +89,7 @@ def _fused_c_fc_gelu(x: Float[Tensor, "batch pos d_model"], layer: nn.Linear, ap
     try:
         return _KERNEL(x, layer.weight, layer.bias, "gelu", [], approximate)
     except (RuntimeError, TypeError) as e:
-        if isinstance(e, torch.OutOfMemoryError) or "memory" in str(e):
+        if is_out_of_memory(e):
             raise  # the plain path would need the memory too; callers that split work on OOM see it
         _FUSED_KERNEL = False
         return None

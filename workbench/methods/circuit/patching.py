@@ -110,7 +110,6 @@ def edge_patching(
         diff = node_output_diff(corrupted_cache, clean_cache, n_layer)
     base = BaseRun(clean, clean_logits, clean_cache, n_layer, other_logits=(corrupted_logits,))
     first = first_difference(clean, corrupted)
-    stop = max(read) + 1  # no position after the last one the metric reads is computed
     cell_groups: dict[tuple[int, str], CellGroup] = {}  # by entry and kind (the last MLP enters where the logits do)
     ed = graph.edge_downstream[index]
     for i, (e, d) in enumerate(zip(index.tolist(), ed.tolist())):
@@ -118,8 +117,8 @@ def edge_patching(
         if layer == n_layer:
             key, make = (entry_of(n_layer - 1, "post"), "logits"), lambda: _logits_delta(graph, diff)
         elif d == graph.mlp_input(layer):
-            at = [p for p in sorted(set(read)) if p >= first] if layer == n_layer - 1 else list(range(first, stop))
-            key, make = (entry_of(layer, "post"), "mlp"), lambda: _mlp_delta(model, graph, layer, diff, clean_cache, at, stop)
+            key, make = (entry_of(layer, "post"), "mlp"), lambda: _mlp_delta(model, graph, layer, diff, clean_cache,
+                                                                               first, read)
         else:
             key, make = (entry_of(layer, "mid"), "heads"), lambda: _head_delta(model, graph, layer, diff, clean_cache)
         if key not in cell_groups:
@@ -150,12 +149,14 @@ def _logits_delta(graph: CircuitGraph, diff: Float[Tensor, "upstream batch pos d
 
 
 def _mlp_delta(model: GPT, graph: CircuitGraph, layer: int, diff: Float[Tensor, "upstream batch pos d_model"], cache,
-               positions: list[int], stop: int):
-    """The MLP recomputed from resid_mid + diff at `positions` only (those from the first differing
-    one to `stop`; the last MLP's, only those the metric reads: the engine reads no others), minus
-    the clean run's mlp_out; zeros elsewhere."""
+               first: int, read: list[int]):
+    """The MLP recomputed from resid_mid + diff at positions from `first` (where the two runs start
+    to differ) to the last one the metric reads, the last MLP only at those it reads (the engine
+    reads no others), minus the clean run's mlp_out; zeros elsewhere."""
     block = model.blocks[layer]
-    at = torch.tensor(positions, device=diff.device)
+    stop = max(read) + 1
+    last = layer == model.cfg.n_layer - 1
+    at = torch.tensor(sorted(p for p in set(read) if p >= first) if last else range(first, stop), device=diff.device)
     resid_mid, clean_out = (cache[name, layer][:, at] for name in ("resid_mid", "mlp_out"))
 
     def delta(keys: list[int]) -> Float[Tensor, "cell batch pos d_model"]:
